@@ -1,0 +1,187 @@
+"""The one place that composes backbone, prior, guide and likelihood into a Pyro model / guide pair.
+
+Objective (per training example, what :meth:`BayesianLoRA.forward` returns)::
+
+    loss = -ELBO_beta / N,   ELBO_beta = sum_i E_q[log p(y_i | x_i, theta)] - beta * KL(q || p)
+
+with N the training-set size (the likelihood's plate scales the minibatch to N) and ``beta`` the
+explicit tempering (``kl_weight``; beta = 1 is the true ELBO).  The paper's loss,
+``mean cross-entropy + lambda * KL``, is the same objective with ``beta = lambda * N``
+(:func:`paper_kl_weight`).  The KL terms are analytic (Pyro's ``TraceMeanField_ELBO``).
+
+Everything learnable is an ``nn.Parameter`` of this module (PEFT's LoRA weights and task head, the
+guides' variational parameters, a learned likelihood scale): nothing lives in Pyro's global
+parameter store, so ``state_dict()`` holds the whole state and DDP can wrap the module.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+from collections.abc import Mapping
+from typing import Any
+
+import pyro
+import torch
+from peft import PeftModel
+from pyro import poutine
+from pyro.infer import TraceMeanField_ELBO
+from torch import nn
+from torch.distributions import kl_divergence
+from torch.func import functional_call
+
+from monteclora_pyro.guides import build_site_guide
+
+from .declarations import PriorSpec
+from .likelihoods import build_likelihood
+from .lora_sites import factor_sites, inject_lora
+from .priors import build_prior
+
+__all__ = ["BayesianLoRA", "DEFAULT_GUIDES", "bayesian_lora_from_model", "paper_kl_weight"]
+
+DEFAULT_GUIDES = {"monteclora": "monteclora", "gaussian": "mean_field", "map": "delta"}
+BATCH_KEYS = ("labels", "idx")  # batch entries that are not network inputs
+
+
+def paper_kl_weight(paper_lambda: float, num_data: int) -> float:
+    """The ELBO tempering beta equivalent to the paper's ``task loss + lambda * KL`` (beta = lambda N)."""
+    return paper_lambda * num_data
+
+
+class BayesianLoRA(nn.Module):
+    """A frozen network with LoRA sites whose factors follow ``spec``, and its variational posterior.
+
+    network: a PEFT-injected model (:func:`~monteclora_pyro.lora_sites.inject_lora`).
+    spec: the prior declaration.  guide: a guide name from ``guides/`` (default: the family's own).
+    likelihood: the observation model.  num_data: the training-set size N.
+    kl_weight: beta, the explicit tempering of the KL (1 = the ELBO).
+    autocast_dtype: e.g. ``torch.bfloat16`` to run the backbone under autocast on CUDA; samplers
+    and KLs stay in fp32.
+    """
+
+    def __init__(
+        self,
+        network: PeftModel,
+        spec: PriorSpec,
+        likelihood: nn.Module,
+        num_data: int,
+        guide: str | None = None,
+        kl_weight: float = 1.0,
+        guide_options: Mapping[str, Any] | None = None,
+        autocast_dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        if not (isinstance(num_data, int) and num_data >= 1):
+            raise ValueError(f"num_data = {num_data!r} must be a positive integer (the training-set size)")
+        if not kl_weight >= 0:
+            raise ValueError(f"kl_weight = {kl_weight!r} must be >= 0")
+        self.spec = spec
+        self.guide_name = guide or DEFAULT_GUIDES[spec.family]
+        self.network = network
+        self.sites = factor_sites(network, spec.stochastic)
+        self.prior = build_prior(spec)
+        self.site_guides = nn.ModuleDict(
+            {s.key: build_site_guide(self.guide_name, s, spec, **dict(guide_options or {})) for s in self.sites}
+        )
+        self.likelihood = likelihood
+        self.num_data = num_data
+        self.kl_weight = float(kl_weight)
+        self.autocast_dtype = autocast_dtype
+        self.elbo = TraceMeanField_ELBO()
+
+    # ----------------------------------------------------------------- the probabilistic program
+    def _tempered(self, kl_weight: float):
+        """Scale every latent site (model and guide alike) by beta; beta = 0 masks the KL out."""
+        return poutine.scale(scale=kl_weight) if kl_weight > 0 else poutine.mask(mask=False)
+
+    def _factor_mean(self, site) -> torch.Tensor:
+        return self.network.get_parameter(site.parameter)
+
+    def sample_factors(self) -> dict[str, torch.Tensor]:
+        """The model's prior statements; returns {PEFT parameter name: sampled factor}."""
+        return {site.parameter: self.prior(site, self._factor_mean(site)) for site in self.sites}
+
+    def sample_guide(self) -> None:
+        """The guide's statements for every factor site."""
+        for site in self.sites:
+            self.site_guides[site.key](self._factor_mean(site))
+
+    def model(self, batch: Mapping[str, torch.Tensor], kl_weight: float | None = None) -> torch.Tensor:
+        with self._tempered(self.kl_weight if kl_weight is None else kl_weight):
+            factors = self.sample_factors()
+        output = self.network_output(batch, factors)
+        return self.likelihood(output, batch.get("labels"), self.num_data, batch["idx"])
+
+    def guide(self, batch: Mapping[str, torch.Tensor], kl_weight: float | None = None) -> None:
+        with self._tempered(self.kl_weight if kl_weight is None else kl_weight):
+            self.sample_guide()
+
+    def forward(self, batch: Mapping[str, torch.Tensor], kl_weight: float | None = None) -> torch.Tensor:
+        """-ELBO_beta / N for one minibatch (``batch["idx"]``: the rows' indices in the training set)."""
+        return self.elbo.differentiable_loss(self.model, self.guide, batch, kl_weight) / self.num_data
+
+    # ----------------------------------------------------------------- network and posterior
+    def network_output(
+        self, batch: Mapping[str, torch.Tensor], factors: Mapping[str, torch.Tensor] | None = None
+    ) -> torch.Tensor:
+        """The network's output (logits) with the given factors in place of the PEFT weights."""
+        inputs = {k: v for k, v in batch.items() if k not in BATCH_KEYS}
+        device = next(iter(inputs.values())).device
+        autocast = (
+            torch.autocast(device.type, dtype=self.autocast_dtype)
+            if self.autocast_dtype is not None
+            else contextlib.nullcontext()
+        )
+        with autocast:
+            output = functional_call(self.network, dict(factors or {}), args=(), kwargs=inputs, strict=False)
+        return output.logits if hasattr(output, "logits") else output
+
+    def posterior_draw(self) -> dict[str, torch.Tensor]:
+        """One draw of every stochastic factor from the variational posterior."""
+        with poutine.block():
+            guide_trace = poutine.trace(self.sample_guide).get_trace()
+            with poutine.replay(trace=guide_trace):
+                return {name: value.detach() for name, value in self.sample_factors().items()}
+
+    def latent_trace(self) -> tuple[pyro.poutine.Trace, pyro.poutine.Trace]:
+        """(guide trace, model trace) of the latent sites only, without running the network."""
+        with poutine.block():
+            guide_trace = poutine.trace(self.sample_guide).get_trace()
+            model_trace = poutine.trace(poutine.replay(self.sample_factors, trace=guide_trace)).get_trace()
+        return guide_trace, model_trace
+
+    def kl_terms(self) -> dict[str, torch.Tensor]:
+        """Untempered KL(q || p) of each latent site (analytic where registered, else one-sample)."""
+        guide_trace, model_trace = self.latent_trace()
+        terms = {}
+        for name, guide_site in guide_trace.nodes.items():
+            if guide_site["type"] != "sample":
+                continue
+            model_site = model_trace.nodes[name]
+            try:
+                terms[name] = kl_divergence(guide_site["fn"], model_site["fn"]).sum()
+            except NotImplementedError:
+                value = guide_site["value"]
+                terms[name] = (guide_site["fn"].log_prob(value) - model_site["fn"].log_prob(value)).sum()
+        return terms
+
+    def merged_network(self) -> nn.Module:
+        """The posterior-mean network with LoRA merged into W0 (zero overhead; a copy)."""
+        return copy.deepcopy(self.network).merge_and_unload()
+
+
+def bayesian_lora_from_model(
+    model: nn.Module,
+    spec: PriorSpec,
+    num_data: int,
+    num_labels: int,
+    guide: str | None = None,
+    kl_weight: float = 1.0,
+    guide_options: Mapping[str, Any] | None = None,
+    autocast_dtype: torch.dtype | None = None,
+) -> BayesianLoRA:
+    """Inject the LoRA sites ``spec`` declares into ``model`` and pair it with the task's likelihood."""
+    network = inject_lora(model, spec.targets, spec.rank, spec.alpha)
+    return BayesianLoRA(
+        network, spec, build_likelihood(num_labels), num_data, guide, kl_weight, guide_options, autocast_dtype
+    )

@@ -1,0 +1,152 @@
+"""GLUE data through ``datasets``: a local directory in the standard GLUE layout, or the Hugging Face hub.
+
+Local TSVs are read with ``quoting=3`` (QUOTE_NONE): several GLUE files hold bare quotes.  CoLA has
+no header.  Labels are mapped to the hub's integer convention (e.g. RTE: entailment = 0).  Every
+example gets an ``idx`` (its row in the training set) for the likelihood's subsampling plate.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import datasets
+import torch
+from torch.utils.data import DataLoader
+from transformers import DataCollatorWithPadding, PreTrainedTokenizerBase
+
+__all__ = ["GlueTask", "GLUE_TASKS", "get_task", "load_glue", "make_loader", "default_glue_dir"]
+
+
+@dataclass(frozen=True)
+class GlueTask:
+    """Where a GLUE task's files are and how to read them."""
+
+    name: str
+    directory: str
+    text_columns: tuple[str, ...]
+    label_column: str
+    num_labels: int  # 1 = regression
+    label_names: tuple[str, ...] = ()  # string labels in id order, when the TSV stores names
+    dev_splits: tuple[str, ...] = ("dev",)
+    header: tuple[str, ...] | None = None  # column names for header-less files
+    hub_text_columns: tuple[str, ...] = ()
+    hub_dev_splits: tuple[str, ...] = ("validation",)
+    metrics: tuple[str, ...] = field(default=("accuracy",))
+
+
+GLUE_TASKS: dict[str, GlueTask] = {
+    t.name: t
+    for t in [
+        GlueTask("cola", "CoLA", ("sentence",), "label", 2, header=("source", "label", "orig_label", "sentence"),
+                 hub_text_columns=("sentence",), metrics=("matthews_correlation", "accuracy")),
+        GlueTask("sst2", "SST-2", ("sentence",), "label", 2, hub_text_columns=("sentence",)),
+        GlueTask("mrpc", "MRPC", ("#1 String", "#2 String"), "Quality", 2,
+                 hub_text_columns=("sentence1", "sentence2"), metrics=("accuracy", "f1")),
+        GlueTask("stsb", "STS-B", ("sentence1", "sentence2"), "score", 1,
+                 hub_text_columns=("sentence1", "sentence2"), metrics=("pearson", "spearman")),
+        GlueTask("qnli", "QNLI", ("question", "sentence"), "label", 2, ("entailment", "not_entailment"),
+                 hub_text_columns=("question", "sentence")),
+        GlueTask("rte", "RTE", ("sentence1", "sentence2"), "label", 2, ("entailment", "not_entailment"),
+                 hub_text_columns=("sentence1", "sentence2")),
+        GlueTask("wnli", "WNLI", ("sentence1", "sentence2"), "label", 2, hub_text_columns=("sentence1", "sentence2")),
+        GlueTask("mnli", "MNLI", ("sentence1", "sentence2"), "gold_label", 3,
+                 ("entailment", "neutral", "contradiction"), dev_splits=("dev_matched", "dev_mismatched"),
+                 hub_text_columns=("premise", "hypothesis"),
+                 hub_dev_splits=("validation_matched", "validation_mismatched")),
+    ]
+}
+
+
+def get_task(name: str) -> GlueTask:
+    key = name.lower().replace("-", "")
+    if key not in GLUE_TASKS:
+        raise ValueError(f"task {name!r} is unknown; GLUE tasks: {', '.join(GLUE_TASKS)}")
+    return GLUE_TASKS[key]
+
+
+def default_glue_dir() -> Path | None:
+    """``$MONTECLORA_GLUE_DIR``, else ``../shared/data/glue`` beside the checkout, else None (use the hub)."""
+    import os
+
+    env = os.environ.get("MONTECLORA_GLUE_DIR")
+    if env:
+        return Path(env)
+    candidate = Path(__file__).resolve().parents[2] / "shared" / "data" / "glue"
+    return candidate if candidate.is_dir() else None
+
+
+def _read_local(task: GlueTask, data_dir: Path) -> datasets.DatasetDict:
+    folder = data_dir / task.directory
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{folder} does not exist: --data-dir must hold the GLUE folders ({task.directory}/ ...)")
+    files = {"train": folder / "train.tsv", **{s: folder / f"{s}.tsv" for s in task.dev_splits}}
+    missing = [str(p) for p in files.values() if not p.exists()]
+    if missing:
+        raise FileNotFoundError(f"GLUE task {task.name!r}: missing files {missing}")
+    options: dict = {"delimiter": "\t", "quoting": 3}
+    if task.header:
+        options.update(header=None, names=list(task.header))
+    raw = datasets.load_dataset("csv", data_files={k: str(v) for k, v in files.items()}, **options)
+    columns = list(task.text_columns) + [task.label_column]
+    raw = raw.select_columns(columns)
+    raw = raw.filter(lambda row: all(row[c] is not None for c in columns))
+    rename = {c: f"text{i}" for i, c in enumerate(task.text_columns)} | {task.label_column: "label"}
+    raw = raw.rename_columns(rename)
+    if task.label_names:
+        ids = {name: i for i, name in enumerate(task.label_names)}
+        raw = raw.map(lambda row: {"label": ids[str(row["label"]).strip()]})
+    return raw
+
+
+def _read_hub(task: GlueTask) -> datasets.DatasetDict:
+    raw = datasets.load_dataset("nyu-mll/glue", task.name)
+    splits = {"train": raw["train"], **{s: raw[h] for s, h in zip(task.dev_splits, task.hub_dev_splits, strict=True)}}
+    out = datasets.DatasetDict(splits).select_columns(list(task.hub_text_columns) + ["label"])
+    return out.rename_columns({c: f"text{i}" for i, c in enumerate(task.hub_text_columns)})
+
+
+def load_glue(
+    task: GlueTask,
+    data_dir: str | Path | None,
+    tokenizer: PreTrainedTokenizerBase,
+    max_length: int = 128,
+    max_train_samples: int | None = None,
+    max_eval_samples: int | None = None,
+    seed: int = 0,
+) -> datasets.DatasetDict:
+    """Tokenized splits ``train`` and the task's dev splits, with ``labels`` and ``idx`` columns."""
+    raw = _read_local(task, Path(data_dir)) if data_dir is not None else _read_hub(task)
+    limits = {"train": max_train_samples} | {s: max_eval_samples for s in task.dev_splits}
+    for split, limit in limits.items():
+        if limit is not None and limit < len(raw[split]):
+            raw[split] = raw[split].shuffle(seed=seed).select(range(limit))
+    texts = [f"text{i}" for i in range(len(task.text_columns))]
+
+    def encode(rows: Mapping) -> dict:
+        encoded = tokenizer(*[rows[c] for c in texts], truncation=True, max_length=max_length)
+        dtype = float if task.num_labels == 1 else int
+        encoded["labels"] = [dtype(v) for v in rows["label"]]
+        return encoded
+
+    tokenized = raw.map(encode, batched=True, remove_columns=raw["train"].column_names)
+    return datasets.DatasetDict(
+        {split: ds.add_column("idx", list(range(len(ds)))) for split, ds in tokenized.items()}
+    )
+
+
+def make_loader(
+    dataset: datasets.Dataset,
+    tokenizer: PreTrainedTokenizerBase,
+    batch_size: int,
+    shuffle: bool,
+    seed: int = 0,
+) -> DataLoader:
+    """A padded minibatch loader; shuffling is seeded for reproducibility."""
+    if not (isinstance(batch_size, int) and batch_size >= 1):
+        raise ValueError(f"batch_size = {batch_size!r} must be an integer >= 1")
+    collate = DataCollatorWithPadding(tokenizer)
+    generator = torch.Generator().manual_seed(seed)
+    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle,
+                      collate_fn=collate, generator=generator)

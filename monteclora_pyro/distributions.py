@@ -1,0 +1,135 @@
+"""Reparameterized distributions the MonteCLoRA hierarchy needs and torch / Pyro do not provide.
+
+* :class:`WishartCholesky` -- the Wishart law, but over the Cholesky factor ``L`` of ``Sigma = L L^T``.
+  Sampling it is the Bartlett decomposition, which yields ``L`` directly, so neither the guide nor
+  the model ever factorizes a matrix, and no draw is ever rejected or resampled (torch's
+  ``Wishart.rsample`` resamples "singular" draws, which biases it; PEFT calls its private
+  ``_bartlett_sampling``).  Written by hand because no maintained library ships it.
+* :class:`LaplaceBridgeDirichlet` -- a Dirichlet whose ``rsample`` is the softmax-basis Laplace
+  approximation used by the MonteCLoRA reference code.  Its density and KL are the exact
+  Dirichlet ones, so only the sampler is approximate; torch's exact ``Dirichlet.rsample`` is the
+  default elsewhere in this package.
+
+KL divergences: ``kl_divergence(WishartCholesky, WishartCholesky)`` is registered in closed form
+(the KL is invariant under the bijection ``L -> L L^T``, so it is the Wishart-Wishart KL); the
+Dirichlet KL is torch's own.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from pyro.distributions import Dirichlet, TorchDistribution
+from torch.distributions import Wishart, constraints
+from torch.distributions.kl import register_kl
+
+__all__ = ["WishartCholesky", "LaplaceBridgeDirichlet", "multivariate_digamma", "wishart_kl"]
+
+
+def multivariate_digamma(x: torch.Tensor, p: int) -> torch.Tensor:
+    """psi_p(x) = sum_{i=1..p} psi(x + (1 - i) / 2), the derivative of ``torch.mvlgamma``."""
+    offsets = (1 - torch.arange(1, p + 1, dtype=x.dtype, device=x.device)) / 2
+    return torch.digamma(x.unsqueeze(-1) + offsets).sum(-1)
+
+
+class WishartCholesky(TorchDistribution):
+    """Law of ``L = chol(Sigma)`` for ``Sigma ~ Wishart(df, V)``, ``V = scale_tril @ scale_tril.T``.
+
+    ``rsample`` is the Bartlett decomposition ``L = scale_tril @ T`` with ``T`` lower triangular,
+    ``T_ii = sqrt(chi2(df - i))`` (i from 0) and ``T_ij ~ N(0, 1)`` below the diagonal; it is
+    differentiable in ``scale_tril`` (chi-square draws use torch's reparameterized Gamma).
+    """
+
+    arg_constraints = {"df": constraints.positive, "scale_tril": constraints.lower_cholesky}
+    support = constraints.lower_cholesky
+    has_rsample = True
+
+    def __init__(self, df: float | torch.Tensor, scale_tril: torch.Tensor, validate_args: bool | None = None):
+        if scale_tril.dim() < 2 or scale_tril.shape[-1] != scale_tril.shape[-2]:
+            raise ValueError(f"scale_tril must be a square matrix (..., p, p); got shape {tuple(scale_tril.shape)}")
+        p = scale_tril.shape[-1]
+        df = torch.as_tensor(df, dtype=scale_tril.dtype, device=scale_tril.device)
+        if bool((df <= p - 1).any()):
+            raise ValueError(f"Wishart df must be > p - 1 = {p - 1} for p = {p}; got df = {df.tolist()}")
+        batch_shape = torch.broadcast_shapes(df.shape, scale_tril.shape[:-2])
+        self.df = df.expand(batch_shape)
+        self.scale_tril = scale_tril.expand(batch_shape + (p, p))
+        self.dim = p
+        super().__init__(batch_shape, torch.Size((p, p)), validate_args=validate_args)
+
+    def expand(self, batch_shape, _instance=None):
+        batch_shape = torch.Size(batch_shape)
+        return WishartCholesky(self.df.expand(batch_shape), self.scale_tril.expand(batch_shape + (self.dim,) * 2))
+
+    @property
+    def mean(self) -> torch.Tensor:
+        """Not the mean of ``L``; see :meth:`covariance_mean` for E[Sigma]."""
+        raise NotImplementedError("E[L] has no closed form; use covariance_mean() for E[Sigma] = df V")
+
+    def covariance_mean(self) -> torch.Tensor:
+        """E[Sigma] = df * V."""
+        return self.df[..., None, None] * self.scale_tril @ self.scale_tril.mT
+
+    def rsample(self, sample_shape: torch.Size = torch.Size()) -> torch.Tensor:
+        shape = torch.Size(sample_shape) + self.batch_shape
+        p = self.dim
+        chi2_df = self.df.expand(shape).unsqueeze(-1) - torch.arange(p, dtype=self.df.dtype, device=self.df.device)
+        diag = torch.distributions.Chi2(chi2_df).rsample().sqrt()
+        noise = torch.randn(shape + (p, p), dtype=self.scale_tril.dtype, device=self.scale_tril.device)
+        bartlett = torch.tril(noise, diagonal=-1) + torch.diag_embed(diag)
+        return self.scale_tril @ bartlett
+
+    def log_prob(self, value: torch.Tensor) -> torch.Tensor:
+        """Wishart log density of ``L L^T`` plus log|d(L L^T)/dL| = p log 2 + sum_i (p - i) log L_ii."""
+        if self._validate_args:
+            self._validate_sample(value)
+        p = self.dim
+        wishart = Wishart(df=self.df, scale_tril=self.scale_tril, validate_args=False)
+        diag = value.diagonal(dim1=-2, dim2=-1)
+        powers = torch.arange(p, 0, -1, dtype=value.dtype, device=value.device)
+        log_jacobian = p * math.log(2.0) + (powers * diag.log()).sum(-1)
+        return wishart.log_prob(value @ value.mT) + log_jacobian
+
+
+def wishart_kl(
+    df_q: torch.Tensor, tril_q: torch.Tensor, df_p: torch.Tensor, tril_p: torch.Tensor
+) -> torch.Tensor:
+    """KL(Wishart(df_q, V_q) || Wishart(df_p, V_p)) in closed form, V = tril @ tril^T."""
+    p = tril_q.shape[-1]
+    half_q, half_p = df_q / 2, df_p / 2
+    logdet_q = 2 * tril_q.diagonal(dim1=-2, dim2=-1).log().sum(-1)
+    logdet_p = 2 * tril_p.diagonal(dim1=-2, dim2=-1).log().sum(-1)
+    whitened = torch.linalg.solve_triangular(tril_p, tril_q, upper=False)
+    trace = whitened.pow(2).sum((-2, -1))
+    return (
+        half_p * (logdet_p - logdet_q)
+        + half_q * (trace - p)
+        + torch.mvlgamma(half_p, p)
+        - torch.mvlgamma(half_q, p)
+        + (half_q - half_p) * multivariate_digamma(half_q, p)
+    )
+
+
+@register_kl(WishartCholesky, WishartCholesky)
+def _kl_wishart_cholesky(q: WishartCholesky, p: WishartCholesky) -> torch.Tensor:
+    return wishart_kl(q.df, q.scale_tril, p.df, p.scale_tril)
+
+
+class LaplaceBridgeDirichlet(Dirichlet):
+    """Dirichlet(concentration) with the softmax-basis Laplace approximation as its sampler.
+
+    ``pi = softmax(m + sqrt(v) * z)``, ``m = log a - mean(log a)``,
+    ``v = (1 - 2/N) / a + sum(1/a) / N^2`` (MacKay's softmax basis, diagonal).  ``log_prob`` and
+    the KL are the exact Dirichlet ones; the sampler is biased, which is why it is an option only.
+    """
+
+    def rsample(self, sample_shape: torch.Size = torch.Size()) -> torch.Tensor:
+        alpha = self.concentration
+        n = alpha.shape[-1]
+        log_alpha = alpha.log()
+        loc = log_alpha - log_alpha.mean(-1, keepdim=True)
+        inv = alpha.reciprocal()
+        var = inv * (1 - 2 / n) + inv.sum(-1, keepdim=True) / n**2
+        z = torch.randn(torch.Size(sample_shape) + alpha.shape, dtype=alpha.dtype, device=alpha.device)
+        return torch.softmax(loc + var.sqrt() * z, dim=-1)

@@ -1,0 +1,172 @@
+"""One GLUE run end to end: validate, load, train (ours or a PEFT peer), predict, write results.
+
+``experiments/svi_glue.py`` is the command-line client of :func:`run_glue`; benchmarks and sweeps
+call it too.  Everything is validated before the model or data is loaded.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pyro
+import torch
+
+from .artifacts import atomic_write_json
+from .backbones import default_model, load_classifier, resolve_device
+from .bayesian_lora import DEFAULT_GUIDES, bayesian_lora_from_model
+from .data import default_glue_dir, get_task, load_glue, make_loader
+from .declarations import PriorSpec, load_prior
+from .metrics import classification_metrics, regression_metrics
+from .peers import PEERS, peer_loss, peft_peer
+from .prediction import predict, predict_network
+from .svi import TrainConfig, elbo_loss, train
+
+__all__ = ["GlueRunConfig", "run_glue"]
+
+
+@dataclass
+class GlueRunConfig:
+    """Everything one run needs; ``None`` fields resolve to the embedded defaults."""
+
+    task: str = "rte"
+    data_dir: str | None = None  # None: ../shared/data/glue (or $MONTECLORA_GLUE_DIR) if present, else the hub
+    output_dir: str = "runs/svi_glue"
+    prior: str = "monteclora"  # bundled name or path to a .toml declaration
+    guide: str | None = None  # None: the family's own guide
+    peer: str | None = None  # "peft-lora" or "peft-monteclora": train PEFT's method instead of ours
+    model: str | None = None  # None: the packaged MiniLM (offline) or its hub id
+    rank: int | None = None  # overrides the declaration's rank
+    lr: float = 5e-4
+    batch_size: int = 32
+    eval_batch_size: int = 64
+    epochs: int = 1
+    max_steps: int | None = None
+    seed: int = 0
+    num_samples: int = 8
+    kl_weight: float = 1.0
+    kl_anneal_steps: int = 0
+    peft_kl_loss_weight: float = 1e-5
+    dirichlet_sampler: str = "exact"
+    max_length: int = 128
+    max_train_samples: int | None = None
+    max_eval_samples: int | None = None
+    device: str = "auto"
+    progress: bool = True
+
+    def resolved(self) -> GlueRunConfig:
+        """A copy with defaults filled in and every value checked; raises ValueError naming the bad one."""
+        task = get_task(self.task)
+        data_dir = self.data_dir if self.data_dir is not None else default_glue_dir()
+        if data_dir is not None and not (Path(data_dir) / task.directory).is_dir():
+            raise ValueError(f"data_dir = {str(data_dir)!r} has no {task.directory}/ folder (the GLUE layout)")
+        if self.peer is not None and self.peer not in PEERS:
+            raise ValueError(f"peer = {self.peer!r} is unknown; available: {', '.join(PEERS)}")
+        for name in ("batch_size", "eval_batch_size", "num_samples", "max_length"):
+            value = getattr(self, name)
+            if not (isinstance(value, int) and value >= 1):
+                raise ValueError(f"{name} = {value!r} must be an integer >= 1")
+        for name in ("max_train_samples", "max_eval_samples"):
+            value = getattr(self, name)
+            if value is not None and not (isinstance(value, int) and value >= 1):
+                raise ValueError(f"{name} = {value!r} must be an integer >= 1 or None")
+        if not self.kl_weight >= 0:
+            raise ValueError(f"kl_weight = {self.kl_weight!r} must be >= 0")
+        spec = self.prior_spec()
+        guide = self.guide or DEFAULT_GUIDES[spec.family]
+        from monteclora_pyro.guides import GUIDES
+
+        if guide not in GUIDES:
+            raise ValueError(f"guide = {guide!r} is unknown; available: {', '.join(sorted(GUIDES))}")
+        if spec.family not in GUIDES[guide].families:  # type: ignore[attr-defined]
+            raise ValueError(f"guide = {guide!r} does not fit prior family {spec.family!r}; "
+                             f"use {DEFAULT_GUIDES[spec.family]!r}")
+        self.train_config()  # validates lr, epochs, max_steps, ...
+        resolve_device(self.device)
+        return dataclasses.replace(
+            self,
+            task=task.name,
+            data_dir=str(data_dir) if data_dir is not None else None,
+            guide=guide,
+            model=self.model or default_model(),
+            rank=spec.rank,
+        )
+
+    def prior_spec(self) -> PriorSpec:
+        return load_prior(self.prior, rank=self.rank)
+
+    def train_config(self) -> TrainConfig:
+        return TrainConfig(lr=self.lr, epochs=self.epochs, max_steps=self.max_steps,
+                           kl_anneal_steps=self.kl_anneal_steps, progress=self.progress)
+
+
+def _report(predictions: dict[str, torch.Tensor], predictive: bool, regression: bool) -> dict[str, float]:
+    """Metrics of the posterior-mean predictions (``mean_*``) and of the predictive ones (unprefixed)."""
+    labels = predictions["labels"]
+    metric_fn = regression_metrics if regression else classification_metrics
+    report = {f"mean_{k}": v for k, v in metric_fn(predictions["mean"], labels).items()}
+    report.update(metric_fn(predictions["predictive"] if predictive else predictions["mean"], labels))
+    return report
+
+
+def run_glue(config: GlueRunConfig) -> dict[str, Any]:
+    """Train and evaluate one configuration; writes ``config.json`` and ``metrics.json`` to output_dir."""
+    config = config.resolved()
+    task = get_task(config.task)
+    spec = config.prior_spec()
+    output_dir = Path(config.output_dir)
+    atomic_write_json(output_dir / "config.json", dataclasses.asdict(config) | {"prior_spec": dataclasses.asdict(spec)})
+
+    pyro.set_rng_seed(config.seed)
+    device = resolve_device(config.device)
+    model, tokenizer = load_classifier(config.model, task.num_labels)
+    data = load_glue(task, config.data_dir, tokenizer, config.max_length, config.max_train_samples,
+                     config.max_eval_samples, config.seed)
+    train_loader = make_loader(data["train"], tokenizer, config.batch_size, shuffle=True, seed=config.seed)
+    num_data = len(data["train"])
+
+    if config.peer is None:
+        module = bayesian_lora_from_model(
+            model, spec, num_data, task.num_labels, config.guide, config.kl_weight,
+            {"dirichlet_sampler": config.dirichlet_sampler} if config.guide == "monteclora" else None,
+            torch.bfloat16 if device.type == "cuda" else None,
+        ).to(device)
+        loss_fn = elbo_loss
+    else:
+        module = peft_peer(model, config.peer, spec, config.peft_kl_loss_weight).to(device)
+        loss_fn = peer_loss
+
+    start = time.perf_counter()
+    history = train(module, train_loader, config.train_config(), loss_fn=loss_fn, device=device)
+    train_seconds = time.perf_counter() - start
+
+    metrics: dict[str, Any] = {
+        "task": task.name, "prior": spec.name, "guide": config.guide if config.peer is None else None,
+        "method": config.peer or spec.name, "seed": config.seed, "steps": history.steps,
+        "train_seconds": train_seconds, "median_step_seconds": history.median_step_seconds(),
+        "final_loss": history.loss[-1], "num_train": num_data,
+        "num_samples": config.num_samples if config.peer is None else None,
+    }
+    for split in task.dev_splits:
+        loader = make_loader(data[split], tokenizer, config.eval_batch_size, shuffle=False)
+        if config.peer is None:
+            predictions = predict(module, loader, config.num_samples, device)
+        else:
+            predictions = predict_network(module, loader, device, regression=task.num_labels == 1)
+        report = _report(predictions, predictive=config.peer is None, regression=task.num_labels == 1)
+        prefix = "" if split == task.dev_splits[0] else f"{split}_"
+        metrics.update({prefix + k: v for k, v in report.items()})
+    metrics["elbo_history"] = {
+        "step": history.logged_steps, "kl_per_example": history.kl,
+        "expected_log_likelihood_per_example": history.expected_log_likelihood, "kl_weight": history.kl_weight,
+    }
+    atomic_write_json(output_dir / "metrics.json", metrics)
+    return metrics
+
+
+def load_metrics(output_dir: str | Path) -> dict[str, Any]:
+    return json.loads((Path(output_dir) / "metrics.json").read_text())

@@ -1,0 +1,110 @@
+"""LoRA sites on any Hugging Face (or plain torch) model, injected with PEFT.
+
+PEFT owns the injection, merging and export; this module only names the factors.  A
+:class:`FactorSite` is one LoRA factor (``lora_A`` or ``lora_B``) of one adapted layer, named by its
+full module path (``bert.encoder.layer.3.attention.self.query.lora_A``); the same name is used for
+the Pyro sample sites, the guide's parameters and the ArviZ variables.  Sampled factors reach the
+network through :func:`torch.func.functional_call`, so no module is mutated in ``forward`` and the
+same tensors are reused if the forward is recomputed (gradient checkpointing).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from peft import LoraConfig, PeftModel, get_peft_model
+from torch import nn
+
+__all__ = ["FactorSite", "inject_lora", "factor_sites", "HEAD_MODULE_NAMES"]
+
+# Task heads that stay trainable (point estimates) when present: BERT/RoBERTa, DistilBERT, LLaMA/GPT heads.
+HEAD_MODULE_NAMES = ("classifier", "pre_classifier", "score")
+_PEFT_PREFIX = "base_model.model."
+_ADAPTER = "default"
+
+
+@dataclass(frozen=True)
+class FactorSite:
+    """One LoRA factor of one adapted layer.
+
+    name: full module path of the factor, e.g. ``encoder.layer.0.attention.self.query.lora_A``.
+    parameter: the PEFT parameter's name in the wrapped network (the key for ``functional_call``).
+    factor: ``"A"`` (shape r x d_in) or ``"B"`` (shape d_out x r).
+    rank: r.  features: d_in for A, d_out for B.
+    """
+
+    name: str
+    parameter: str
+    factor: str
+    rank: int
+    features: int
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (self.rank, self.features) if self.factor == "A" else (self.features, self.rank)
+
+    @property
+    def key(self) -> str:
+        """The name with dots replaced, usable as an ``nn.ModuleDict`` key."""
+        return self.name.replace(".", "__")
+
+    def to_feature_major(self, value: torch.Tensor) -> torch.Tensor:
+        """The factor as (features x rank): rows are the vectors the rank-space covariance acts on."""
+        return value.mT if self.factor == "A" else value
+
+    def from_feature_major(self, value: torch.Tensor) -> torch.Tensor:
+        return value.mT if self.factor == "A" else value
+
+
+def _linear_leaf_names(model: nn.Module) -> list[str]:
+    return sorted({name.rsplit(".", 1)[-1] for name, m in model.named_modules() if isinstance(m, nn.Linear) and name})
+
+
+def inject_lora(
+    model: nn.Module,
+    targets: Sequence[str],
+    rank: int,
+    alpha: float,
+    trainable_modules: Sequence[str] | None = None,
+) -> PeftModel:
+    """Freeze ``model``, add LoRA (rank, alpha) at every linear module whose name ends in a target.
+
+    ``trainable_modules`` default to the task heads in :data:`HEAD_MODULE_NAMES` present in the model.
+    An unknown target raises ``ValueError`` listing the linear modules that exist.
+    """
+    names = [name for name, _ in model.named_modules()]
+    linear_names = _linear_leaf_names(model)
+    missing = [t for t in targets if not any(n == t or n.endswith("." + t) for n in names)]
+    if missing:
+        raise ValueError(
+            f"target modules {missing} not found in {type(model).__name__}; "
+            f"its linear modules are: {', '.join(linear_names)}"
+        )
+    if trainable_modules is None:
+        leaf_names = {n.rsplit(".", 1)[-1] for n in names}
+        trainable_modules = [h for h in HEAD_MODULE_NAMES if h in leaf_names]
+    config = LoraConfig(
+        r=rank,
+        lora_alpha=alpha,
+        target_modules=list(targets),
+        lora_dropout=0.0,
+        modules_to_save=list(trainable_modules) or None,
+    )
+    return get_peft_model(model, config)
+
+
+def factor_sites(network: PeftModel, stochastic: Sequence[str]) -> list[FactorSite]:
+    """The stochastic factor sites of an injected network, in module order."""
+    sites = []
+    for name, param in network.named_parameters():
+        for factor in stochastic:
+            suffix = f".lora_{factor}.{_ADAPTER}.weight"
+            if name.endswith(suffix):
+                path = name.removeprefix(_PEFT_PREFIX).removesuffix(suffix)
+                rank, features = (param.shape[0], param.shape[1]) if factor == "A" else (param.shape[1], param.shape[0])
+                sites.append(FactorSite(f"{path}.lora_{factor}", name, factor, rank, features))
+    if not sites:
+        raise ValueError("the network has no LoRA factors; inject LoRA first (inject_lora)")
+    return sites

@@ -1,0 +1,53 @@
+"""The peers, trained through the same loop and data: PEFT's plain LoRA and PEFT's MonteCLoRA variant.
+
+PEFT's MonteCLoRA objective is its own: ``task loss + model.base_model._get_monteclora_loss()``
+(what ``peft.helpers.MontecloraTrainerMixin`` adds), with its defaults unless told otherwise.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+from peft import LoraConfig, MontecloraConfig, PeftModel, get_peft_model
+from torch import nn
+
+from .bayesian_lora import BATCH_KEYS
+from .declarations import PriorSpec
+from .lora_sites import HEAD_MODULE_NAMES
+
+__all__ = ["PEERS", "peft_peer", "peer_loss"]
+
+PEERS = ("peft-lora", "peft-monteclora")
+
+
+def peft_peer(model: nn.Module, peer: str, spec: PriorSpec, kl_loss_weight: float = 1e-5) -> PeftModel:
+    """PEFT LoRA (``peft-lora``) or PEFT MonteCLoRA (``peft-monteclora``) with the declaration's
+    targets, rank, alpha, number of components, perturbation scale and Dirichlet concentration."""
+    if peer not in PEERS:
+        raise ValueError(f"peer {peer!r} is unknown; available: {', '.join(PEERS)}")
+    monteclora = None
+    if peer == "peft-monteclora":
+        monteclora = MontecloraConfig(
+            num_samples=spec.num_components,
+            sample_scaler=spec.perturbation_scale,
+            kl_loss_weight=kl_loss_weight,
+            dirichlet_prior=spec.dirichlet_concentration,
+        )
+    leaf_names = {n.rsplit(".", 1)[-1] for n, _ in model.named_modules()}
+    config = LoraConfig(
+        r=spec.rank,
+        lora_alpha=spec.alpha,
+        target_modules=list(spec.targets),
+        lora_dropout=0.0,
+        modules_to_save=[h for h in HEAD_MODULE_NAMES if h in leaf_names] or None,
+        monteclora_config=monteclora,
+    )
+    return get_peft_model(model, config)
+
+
+def peer_loss(network: PeftModel, batch: Mapping[str, torch.Tensor], kl_weight: float = 0.0) -> torch.Tensor:
+    """The Hugging Face task loss plus PEFT's MonteCLoRA regularizer (0 for plain LoRA)."""
+    inputs = {k: v for k, v in batch.items() if k not in BATCH_KEYS}
+    loss = network(**inputs, labels=batch["labels"]).loss
+    return loss + network.base_model._get_monteclora_loss()

@@ -1,0 +1,71 @@
+"""Predictions: the posterior mean (zero overhead, mergeable into W0) and the posterior predictive.
+
+The posterior predictive averages the likelihood's prediction over S draws of the adapters,
+p(y | x) ~ (1/S) sum_s p(y | x, theta_s); the S draws are taken once and shared by every batch, so
+each draw is one coherent model of the whole dev set.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+
+import torch
+from torch import nn
+
+from .bayesian_lora import BATCH_KEYS, BayesianLoRA
+from .svi import move_to
+
+__all__ = ["Predictions", "predict", "predict_network"]
+
+Predictions = dict[str, torch.Tensor]
+
+
+@torch.no_grad()
+def _collect(loader: Iterable, device: torch.device, heads: Mapping[str, Callable]) -> Predictions:
+    outputs: dict[str, list[torch.Tensor]] = {name: [] for name in heads}
+    labels = []
+    for batch in loader:
+        batch = move_to(batch, device)
+        labels.append(batch["labels"].cpu())
+        for name, head in heads.items():
+            outputs[name].append(head(batch).cpu())
+    return {"labels": torch.cat(labels), **{name: torch.cat(v) for name, v in outputs.items()}}
+
+
+def predict(module: BayesianLoRA, loader: Iterable, num_samples: int = 8, device=None) -> Predictions:
+    """``mean``: predictions with the posterior-mean adapters; ``predictive``: averaged over draws.
+
+    Classification gives class probabilities; regression gives the predicted value (``predictive``
+    is then the mean over draws and ``predictive_var`` the spread of the draws).
+    """
+    if not (isinstance(num_samples, int) and num_samples >= 1):
+        raise ValueError(f"num_samples = {num_samples!r} must be an integer >= 1")
+    device = device or next(module.parameters()).device
+    module.eval()
+    draws = [module.posterior_draw() for _ in range(num_samples)]
+    readout = module.likelihood.predictive
+
+    def mean(batch):
+        return readout(module.network_output(batch))
+
+    def each_draw(batch):
+        return torch.stack([readout(module.network_output(batch, draw)) for draw in draws], dim=1)
+
+    result = _collect(loader, device, {"mean": mean, "draws": each_draw})
+    stacked = result.pop("draws")  # (examples, draws, ...)
+    result["predictive"] = stacked.mean(1)
+    if module.likelihood.regression:
+        result["predictive_var"] = stacked.var(1) if num_samples > 1 else torch.zeros_like(stacked[:, 0])
+    return result
+
+
+def predict_network(network: nn.Module, loader: Iterable, device=None, regression: bool = False) -> Predictions:
+    """``mean`` predictions of a plain (e.g. PEFT) network in eval mode, for the peers."""
+    device = device or next(network.parameters()).device
+    network.eval()
+
+    def mean(batch):
+        output = network(**{k: v for k, v in batch.items() if k not in BATCH_KEYS}).logits.float()
+        return output.reshape(-1) if regression else output.softmax(-1)
+
+    return _collect(loader, device, {"mean": mean})

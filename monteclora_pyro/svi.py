@@ -1,0 +1,145 @@
+"""SVI as an ordinary PyTorch training loop (as in Pyro's ``examples/svi_torch.py``).
+
+The loss of a :class:`~monteclora_pyro.bayesian_lora.BayesianLoRA` is its per-example negative
+tempered ELBO; AdamW with linear warm-up and decay, gradient-norm clipping and an optional linear
+KL annealing (beta_t = beta * min(1, t / kl_anneal_steps)) drive it.  The same loop trains the PEFT
+peers (pass ``loss_fn``), so the methods are compared under identical optimization.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+from transformers import get_linear_schedule_with_warmup
+
+__all__ = ["TrainConfig", "TrainHistory", "train", "move_to"]
+
+LossFn = Callable[[nn.Module, Mapping[str, torch.Tensor], float], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimization settings; every bad value fails at construction, naming the value."""
+
+    lr: float = 5e-4
+    weight_decay: float = 0.0
+    warmup_ratio: float = 0.06
+    epochs: int = 1
+    max_steps: int | None = None
+    grad_clip: float = 1.0
+    kl_anneal_steps: int = 0
+    log_every: int = 10
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        checks = [
+            ("lr", self.lr > 0, "> 0"),
+            ("weight_decay", self.weight_decay >= 0, ">= 0"),
+            ("warmup_ratio", 0 <= self.warmup_ratio < 1, "in [0, 1)"),
+            ("epochs", isinstance(self.epochs, int) and self.epochs >= 1, "an integer >= 1"),
+            ("max_steps", self.max_steps is None or (isinstance(self.max_steps, int) and self.max_steps >= 1),
+             "an integer >= 1 or None"),
+            ("grad_clip", self.grad_clip > 0 or self.grad_clip == math.inf, "> 0 (inf disables clipping)"),
+            ("kl_anneal_steps", self.kl_anneal_steps >= 0, ">= 0"),
+            ("log_every", self.log_every >= 1, ">= 1"),
+        ]
+        for name, ok, allowed in checks:
+            if not ok:
+                raise ValueError(f"{name} = {getattr(self, name)!r} must be {allowed}")
+
+    def total_steps(self, batches_per_epoch: int) -> int:
+        """``max_steps`` when set (it overrides ``epochs``, as in Hugging Face), else epochs x batches."""
+        return self.max_steps or self.epochs * batches_per_epoch
+
+
+@dataclass
+class TrainHistory:
+    """Per-step wall time and loss, and the ELBO's terms at each logged step (per example)."""
+
+    step_seconds: list[float] = field(default_factory=list)
+    loss: list[float] = field(default_factory=list)
+    logged_steps: list[int] = field(default_factory=list)
+    kl: list[float] = field(default_factory=list)
+    expected_log_likelihood: list[float] = field(default_factory=list)
+    kl_weight: list[float] = field(default_factory=list)
+
+    @property
+    def steps(self) -> int:
+        return len(self.loss)
+
+    def median_step_seconds(self, skip: int = 2) -> float:
+        """Median step time, skipping the first ``skip`` (warm-up) steps when there are more."""
+        times = self.step_seconds[skip:] if len(self.step_seconds) > skip else self.step_seconds
+        return statistics.median(times)
+
+
+def move_to(batch: Mapping[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+
+
+def _repeat(loader: Iterable) -> Iterator:
+    while True:
+        yield from loader
+
+
+def elbo_loss(module: nn.Module, batch: Mapping[str, torch.Tensor], kl_weight: float) -> torch.Tensor:
+    """Default loss: the BayesianLoRA's per-example negative tempered ELBO."""
+    return module(batch, kl_weight=kl_weight)
+
+
+def train(
+    module: nn.Module,
+    loader: Iterable,
+    config: TrainConfig,
+    loss_fn: LossFn = elbo_loss,
+    device: torch.device | str | None = None,
+) -> TrainHistory:
+    """Optimize ``loss_fn`` over the trainable parameters of ``module``; returns the history."""
+    device = torch.device(device) if device is not None else next(module.parameters()).device
+    params = [p for p in module.parameters() if p.requires_grad]
+    if not params:
+        raise ValueError("the module has no trainable parameters")
+    total = config.total_steps(len(loader))  # type: ignore[arg-type]
+    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    schedule = get_linear_schedule_with_warmup(optimizer, int(config.warmup_ratio * total), total)
+    beta = float(getattr(module, "kl_weight", 0.0))
+    num_data = getattr(module, "num_data", None)
+    history = TrainHistory()
+    module.train()
+    bar = tqdm(total=total, disable=not config.progress, desc="train", dynamic_ncols=True)
+    for step, batch in enumerate(_repeat(loader)):
+        if step >= total:
+            break
+        start = time.perf_counter()
+        batch = move_to(batch, device)
+        kl_weight = beta * min(1.0, (step + 1) / config.kl_anneal_steps) if config.kl_anneal_steps else beta
+        loss = loss_fn(module, batch, kl_weight)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if config.grad_clip != math.inf:
+            torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
+        optimizer.step()
+        schedule.step()
+        loss_value = loss.item()
+        history.step_seconds.append(time.perf_counter() - start)
+        history.loss.append(loss_value)
+        if not math.isfinite(loss_value):
+            raise FloatingPointError(f"loss became {loss_value} at step {step}; lower the learning rate (lr = {config.lr})")
+        if (step % config.log_every == 0 or step == total - 1) and hasattr(module, "kl_terms") and num_data:
+            with torch.no_grad():
+                kl = float(sum(module.kl_terms().values())) / num_data
+            history.logged_steps.append(step)
+            history.kl.append(kl)
+            history.kl_weight.append(kl_weight)
+            history.expected_log_likelihood.append(-(loss_value - kl_weight * kl))
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss_value:.4f}")
+    bar.close()
+    return history
