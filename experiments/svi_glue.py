@@ -13,6 +13,8 @@ import dataclasses
 import json
 import sys
 
+import datasets
+
 from monteclora_pyro.glue import GlueRunConfig, run_glue
 
 
@@ -34,7 +36,8 @@ def parse_args(argv: list[str] | None = None) -> GlueRunConfig:
     defaults = GlueRunConfig()
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--task", default=defaults.task, help="GLUE task: cola sst2 mrpc stsb qnli rte wnli mnli")
-    p.add_argument("--data-dir", default=None, help="GLUE directory (CoLA/, RTE/, ...); default: shared data or the hub")
+    p.add_argument("--data-dir", default=None,
+                   help="GLUE directory (CoLA/, RTE/, ...); default: ../shared/data/glue if present, else the hub")
     p.add_argument("--output-dir", default=None, help="where metrics.json and config.json go (default runs/TASK-PRIOR)")
     p.add_argument("--prior", default=defaults.prior, help="bundled prior name (models/*.toml) or a .toml path")
     p.add_argument("--guide", default=None, help="guide name (guides/); default: the prior family's own")
@@ -61,7 +64,8 @@ def parse_args(argv: list[str] | None = None) -> GlueRunConfig:
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
     values = {k: v for k, v in vars(args).items() if k not in ("no_progress", "output_dir")}
-    output_dir = args.output_dir or f"runs/{args.task}-{args.peer or args.prior.rsplit('/', 1)[-1].removesuffix('.toml')}"
+    method = args.peer or args.prior.rsplit("/", 1)[-1].removesuffix(".toml")
+    output_dir = args.output_dir or f"runs/{args.task}-{method}"
     config = GlueRunConfig(**values, output_dir=output_dir, progress=not args.no_progress)
     try:
         return config.resolved()
@@ -71,6 +75,7 @@ def parse_args(argv: list[str] | None = None) -> GlueRunConfig:
 
 def main(argv: list[str] | None = None) -> dict:
     config = parse_args(argv)
+    datasets.disable_progress_bars()
     print("config:", json.dumps(dataclasses.asdict(config), sort_keys=True), flush=True)
     metrics = run_glue(config)
     summary = {k: v for k, v in metrics.items() if not isinstance(v, dict)}

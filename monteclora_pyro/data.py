@@ -80,7 +80,9 @@ def default_glue_dir() -> Path | None:
 def _read_local(task: GlueTask, data_dir: Path) -> datasets.DatasetDict:
     folder = data_dir / task.directory
     if not folder.is_dir():
-        raise FileNotFoundError(f"{folder} does not exist: --data-dir must hold the GLUE folders ({task.directory}/ ...)")
+        raise FileNotFoundError(
+            f"{folder} does not exist: --data-dir must hold the GLUE folders ({task.directory}/ ...)"
+        )
     files = {"train": folder / "train.tsv", **{s: folder / f"{s}.tsv" for s in task.dev_splits}}
     missing = [str(p) for p in files.values() if not p.exists()]
     if missing:

@@ -8,11 +8,12 @@ Every bad value fails here with a message that names the key, the value and what
 from __future__ import annotations
 
 import dataclasses
-import tomllib
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
+
+import tomllib
 
 __all__ = ["FAMILIES", "PriorSpec", "available_priors", "load_prior"]
 
@@ -90,7 +91,10 @@ class PriorSpec:
         if not isinstance(n, int) or isinstance(n, bool) or n < 1:
             fail(f"num_components = {n!r} must be an integer >= 1")
         if not self.df > self.rank - 1:
-            fail(f"wishart_df = {self.df!r} must be > rank - 1 = {self.rank - 1} (r + 2 = {self.rank + 2} is the default)")
+            fail(
+                f"wishart_df = {self.df!r} must be > rank - 1 = {self.rank - 1} "
+                f"(r + 2 = {self.rank + 2} is the default)"
+            )
         if not self.wishart_scale > 0:
             fail(f"wishart_scale = {self.wishart_scale!r} must be > 0")
         if not self.dirichlet_concentration > 0:
@@ -101,7 +105,10 @@ class PriorSpec:
             fail(f"cooperative_weight = {self.cooperative_weight!r} must be >= 0")
         if self.prior_scale is None:
             if self.family == "gaussian":
-                fail(f"prior_scale is missing: family {self.family!r} needs a Normal prior scale > 0 (a flat prior is for 'map')")
+                fail(
+                    f"prior_scale is missing: family {self.family!r} needs a Normal prior scale > 0 "
+                    "(a flat prior is for 'map')"
+                )
         elif not self.prior_scale > 0:
             fail(f"prior_scale = {self.prior_scale!r} must be > 0 (or omitted for a flat 'map' prior)")
 

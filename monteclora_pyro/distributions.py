@@ -24,6 +24,8 @@ from pyro.distributions import Dirichlet, TorchDistribution
 from torch.distributions import Wishart, constraints
 from torch.distributions.kl import register_kl
 
+_NO_SHAPE = torch.Size()
+
 __all__ = ["WishartCholesky", "LaplaceBridgeDirichlet", "multivariate_digamma", "wishart_kl"]
 
 
@@ -71,7 +73,7 @@ class WishartCholesky(TorchDistribution):
         """E[Sigma] = df * V."""
         return self.df[..., None, None] * self.scale_tril @ self.scale_tril.mT
 
-    def rsample(self, sample_shape: torch.Size = torch.Size()) -> torch.Tensor:
+    def rsample(self, sample_shape: torch.Size = _NO_SHAPE) -> torch.Tensor:
         shape = torch.Size(sample_shape) + self.batch_shape
         p = self.dim
         chi2_df = self.df.expand(shape).unsqueeze(-1) - torch.arange(p, dtype=self.df.dtype, device=self.df.device)
@@ -124,7 +126,7 @@ class LaplaceBridgeDirichlet(Dirichlet):
     the KL are the exact Dirichlet ones; the sampler is biased, which is why it is an option only.
     """
 
-    def rsample(self, sample_shape: torch.Size = torch.Size()) -> torch.Tensor:
+    def rsample(self, sample_shape: torch.Size = _NO_SHAPE) -> torch.Tensor:
         alpha = self.concentration
         n = alpha.shape[-1]
         log_alpha = alpha.log()

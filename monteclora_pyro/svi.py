@@ -131,7 +131,9 @@ def train(
         history.step_seconds.append(time.perf_counter() - start)
         history.loss.append(loss_value)
         if not math.isfinite(loss_value):
-            raise FloatingPointError(f"loss became {loss_value} at step {step}; lower the learning rate (lr = {config.lr})")
+            raise FloatingPointError(
+                f"loss became {loss_value} at step {step}; lower the learning rate (lr = {config.lr})"
+            )
         if (step % config.log_every == 0 or step == total - 1) and hasattr(module, "kl_terms") and num_data:
             with torch.no_grad():
                 kl = float(sum(module.kl_terms().values())) / num_data

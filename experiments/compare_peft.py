@@ -1,0 +1,80 @@
+"""Side by side on one GLUE task with identical settings: ours (monteclora, map) and PEFT's peers.
+
+Every method gets the same data, seed, rank, targets, steps and optimizer; the table gives dev
+accuracy (posterior mean and predictive for ours), NLL and the median training-step time, all
+measured in this one process.  Results go to OUT/summary.json and OUT/<method>/metrics.json.
+
+    python experiments/compare_peft.py --task rte --max-steps 150 --output-dir runs/compare-rte
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+
+import datasets
+
+from monteclora_pyro.artifacts import atomic_write_json
+from monteclora_pyro.glue import GlueRunConfig, run_glue
+from monteclora_pyro.peers import PEERS
+
+METHODS = ("monteclora", "map", "peft-monteclora", "peft-lora")
+
+
+def method_config(base: GlueRunConfig, method: str, output_dir: str) -> GlueRunConfig:
+    """Ours: the bundled prior of that name; a peer: PEFT, with the monteclora declaration's settings."""
+    if method in PEERS:
+        return dataclasses.replace(base, prior="monteclora", peer=method, output_dir=output_dir)
+    return dataclasses.replace(base, prior=method, output_dir=output_dir)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--task", default="rte")
+    p.add_argument("--data-dir", default=None)
+    p.add_argument("--output-dir", default="runs/compare")
+    p.add_argument("--methods", default="monteclora,map,peft-monteclora")
+    p.add_argument("--rank", type=int, default=8)
+    p.add_argument("--lr", type=float, default=5e-4)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--max-steps", type=int, default=None)
+    p.add_argument("--epochs", type=int, default=1)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--num-samples", type=int, default=8)
+    p.add_argument("--max-train-samples", type=int, default=None)
+    p.add_argument("--max-eval-samples", type=int, default=None)
+    p.add_argument("--no-progress", action="store_true")
+    args = p.parse_args(argv)
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        p.error(f"--methods: unknown {unknown}; allowed: {', '.join(METHODS)}")
+    base = GlueRunConfig(task=args.task, data_dir=args.data_dir, rank=args.rank, lr=args.lr,
+                         batch_size=args.batch_size, max_steps=args.max_steps, epochs=args.epochs, seed=args.seed,
+                         num_samples=args.num_samples, max_train_samples=args.max_train_samples,
+                         max_eval_samples=args.max_eval_samples,
+                         progress=not args.no_progress)
+    configs = {m: method_config(base, m, f"{args.output_dir}/{m}") for m in methods}
+    try:
+        configs = {m: c.resolved() for m, c in configs.items()}  # every value checked before any training
+    except ValueError as error:
+        p.error(str(error))
+    datasets.disable_progress_bars()
+    rows = {}
+    for method, config in configs.items():
+        print(f"== {method}", flush=True)
+        metrics = run_glue(config)
+        rows[method] = {k: metrics.get(k) for k in
+                        ("accuracy", "mean_accuracy", "nll", "mean_nll", "median_step_seconds", "steps")}
+    print(f"\n{'method':<16} {'acc (pred)':>10} {'acc (mean)':>10} {'nll':>8} {'step s':>8}")
+    for method, row in rows.items():
+        print(f"{method:<16} {row['accuracy']:>10.4f} {row['mean_accuracy']:>10.4f} {row['nll']:>8.4f} "
+              f"{row['median_step_seconds']:>8.3f}")
+    summary = {"task": args.task, "settings": vars(args), "methods": rows}
+    atomic_write_json(f"{args.output_dir}/summary.json", summary)
+    return summary
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,68 @@
+"""Prior declarations load from models/ or a user file; bad values fail at load time, named."""
+
+from __future__ import annotations
+
+import pytest
+
+from monteclora_pyro import PriorSpec, available_priors, load_prior
+
+
+def test_bundled_priors_load():
+    assert {"monteclora", "gaussian", "map"} <= set(available_priors())
+    spec = load_prior("monteclora")
+    assert spec.family == "monteclora" and spec.df == spec.rank + 2
+    assert load_prior("map").prior_scale is None  # flat: plain LoRA
+    assert load_prior("gaussian").prior_scale == 1.0
+
+
+def test_a_user_adds_a_prior_by_adding_a_file(tmp_path):
+    path = tmp_path / "wide.toml"
+    path.write_text('family = "monteclora"\nrank = 4\nwishart_df = 9\nstochastic = ["A", "B"]\n')
+    spec = load_prior(path)
+    assert (spec.name, spec.rank, spec.df, spec.stochastic) == ("wide", 4, 9.0, ("A", "B"))
+
+
+def test_overrides_are_validated_again():
+    assert load_prior("monteclora", rank=16).df == 18
+    with pytest.raises(ValueError, match=r"wishart_df = 10.0 must be > rank - 1 = 15"):
+        PriorSpec(family="monteclora", rank=8, wishart_df=10).replace(rank=16)
+
+
+@pytest.mark.parametrize(
+    "fields,message",
+    [
+        ({"family": "laplace"}, r"family = 'laplace' is unknown; allowed: monteclora, gaussian, map"),
+        ({"rank": 0}, r"rank = 0 must be an integer >= 1"),
+        ({"num_components": 0}, r"num_components = 0 must be an integer >= 1"),
+        ({"rank": 8, "wishart_df": 7}, r"wishart_df = 7.0 must be > rank - 1 = 7"),
+        ({"dirichlet_concentration": 0.0}, r"dirichlet_concentration = 0.0 must be > 0"),
+        ({"dirichlet_concentration": -1.0}, r"dirichlet_concentration = -1.0 must be > 0"),
+        ({"perturbation_scale": 0.0}, r"perturbation_scale = 0.0 must be > 0"),
+        ({"stochastic": ["C"]}, r"stochastic = \['C'\] must be a non-empty subset"),
+        ({"targets": []}, r"targets = \[\] must be a non-empty list"),
+        ({"family": "gaussian"}, r"prior_scale is missing: family 'gaussian'"),
+        ({"family": "map", "prior_scale": -1.0}, r"prior_scale = -1.0 must be > 0"),
+    ],
+)
+def test_bad_declarations_fail_with_the_value_and_the_allowed_range(tmp_path, fields, message):
+    data = {"family": "monteclora"} | fields
+    lines = [f"{k} = {v!r}".replace("'", '"') if not isinstance(v, list) else f"{k} = {v}".replace("'", '"')
+             for k, v in data.items()]
+    path = tmp_path / "bad.toml"
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(ValueError, match=message):
+        load_prior(path)
+
+
+def test_unknown_keys_names_and_missing_files_fail_clearly(tmp_path):
+    path = tmp_path / "typo.toml"
+    path.write_text('family = "monteclora"\nwishart_dof = 12\n')
+    with pytest.raises(ValueError, match=r"unknown keys \['wishart_dof'\]"):
+        load_prior(path)
+    with pytest.raises(ValueError, match=r"neither a bundled prior \(gaussian, map, monteclora"):
+        load_prior("nonexistent")
+    with pytest.raises(FileNotFoundError):
+        load_prior(tmp_path / "missing.toml")
+    (tmp_path / "nofamily.toml").write_text("rank = 4\n")
+    with pytest.raises(ValueError, match="must declare a family"):
+        load_prior(tmp_path / "nofamily.toml")

@@ -1,0 +1,87 @@
+"""The real packaged MiniLM on real GLUE rows, and the experiment script as a user runs it."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+
+import pytest
+import torch
+from conftest import REPO
+
+from monteclora_pyro import TrainConfig, bayesian_lora_from_model, load_prior, train
+from monteclora_pyro.backbones import load_classifier
+from monteclora_pyro.data import get_task, load_glue, make_loader
+
+pytestmark = pytest.mark.integration
+
+
+def load_script(name: str):
+    spec = importlib.util.spec_from_file_location(name, REPO / "experiments" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_elbo_falls_on_64_real_rte_rows_with_minilm(glue_dir):
+    task = get_task("rte")
+    model, tokenizer = load_classifier(None, task.num_labels)
+    data = load_glue(task, glue_dir, tokenizer, max_length=64, max_train_samples=64, max_eval_samples=8)
+    assert len(data["train"]) == 64 and set(data["train"]["labels"]) == {0, 1}
+    loader = make_loader(data["train"], tokenizer, batch_size=16, shuffle=True)
+    module = bayesian_lora_from_model(model, load_prior("monteclora"), num_data=64, num_labels=2)
+    frozen = {n: p.detach().clone() for n, p in module.named_parameters() if not p.requires_grad}
+    history = train(module, loader, TrainConfig(lr=2e-3, epochs=6, warmup_ratio=0.0, progress=False))
+    first_epoch, last_epoch = history.loss[:4], history.loss[-4:]
+    assert sum(last_epoch) / 4 < sum(first_epoch) / 4 - 0.05, history.loss
+    for name, param in module.named_parameters():
+        if name in frozen:
+            assert torch.equal(param, frozen[name])
+
+
+def test_svi_glue_script_end_to_end(glue_dir, tmp_path):
+    script = load_script("svi_glue")
+    out = tmp_path / "run"
+    metrics = script.main(["--task", "rte", "--data-dir", str(glue_dir), "--output-dir", str(out),
+                           "--prior", "monteclora", "--guide", "monteclora", "--max-steps", "3",
+                           "--batch-size", "8", "--max-train-samples", "32", "--max-eval-samples", "24",
+                           "--num-samples", "2", "--max-length", "64", "--no-progress"])
+    written = json.loads((out / "metrics.json").read_text())
+    assert written["accuracy"] == metrics["accuracy"] and 0.0 <= written["accuracy"] <= 1.0
+    assert written["steps"] == 3 and written["task"] == "rte" and written["guide"] == "monteclora"
+    assert {"mean_accuracy", "nll", "mean_nll", "median_step_seconds"} <= set(written)
+    config = json.loads((out / "config.json").read_text())
+    assert config["prior_spec"]["family"] == "monteclora" and config["rank"] == 8
+
+
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["--lr", "-1"], "argument --lr: -1.0 must be > 0"),
+        (["--batch-size", "0"], "argument --batch-size: 0 must be an integer >= 1"),
+        (["--task", "squad"], "task 'squad' is unknown; GLUE tasks: cola, sst2"),
+        (["--prior", "nonexistent"], "prior 'nonexistent' is neither a bundled prior"),
+        (["--prior", "map", "--guide", "monteclora"], "guide = 'monteclora' does not fit prior family 'map'"),
+        (["--data-dir", "/nonexistent"], "data_dir = '/nonexistent' has no RTE/ folder"),
+        (["--rank", "0"], "argument --rank: 0 must be an integer >= 1"),
+        (["--kl-weight", "-2"], "kl_weight = -2.0 must be >= 0"),
+    ],
+)
+def test_bad_cli_values_fail_before_any_work(argv, message, capsys):
+    script = load_script("svi_glue")
+    with pytest.raises(SystemExit) as exit_info:
+        script.parse_args(argv)
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_compare_peft_script_runs_ours_and_the_peer(glue_dir, tmp_path):
+    script = load_script("compare_peft")
+    summary = script.main(["--task", "rte", "--data-dir", str(glue_dir), "--output-dir", str(tmp_path),
+                           "--methods", "monteclora,peft-monteclora", "--max-steps", "2", "--batch-size", "4",
+                           "--max-train-samples", "16", "--max-eval-samples", "8", "--num-samples", "2",
+                           "--no-progress"])
+    assert set(summary["methods"]) == {"monteclora", "peft-monteclora"}
+    for row in summary["methods"].values():
+        assert row["steps"] == 2 and 0 <= row["accuracy"] <= 1 and row["median_step_seconds"] > 0
+    assert (tmp_path / "summary.json").exists() and (tmp_path / "peft-monteclora" / "metrics.json").exists()
