@@ -10,23 +10,15 @@ measured in this one process.  Results go to OUT/summary.json and OUT/<method>/m
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import sys
 
 import datasets
 
 from monteclora_pyro.artifacts import atomic_write_json
 from monteclora_pyro.glue import GlueRunConfig, run_glue
-from monteclora_pyro.peers import PEERS
+from monteclora_pyro.sweep import method_config
 
-METHODS = ("monteclora", "map", "peft-monteclora", "peft-lora")
-
-
-def method_config(base: GlueRunConfig, method: str, output_dir: str) -> GlueRunConfig:
-    """Ours: the bundled prior of that name; a peer: PEFT, with the monteclora declaration's settings."""
-    if method in PEERS:
-        return dataclasses.replace(base, prior="monteclora", peer=method, output_dir=output_dir)
-    return dataclasses.replace(base, prior=method, output_dir=output_dir)
+METHODS = ("monteclora", "map", "gaussian", "peft-monteclora", "peft-lora")
 
 
 def main(argv: list[str] | None = None) -> dict:

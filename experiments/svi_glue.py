@@ -12,7 +12,9 @@ import argparse
 import dataclasses
 import json
 import sys
+from pathlib import Path
 
+import arviz as az
 import datasets
 
 from monteclora_pyro.glue import GlueRunConfig, run_glue
@@ -44,6 +46,8 @@ def parse_args(argv: list[str] | None = None) -> GlueRunConfig:
     p.add_argument("--peer", default=None, choices=["peft-lora", "peft-monteclora"], help="train a PEFT peer instead")
     p.add_argument("--model", default=None, help="Hugging Face model id or directory (default: packaged MiniLM)")
     p.add_argument("--rank", type=positive_int, default=None, help="LoRA rank (overrides the prior's)")
+    p.add_argument("--perturbation-scale", type=positive_float, default=None,
+                   help="eps of the monteclora perturbations (overrides the prior's)")
     p.add_argument("--lr", type=positive_float, default=defaults.lr)
     p.add_argument("--batch-size", type=positive_int, default=defaults.batch_size)
     p.add_argument("--eval-batch-size", type=positive_int, default=defaults.eval_batch_size)
@@ -82,6 +86,11 @@ def main(argv: list[str] | None = None) -> dict:
     width = max(map(len, summary))
     for key, value in summary.items():
         print(f"{key:<{width}}  {value:.4f}" if isinstance(value, float) else f"{key:<{width}}  {value}")
+    posterior = Path(config.output_dir) / "posterior.nc"
+    if posterior.exists():
+        idata = az.from_netcdf(posterior)
+        names = [v for v in ("perturbation_std", "factor_std", "factor_norm") if v in idata.posterior]
+        print(az.summary(idata, var_names=names, kind="stats").to_string())
     print(f"accuracy: {metrics.get('accuracy', float('nan')):.4f}  (written to {config.output_dir}/metrics.json)")
     return metrics
 

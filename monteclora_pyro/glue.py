@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,10 +20,12 @@ import torch
 from .artifacts import atomic_write_json
 from .backbones import default_model, load_classifier, resolve_device
 from .bayesian_lora import DEFAULT_GUIDES, bayesian_lora_from_model
-from .data import default_glue_dir, get_task, load_glue, make_loader
+from .data import GlueTask, default_glue_dir, get_task, load_glue, make_loader
 from .declarations import PriorSpec, load_prior
-from .metrics import classification_metrics, regression_metrics
+from .diagnostics import posterior_inference_data, save_posterior
+from .metrics import classification_metrics, glue_metrics, regression_metrics
 from .peers import PEERS, peer_loss, peft_peer
+from .plots import plot_elbo, plot_posterior_spread, plot_reliability
 from .prediction import predict, predict_network
 from .svi import TrainConfig, elbo_loss, train
 
@@ -41,6 +44,7 @@ class GlueRunConfig:
     peer: str | None = None  # "peft-lora" or "peft-monteclora": train PEFT's method instead of ours
     model: str | None = None  # None: the packaged MiniLM (offline) or its hub id
     rank: int | None = None  # overrides the declaration's rank
+    perturbation_scale: float | None = None  # overrides the declaration's eps
     lr: float = 5e-4
     batch_size: int = 32
     eval_batch_size: int = 64
@@ -97,20 +101,59 @@ class GlueRunConfig:
         )
 
     def prior_spec(self) -> PriorSpec:
-        return load_prior(self.prior, rank=self.rank)
+        return load_prior(self.prior, rank=self.rank, perturbation_scale=self.perturbation_scale)
 
     def train_config(self) -> TrainConfig:
         return TrainConfig(lr=self.lr, epochs=self.epochs, max_steps=self.max_steps,
                            kl_anneal_steps=self.kl_anneal_steps, progress=self.progress)
 
 
-def _report(predictions: dict[str, torch.Tensor], predictive: bool, regression: bool) -> dict[str, float]:
-    """Metrics of the posterior-mean predictions (``mean_*``) and of the predictive ones (unprefixed)."""
+def _report(predictions: dict[str, torch.Tensor], predictive: bool, task: GlueTask, module=None) -> dict[str, float]:
+    """Metrics of the posterior-mean predictions (``mean_*``) and of the predictive ones (unprefixed).
+
+    Regression NLL uses the learned Gaussian noise scale: the predictive is the mixture over draws.
+    """
     labels = predictions["labels"]
-    metric_fn = regression_metrics if regression else classification_metrics
-    report = {f"mean_{k}": v for k, v in metric_fn(predictions["mean"], labels).items()}
-    report.update(metric_fn(predictions["predictive"] if predictive else predictions["mean"], labels))
+
+    def metrics(values: torch.Tensor) -> dict[str, float]:
+        if task.num_labels == 1:
+            return regression_metrics(values, labels)
+        return classification_metrics(values, labels) | glue_metrics(task.metrics, values, labels)
+
+    report = {f"mean_{k}": v for k, v in metrics(predictions["mean"]).items()}
+    report.update(metrics(predictions["predictive"] if predictive else predictions["mean"]))
+    if task.num_labels == 1 and module is not None:
+        scale = module.likelihood.log_scale.exp().detach().cpu()
+        report["mean_nll"] = -torch.distributions.Normal(predictions["mean"], scale).log_prob(labels).mean().item()
+        draws = _draw_log_likelihood(module, predictions)
+        report["nll"] = -(draws.logsumexp(0) - math.log(draws.shape[0])).mean().item()
     return report
+
+
+def _draw_log_likelihood(module, predictions: dict[str, torch.Tensor]) -> torch.Tensor:
+    """log p(y_i | draw s) on the dev set, (draws x examples)."""
+    labels, draws = predictions["labels"], predictions["draws"]
+    if module.likelihood.regression:
+        scale = module.likelihood.log_scale.exp().detach().cpu()
+        return torch.distributions.Normal(draws, scale).log_prob(labels[:, None]).T
+    picked = draws.gather(-1, labels.long()[:, None, None].expand(-1, draws.shape[1], 1)).squeeze(-1)
+    return picked.clamp_min(1e-12).log().T
+
+
+def _write_artifacts(output_dir: Path, module, predictions, history, task: GlueTask) -> None:
+    """posterior.nc and the plots of one run of ours."""
+    idata = posterior_inference_data(module, num_draws=200, observed=predictions["labels"],
+                                     log_likelihood=_draw_log_likelihood(module, predictions))
+    save_posterior(idata, output_dir / "posterior.nc")
+    plot_posterior_spread(idata, output_dir / "plots" / "posterior.png")
+    plot_elbo(_elbo_history(history), output_dir / "plots" / "elbo.png", loss=history.loss)
+    if task.num_labels > 1:
+        plot_reliability(predictions["predictive"], predictions["labels"], output_dir / "plots" / "reliability.png")
+
+
+def _elbo_history(history) -> dict[str, list]:
+    return {"step": history.logged_steps, "kl_per_example": history.kl,
+            "expected_log_likelihood_per_example": history.expected_log_likelihood, "kl_weight": history.kl_weight}
 
 
 def run_glue(config: GlueRunConfig) -> dict[str, Any]:
@@ -157,13 +200,16 @@ def run_glue(config: GlueRunConfig) -> dict[str, Any]:
             predictions = predict(module, loader, config.num_samples, device)
         else:
             predictions = predict_network(module, loader, device, regression=task.num_labels == 1)
-        report = _report(predictions, predictive=config.peer is None, regression=task.num_labels == 1)
-        prefix = "" if split == task.dev_splits[0] else f"{split}_"
-        metrics.update({prefix + k: v for k, v in report.items()})
-    metrics["elbo_history"] = {
-        "step": history.logged_steps, "kl_per_example": history.kl,
-        "expected_log_likelihood_per_example": history.expected_log_likelihood, "kl_weight": history.kl_weight,
-    }
+        report = _report(predictions, predictive=config.peer is None, task=task,
+                         module=module if config.peer is None else None)
+        first_split = split == task.dev_splits[0]
+        metrics.update({("" if first_split else f"{split}_") + k: v for k, v in report.items()})
+        if first_split and config.peer is None:
+            _write_artifacts(output_dir, module, predictions, history, task)
+        elif first_split and task.num_labels > 1:
+            plot_reliability(predictions["mean"], predictions["labels"], output_dir / "plots" / "reliability.png")
+    if config.peer is None:
+        metrics["elbo_history"] = _elbo_history(history)
     atomic_write_json(output_dir / "metrics.json", metrics)
     return metrics
 

@@ -1,11 +1,15 @@
-"""Metrics for classification predictions (class probabilities) and regression predictions."""
+"""Task metrics: accuracy, NLL and calibration for classification, correlations for regression, and
+the GLUE metrics (Matthews correlation for CoLA, F1 for MRPC) from scikit-learn."""
 
 from __future__ import annotations
 
 import torch
 from scipy import stats
+from sklearn.metrics import f1_score, matthews_corrcoef
 
-__all__ = ["accuracy", "negative_log_likelihood", "classification_metrics", "regression_metrics"]
+from .calibration import brier_score, expected_calibration_error, maximum_calibration_error
+
+__all__ = ["accuracy", "negative_log_likelihood", "classification_metrics", "regression_metrics", "glue_metrics"]
 
 
 def accuracy(probs: torch.Tensor, labels: torch.Tensor) -> float:
@@ -18,8 +22,16 @@ def negative_log_likelihood(probs: torch.Tensor, labels: torch.Tensor) -> float:
     return (-picked.clamp_min(1e-12).log()).mean().item()
 
 
-def classification_metrics(probs: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
-    return {"accuracy": accuracy(probs, labels), "nll": negative_log_likelihood(probs, labels)}
+def classification_metrics(probs: torch.Tensor, labels: torch.Tensor, num_bins: int = 15) -> dict[str, float]:
+    """accuracy, nll, ece and mce (``num_bins`` equal-width bins) and the Brier score."""
+    labels = labels.long()
+    return {
+        "accuracy": accuracy(probs, labels),
+        "nll": negative_log_likelihood(probs, labels),
+        "ece": float(expected_calibration_error(probs, labels, num_bins)),
+        "mce": float(maximum_calibration_error(probs, labels, num_bins)),
+        "brier": float(brier_score(probs, labels)),
+    }
 
 
 def regression_metrics(predictions: torch.Tensor, targets: torch.Tensor) -> dict[str, float]:
@@ -30,3 +42,14 @@ def regression_metrics(predictions: torch.Tensor, targets: torch.Tensor) -> dict
         "spearman": float(stats.spearmanr(x, y).statistic),
         "mse": float(((x - y) ** 2).mean()),
     }
+
+
+def glue_metrics(task_metrics: tuple[str, ...], probs: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
+    """The task's official GLUE metrics beyond accuracy: ``matthews_correlation`` and ``f1``."""
+    predicted, truth = probs.argmax(-1).numpy(), labels.long().numpy()
+    out = {}
+    if "matthews_correlation" in task_metrics:
+        out["matthews_correlation"] = float(matthews_corrcoef(truth, predicted))
+    if "f1" in task_metrics:
+        out["f1"] = float(f1_score(truth, predicted))
+    return out

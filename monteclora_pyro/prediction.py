@@ -33,7 +33,8 @@ def _collect(loader: Iterable, device: torch.device, heads: Mapping[str, Callabl
 
 
 def predict(module: BayesianLoRA, loader: Iterable, num_samples: int = 8, device=None) -> Predictions:
-    """``mean``: predictions with the posterior-mean adapters; ``predictive``: averaged over draws.
+    """``mean``: predictions with the posterior-mean adapters; ``predictive``: averaged over draws;
+    ``draws``: each draw's predictions (examples x draws x ...).
 
     Classification gives class probabilities; regression gives the predicted value (``predictive``
     is then the mean over draws and ``predictive_var`` the spread of the draws).
@@ -52,7 +53,7 @@ def predict(module: BayesianLoRA, loader: Iterable, num_samples: int = 8, device
         return torch.stack([readout(module.network_output(batch, draw)) for draw in draws], dim=1)
 
     result = _collect(loader, device, {"mean": mean, "draws": each_draw})
-    stacked = result.pop("draws")  # (examples, draws, ...)
+    stacked = result["draws"]  # (examples, draws, ...)
     result["predictive"] = stacked.mean(1)
     if module.likelihood.regression:
         result["predictive_var"] = stacked.var(1) if num_samples > 1 else torch.zeros_like(stacked[:, 0])

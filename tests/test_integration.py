@@ -85,3 +85,22 @@ def test_compare_peft_script_runs_ours_and_the_peer(glue_dir, tmp_path):
     for row in summary["methods"].values():
         assert row["steps"] == 2 and 0 <= row["accuracy"] <= 1 and row["median_step_seconds"] > 0
     assert (tmp_path / "summary.json").exists() and (tmp_path / "peft-monteclora" / "metrics.json").exists()
+
+
+def test_sweep_script_is_resumable_on_real_cola_rows(glue_dir, tmp_path, capsys):
+    script = load_script("sweep_glue")
+    argv = ["--task", "cola", "--data-dir", str(glue_dir), "--output-dir", str(tmp_path), "--methods",
+            "map,peft-monteclora", "--lrs", "1e-3", "--batch-sizes", "8", "--seeds", "0,1", "--max-steps", "2",
+            "--max-train-samples", "16", "--max-eval-samples", "32", "--max-length", "32", "--num-samples", "2",
+            "--no-progress"]
+    summary = script.main(argv)
+    assert summary["metric"] == "matthews_correlation"
+    assert set(summary["robustness"]) == {"map", "peft-monteclora"}
+    for stats in summary["robustness"].values():
+        assert stats["cells"] == 2 and stats["spread"] == stats["max"] - stats["min"] >= 0
+    rows = (tmp_path / "sweep.csv").read_text().splitlines()
+    assert len(rows) == 1 + 4 and rows[0].startswith("task,method,lr,batch_size,seed")
+    assert (tmp_path / "plots" / "metric_vs_lr.png").stat().st_size > 10_000
+    capsys.readouterr()
+    script.main(argv)  # a second run finds every cell finished
+    assert capsys.readouterr().out.count("done already, skipped") == 4

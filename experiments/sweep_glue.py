@@ -1,0 +1,77 @@
+"""Robustness sweep over learning rates, batch sizes and seeds for several methods on one GLUE task.
+
+Resumable: finished cells (OUT/cells/<cell>/metrics.json) are not rerun.  Writes OUT/sweep.csv (one
+row per cell), OUT/robustness.json (mean, std, min, max, max - min per method) and
+OUT/plots/metric_vs_lr.png.
+
+    python experiments/sweep_glue.py --task mrpc --lrs 1e-4,3e-4,1e-3,3e-3 --batch-sizes 16,32 \
+        --seeds 0,1 --methods map,monteclora,peft-monteclora --output-dir results/sweeps/mrpc
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import datasets
+
+from monteclora_pyro.glue import GlueRunConfig
+from monteclora_pyro.sweep import run_sweep
+
+
+def number_list(kind):
+    def parse(text: str) -> list:
+        try:
+            values = [kind(v) for v in text.split(",") if v.strip()]
+        except ValueError as error:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of {kind.__name__}") from error
+        if not values:
+            raise argparse.ArgumentTypeError("the list is empty")
+        return values
+
+    return parse
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--task", default="mrpc")
+    p.add_argument("--data-dir", default=None)
+    p.add_argument("--output-dir", default=None, help="default: runs/sweep-TASK")
+    p.add_argument("--methods", default="map,monteclora,peft-monteclora",
+                   help="bundled prior names or .toml paths (ours) and peft-lora / peft-monteclora")
+    p.add_argument("--lrs", type=number_list(float), default=[1e-4, 3e-4, 1e-3, 3e-3])
+    p.add_argument("--batch-sizes", type=number_list(int), default=[16, 32])
+    p.add_argument("--seeds", type=number_list(int), default=[0, 1])
+    p.add_argument("--model", default=None)
+    p.add_argument("--rank", type=int, default=None)
+    p.add_argument("--epochs", type=int, default=1)
+    p.add_argument("--max-steps", type=int, default=None)
+    p.add_argument("--num-samples", type=int, default=8)
+    p.add_argument("--kl-weight", type=float, default=1.0)
+    p.add_argument("--max-length", type=int, default=128)
+    p.add_argument("--max-train-samples", type=int, default=None)
+    p.add_argument("--max-eval-samples", type=int, default=None)
+    p.add_argument("--no-progress", action="store_true")
+    args = p.parse_args(argv)
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    base = GlueRunConfig(task=args.task, data_dir=args.data_dir, model=args.model, rank=args.rank, epochs=args.epochs,
+                         max_steps=args.max_steps, num_samples=args.num_samples, kl_weight=args.kl_weight,
+                         max_length=args.max_length, max_train_samples=args.max_train_samples,
+                         max_eval_samples=args.max_eval_samples, progress=not args.no_progress)
+    datasets.disable_progress_bars()
+    try:
+        summary = run_sweep(base, methods, args.lrs, args.batch_sizes, args.seeds,
+                            args.output_dir or f"runs/sweep-{args.task}")
+    except ValueError as error:
+        p.error(str(error))
+    print(f"\n{summary['task']}: {summary['metric']} across the grid (ECE mean in the last column)")
+    print(f"{'method':<18} {'mean':>8} {'std':>8} {'min':>8} {'max':>8} {'max-min':>8} {'cells':>6} {'ECE':>8}")
+    for method, s in summary["robustness"].items():
+        ece = summary["ece"].get(method, {}).get("mean", float("nan"))
+        print(f"{method:<18} {s['mean']:>8.4f} {s['std']:>8.4f} {s['min']:>8.4f} {s['max']:>8.4f} "
+              f"{s['spread']:>8.4f} {s['cells']:>6} {ece:>8.4f}")
+    return summary
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,110 @@
+"""Calibration of class-probability predictions: ECE, MCE, Brier score and reliability bins.
+
+``probs`` is an (n x C) tensor of class probabilities and ``labels`` an (n,) tensor of integer
+classes.  The binned metrics use the confidence ``max_c probs[i, c]`` and whether its class is the
+label, in ``num_bins`` equal-width bins ``[k / M, (k + 1) / M)``, the last one closed at 1 (the
+convention of torchmetrics' ``MulticlassCalibrationError``, except that torchmetrics gives a
+confidence of exactly 1 a bin of its own).  Everything is computed in float64.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+
+__all__ = [
+    "ReliabilityBins",
+    "brier_score",
+    "expected_calibration_error",
+    "maximum_calibration_error",
+    "reliability_bins",
+]
+
+
+class ReliabilityBins(NamedTuple):
+    """Per-bin statistics of a reliability diagram; ``confidence`` / ``accuracy`` are NaN in empty bins.
+
+    edges: the num_bins + 1 bin boundaries, 0 to 1.  confidence: mean confidence per bin.
+    accuracy: fraction of correct top-1 predictions per bin.  counts: examples per bin.
+    """
+
+    edges: torch.Tensor
+    confidence: torch.Tensor
+    accuracy: torch.Tensor
+    counts: torch.Tensor
+
+
+def _validate(probs: torch.Tensor, labels: torch.Tensor, num_bins: int | None = None) -> None:
+    if probs.dim() != 2:
+        raise ValueError(f"probs must be a 2-D (examples x classes) tensor; got shape {tuple(probs.shape)}")
+    if labels.dim() != 1 or labels.shape[0] != probs.shape[0]:
+        raise ValueError(
+            f"labels must be a 1-D tensor with one entry per row of probs ({probs.shape[0]}); "
+            f"got shape {tuple(labels.shape)}"
+        )
+    if probs.shape[0] == 0:
+        raise ValueError("probs and labels are empty")
+    if labels.is_floating_point() or labels.is_complex():
+        raise ValueError(f"labels must be integer classes; got dtype {labels.dtype}")
+    if labels.min() < 0 or labels.max() >= probs.shape[1]:
+        raise ValueError(
+            f"labels must lie in [0, {probs.shape[1] - 1}] (the columns of probs); "
+            f"got values from {labels.min().item()} to {labels.max().item()}"
+        )
+    if not ((probs >= 0) & (probs <= 1)).all():
+        raise ValueError(
+            "probs must be probabilities in [0, 1] (got values outside it, or NaN); pass softmax(logits)"
+        )
+    if num_bins is not None and not (isinstance(num_bins, int) and num_bins >= 1):
+        raise ValueError(f"num_bins = {num_bins!r} must be an integer >= 1")
+
+
+def _binned_sums(
+    probs: torch.Tensor, labels: torch.Tensor, num_bins: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(edges, per-bin sum of confidences, per-bin number correct, per-bin count), all float64."""
+    _validate(probs, labels, num_bins)
+    confidence, predicted = probs.detach().double().max(dim=-1)
+    correct = (predicted == labels.to(predicted.device)).double()
+    edges = torch.linspace(0, 1, num_bins + 1, dtype=torch.float64, device=confidence.device)
+    index = (torch.bucketize(confidence, edges, right=True) - 1).clamp(max=num_bins - 1)
+    zeros = torch.zeros(num_bins, dtype=torch.float64, device=confidence.device)
+    return (
+        edges,
+        zeros.index_add(0, index, confidence),
+        zeros.index_add(0, index, correct),
+        zeros.index_add(0, index, torch.ones_like(confidence)),
+    )
+
+
+def reliability_bins(probs: torch.Tensor, labels: torch.Tensor, num_bins: int = 15) -> ReliabilityBins:
+    """Mean confidence, accuracy and count of each equal-width confidence bin (for plotting)."""
+    edges, confidence_sum, correct_sum, counts = _binned_sums(probs, labels, num_bins)
+    occupied = counts.where(counts > 0, torch.nan)
+    return ReliabilityBins(edges, confidence_sum / occupied, correct_sum / occupied, counts.long())
+
+
+def expected_calibration_error(probs: torch.Tensor, labels: torch.Tensor, num_bins: int = 15) -> float:
+    """ECE = sum_k (n_k / n) |acc_k - conf_k| over equal-width confidence bins."""
+    _, confidence_sum, correct_sum, counts = _binned_sums(probs, labels, num_bins)
+    return ((correct_sum - confidence_sum).abs().sum() / counts.sum()).item()
+
+
+def maximum_calibration_error(probs: torch.Tensor, labels: torch.Tensor, num_bins: int = 15) -> float:
+    """MCE = max_k |acc_k - conf_k| over the non-empty equal-width confidence bins."""
+    _, confidence_sum, correct_sum, counts = _binned_sums(probs, labels, num_bins)
+    occupied = counts > 0
+    return ((correct_sum[occupied] - confidence_sum[occupied]).abs() / counts[occupied]).max().item()
+
+
+def brier_score(probs: torch.Tensor, labels: torch.Tensor) -> float:
+    """Mean over examples of sum_c (probs[i, c] - onehot(labels)[i, c])^2, in [0, 2].
+
+    For two classes this is twice the binary Brier score of the positive class
+    (``sklearn.metrics.brier_score_loss``'s default halving).
+    """
+    _validate(probs, labels)
+    probs = probs.detach().double()
+    onehot = torch.nn.functional.one_hot(labels.long().to(probs.device), probs.shape[1]).double()
+    return (probs - onehot).pow(2).sum(-1).mean().item()

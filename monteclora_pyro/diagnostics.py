@@ -1,0 +1,100 @@
+"""The variational posterior as an ArviZ ``InferenceData``: per-layer hyper-latents, ready to summarize.
+
+:func:`posterior_inference_data` draws the latent sites from the guide (no network run) and reduces
+each factor site to a few interpretable numbers, stacked along a ``layer`` dim whose coordinates are
+the site names (``bert.encoder.layer.0.attention.self.query.lora_A``).  One chain.
+
+* ``monteclora`` family: ``sigma_diag[chain, draw, layer, rank]`` (diagonal of Sigma = L L^T),
+  ``mixture_weights[chain, draw, layer, component]`` (pi) and ``perturbation_std[chain, draw, layer]``
+  (standard deviation of the factor's perturbation ``eps ||pi||_2 Z L^T`` over its entries).
+* factor-latent families (``gaussian``, ``map``): ``factor_norm[chain, draw, layer]`` (Frobenius
+  norm of the drawn factor) and, unless the guide is a point mass, ``factor_std[chain, draw, layer]``
+  (standard deviation of the drawn factor minus its mean).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import arviz as az
+import numpy as np
+import pyro.distributions as dist
+import torch
+
+from .artifacts import atomic_output
+from .bayesian_lora import BayesianLoRA
+
+__all__ = ["posterior_inference_data", "save_posterior"]
+
+
+def _site_summaries(module: BayesianLoRA) -> dict[str, list[torch.Tensor]]:
+    """One posterior draw reduced to {variable: [value per factor site]}."""
+    guide_trace, _ = module.latent_trace()
+    nodes = guide_trace.nodes
+    values: dict[str, list[torch.Tensor]] = {}
+
+    def add(variable: str, value: torch.Tensor) -> None:
+        values.setdefault(variable, []).append(value.detach().float().cpu())
+
+    for site in module.sites:
+        if module.spec.family == "monteclora":
+            tril = nodes[f"{site.name}.sigma_tril"]["value"]
+            weights = nodes[f"{site.name}.weights"]["value"]
+            noise = nodes[f"{site.name}.noise"]["value"]
+            add("sigma_diag", tril.pow(2).sum(-1))  # diag(L L^T)_i = sum_j L_ij^2
+            add("mixture_weights", weights)
+            perturbation = module.spec.perturbation_scale * weights.norm() * (noise @ tril.mT)
+            add("perturbation_std", perturbation.std())
+        else:
+            node = nodes[site.name]
+            add("factor_norm", node["value"].norm())
+            if not isinstance(node["fn"], dist.Delta):
+                add("factor_std", (node["value"] - module.network.get_parameter(site.parameter)).std())
+    return values
+
+
+def posterior_inference_data(
+    module: BayesianLoRA,
+    num_draws: int = 200,
+    observed: torch.Tensor | np.ndarray | None = None,
+    log_likelihood: torch.Tensor | np.ndarray | None = None,
+) -> az.InferenceData:
+    """``num_draws`` guide draws of every factor site's latents, summarized per layer (see module doc).
+
+    observed: optional 1-D labels, stored as ``observed_data.y[example]``.
+    log_likelihood: optional (draws x examples) array of per-example log-likelihoods (e.g. on the
+    dev set), stored as ``log_likelihood.y[chain, draw, example]`` for ``az.loo`` / ``az.waic``.  Its
+    draws need not be the posterior group's draws (their number may differ).
+    """
+    if not (isinstance(num_draws, int) and num_draws >= 1):
+        raise ValueError(f"num_draws = {num_draws!r} must be an integer >= 1")
+    y = None if observed is None else torch.as_tensor(observed).cpu().numpy()
+    if y is not None and y.ndim != 1:
+        raise ValueError(f"observed must be 1-D (one label per example); got shape {y.shape}")
+    ll = None if log_likelihood is None else torch.as_tensor(log_likelihood).detach().double().cpu().numpy()
+    if ll is not None and ll.ndim != 2:
+        raise ValueError(f"log_likelihood must be 2-D (draws x examples); got shape {ll.shape}")
+    if y is not None and ll is not None and ll.shape[1] != y.shape[0]:
+        raise ValueError(f"log_likelihood has {ll.shape[1]} examples but observed has {y.shape[0]}")
+
+    with torch.no_grad():
+        draws = [_site_summaries(module) for _ in range(num_draws)]
+    posterior = {name: torch.stack([torch.stack(d[name]) for d in draws])[None].numpy() for name in draws[0]}
+    layer_dims = {"sigma_diag": ["rank"], "mixture_weights": ["component"]}
+    dims = {name: ["layer", *layer_dims.get(name, [])] for name in posterior} | {"y": ["example"]}
+    return az.from_dict(
+        posterior=posterior,
+        observed_data=None if y is None else {"y": y},
+        log_likelihood=None if ll is None else {"y": ll[None]},
+        coords={"layer": [site.name for site in module.sites]},
+        dims=dims,
+        posterior_attrs={"inference_library": "pyro", "prior": module.spec.name or module.spec.family,
+                         "guide": module.guide_name},
+    )
+
+
+def save_posterior(idata: az.InferenceData, path: str | Path) -> Path:
+    """Write ``idata`` to ``path`` as netCDF via a temporary sibling, so no reader sees a partial file."""
+    with atomic_output(path) as tmp:
+        idata.to_netcdf(str(tmp))
+    return Path(path)

@@ -1,0 +1,171 @@
+"""Figures for a run: reliability diagram, spread of the posterior across layers, ELBO trace.
+
+Every function draws on its own :class:`matplotlib.figure.Figure` (no pyplot state, so any backend
+and any thread is fine), writes a PNG through a temporary sibling (a reader never sees a partial
+file) and returns the path.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+
+from .artifacts import atomic_write_bytes
+from .calibration import expected_calibration_error, reliability_bins
+
+if TYPE_CHECKING:
+    import arviz as az
+    import xarray as xr
+
+__all__ = ["plot_elbo", "plot_metric_vs_lr", "plot_posterior_spread", "plot_reliability"]
+
+ELBO_KEYS = ("step", "kl_per_example", "expected_log_likelihood_per_example", "kl_weight")
+
+
+def _save(figure: Figure, path: str | Path) -> Path:
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=120)
+    return atomic_write_bytes(path, buffer.getvalue())
+
+
+def plot_reliability(probs: torch.Tensor, labels: torch.Tensor, path: str | Path, num_bins: int = 15) -> Path:
+    """Accuracy against confidence per bin (gap to the diagonal shaded), with the examples per bin below."""
+    probs, labels = probs.detach().cpu(), labels.cpu()
+    bins = reliability_bins(probs, labels, num_bins)
+    ece = expected_calibration_error(probs, labels, num_bins)
+    edges = bins.edges.numpy()
+    left, width = edges[:-1], np.diff(edges)
+    accuracy, confidence = bins.accuracy.numpy(), bins.confidence.numpy()
+    figure = Figure(figsize=(5, 6), layout="constrained")
+    top, bottom = figure.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [3, 1]})
+    top.bar(left, np.nan_to_num(accuracy), width, align="edge", edgecolor="black", label="accuracy")
+    gap_bottom = np.fmin(accuracy, confidence)
+    top.bar(left, np.abs(accuracy - confidence), width, bottom=gap_bottom, align="edge", color="tab:red",
+            alpha=0.35, edgecolor="tab:red", hatch="//", label="gap to confidence")
+    top.plot([0, 1], [0, 1], "k--", label="perfect calibration")
+    top.set(xlim=(0, 1), ylim=(0, 1), ylabel="accuracy", title=f"Reliability diagram (ECE = {ece:.4f})")
+    top.legend(loc="upper left")
+    bottom.bar(left, bins.counts.numpy(), width, align="edge", color="gray", edgecolor="black")
+    bottom.set(xlabel="confidence (max class probability)", ylabel="examples")
+    return _save(figure, path)
+
+
+def _short_names(names: Sequence[str]) -> list[str]:
+    """Site names reduced to the dotted parts that tell them apart (``0.query`` for BERT's layers)."""
+    parts = [name.split(".") for name in names]
+    if len(names) > 1 and len({len(p) for p in parts}) == 1:
+        varying = [i for i, column in enumerate(zip(*parts, strict=True)) if len(set(column)) > 1]
+        return [".".join(p[i] for i in varying) for p in parts]
+    return list(names)
+
+
+def _entropy(weights: xr.DataArray) -> xr.DataArray:
+    return -(weights * np.log(weights.clip(min=1e-30))).sum("component")
+
+
+# (variable, panel title, reduction to one number per chain, draw and layer), in panel order
+SPREAD_PANELS = (
+    ("sigma_diag", "mean of diag(Sigma) over rank", lambda v: v.mean("rank")),
+    ("perturbation_std", "perturbation std", lambda v: v),
+    ("mixture_weights", "entropy of the mixture weights", _entropy),
+    ("factor_std", "factor std around its mean", lambda v: v),
+    ("factor_norm", "factor norm", lambda v: v),
+)
+
+
+def plot_posterior_spread(idata: az.InferenceData, path: str | Path) -> Path:
+    """Per-layer box plots (over draws) of the posterior's summaries from :mod:`.diagnostics`.
+
+    MonteCLoRA: the mean of diag(Sigma) over the rank, the perturbation's std, and the entropy of the
+    mixture weights (the dotted line is log N, uniform weights).  Factor-latent families: the
+    factor's std around its mean and its norm.
+    """
+    posterior = idata.posterior
+    panels = [(name, title, fn(posterior[name])) for name, title, fn in SPREAD_PANELS if name in posterior]
+    if not panels:
+        raise ValueError(f"idata.posterior has no diagnostics variable; it has {list(posterior.data_vars)}")
+    layers = _short_names(posterior["layer"].values.tolist())
+    figure = Figure(figsize=(3.6 * len(panels) + 1.5, 1.6 + 0.35 * len(layers)), layout="constrained")
+    axes = figure.subplots(1, len(panels), sharey=True, squeeze=False)[0]
+    for axis, (name, title, values) in zip(axes, panels, strict=True):
+        draws = values.transpose("chain", "draw", "layer").values.reshape(-1, len(layers))  # chains pooled
+        axis.boxplot(draws, orientation="horizontal", showfliers=False)
+        axis.set_title(title, fontsize=10)
+        axis.grid(axis="x", alpha=0.3)
+        axis.xaxis.set_major_locator(MaxNLocator(5))
+        axis.ticklabel_format(axis="x", style="sci", scilimits=(-2, 3))
+        if name == "mixture_weights":
+            axis.axvline(np.log(posterior.sizes["component"]), color="gray", linestyle=":")
+    axes[0].set_yticks(range(1, len(layers) + 1), layers)
+    axes[0].invert_yaxis()  # first layer at the top
+    figure.suptitle(f"Posterior spread across adapted layers ({posterior.sizes['draw']} draws)")
+    return _save(figure, path)
+
+
+def plot_elbo(
+    history: Mapping[str, Sequence[float]], path: str | Path, loss: Sequence[float] | None = None
+) -> Path:
+    """The tempered ELBO per example, E[log lik] - beta KL, and its terms over training.
+
+    history: the ``elbo_history`` of a GLUE run's metrics (:data:`ELBO_KEYS`, one entry per logged step).
+    loss: optional per-step training loss (-ELBO_beta / N estimated on each minibatch), drawn as -loss.
+    """
+    missing = [key for key in ELBO_KEYS if key not in history]
+    if missing:
+        raise ValueError(f"history lacks {missing}; it needs {list(ELBO_KEYS)}")
+    if len({len(history[key]) for key in ELBO_KEYS}) != 1 or not history["step"]:
+        raise ValueError(f"history's {list(ELBO_KEYS)} must be non-empty and of equal length")
+    step, kl, ell, beta = (np.asarray(history[key], dtype=float) for key in ELBO_KEYS)
+    figure = Figure(figsize=(7, 6), layout="constrained")
+    top, bottom = figure.subplots(2, 1, sharex=True)
+    if loss is not None:
+        top.plot(np.arange(len(loss)), -np.asarray(loss, dtype=float), color="lightgray", lw=0.8,
+                 label="-loss (each step's minibatch estimate)")
+    top.plot(step, ell - beta * kl, "o-", color="tab:blue", label="ELBO per example: E[log lik] - beta KL")
+    top.plot(step, ell, "s--", color="tab:green", ms=4, label="E[log lik] per example")
+    top.set(ylabel="nats per example", title="Evidence lower bound")
+    top.legend(fontsize=8)
+    bottom.plot(step, kl, "o-", color="tab:red", label="KL per example")
+    bottom.set(xlabel="step", ylabel="KL (nats per example)")
+    weight_axis = bottom.twinx()
+    weight_axis.plot(step, beta, color="tab:purple", lw=1, linestyle=":", label="KL weight beta")
+    weight_axis.set_ylabel("KL weight beta")
+    lines = bottom.get_lines() + weight_axis.get_lines()
+    bottom.legend(lines, [line.get_label() for line in lines], fontsize=8)
+    return _save(figure, path)
+
+
+def plot_metric_vs_lr(rows: Sequence[Mapping], path: str | Path, metric: str) -> Path:
+    """A sweep's metric against the learning rate: one colour per method, one line style per batch size,
+    the mean over seeds with its min-max range as error bars."""
+    if not rows:
+        raise ValueError("no finished sweep cells to plot")
+    figure = Figure(figsize=(7, 4.5), layout="constrained")
+    axis = figure.subplots()
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    batch_sizes = sorted({int(r["batch_size"]) for r in rows})
+    styles = ["-", "--", ":", "-."]
+    for colour, method in enumerate(methods):
+        for style, batch_size in enumerate(batch_sizes):
+            cells = [r for r in rows if r["method"] == method and int(r["batch_size"]) == batch_size
+                     and r["metric"] is not None]
+            lrs = sorted({float(r["lr"]) for r in cells})
+            if not lrs:
+                continue
+            values = [[float(r["metric"]) for r in cells if float(r["lr"]) == lr] for lr in lrs]
+            mean = np.array([np.mean(v) for v in values])
+            low, high = mean - [min(v) for v in values], [max(v) for v in values] - mean
+            axis.errorbar(lrs, mean, yerr=[low, high], color=f"C{colour}", linestyle=styles[style % 4],
+                          marker="o", capsize=3, label=f"{method} (batch {batch_size})")
+    axis.set_xscale("log")
+    axis.set(xlabel="learning rate", ylabel=metric, title=f"{metric} across the grid (mean, min-max over seeds)")
+    axis.grid(alpha=0.3)
+    axis.legend(fontsize=8)
+    return _save(figure, path)

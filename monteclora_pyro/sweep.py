@@ -1,0 +1,142 @@
+"""Robustness sweeps: a grid of (method, learning rate, batch size, seed) GLUE runs, resumable.
+
+Each cell writes ``cells/<cell>/metrics.json`` atomically; a cell whose file exists is not rerun.
+After every cell the grid's CSV is rewritten; at the end the robustness statistics per method
+(mean, std, min, max and max - min of the task's main metric across the grid) and a plot of the
+metric against the learning rate are written.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import itertools
+import json
+import math
+import statistics
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .artifacts import atomic_write_bytes, atomic_write_json
+from .data import get_task
+from .glue import GlueRunConfig, run_glue
+from .peers import PEERS
+
+__all__ = ["Cell", "method_config", "primary_metric", "run_sweep", "robustness", "CSV_COLUMNS"]
+
+CSV_COLUMNS = (
+    "task", "method", "lr", "batch_size", "seed", "steps", "train_seconds", "median_step_seconds", "metric",
+    "accuracy", "mean_accuracy", "matthews_correlation", "f1", "nll", "mean_nll", "ece", "mean_ece", "brier",
+    "mean_brier", "pearson", "spearman",
+)
+
+
+def primary_metric(task: str) -> str:
+    """The GLUE headline metric: Matthews correlation for CoLA, Pearson for STS-B, else accuracy."""
+    return {"cola": "matthews_correlation", "stsb": "pearson"}.get(get_task(task).name, "accuracy")
+
+
+def method_config(base: GlueRunConfig, method: str, output_dir: str) -> GlueRunConfig:
+    """Ours: the bundled prior of that name (or a .toml path); a peer: PEFT, with the monteclora settings."""
+    if method in PEERS:
+        return dataclasses.replace(base, prior="monteclora", peer=method, output_dir=output_dir)
+    return dataclasses.replace(base, prior=method, peer=None, output_dir=output_dir)
+
+
+@dataclass(frozen=True)
+class Cell:
+    method: str
+    lr: float
+    batch_size: int
+    seed: int
+
+    @property
+    def name(self) -> str:
+        method = Path(self.method).stem if self.method.endswith(".toml") else self.method
+        return f"{method}_lr{self.lr:g}_bs{self.batch_size}_seed{self.seed}"
+
+
+def _grid(methods: Sequence[str], lrs: Sequence[float], batch_sizes: Sequence[int], seeds: Sequence[int]) -> list[Cell]:
+    """Seed-major, method-minor: a sweep stopped early has every method on the same cells."""
+    return [Cell(m, lr, b, s) for s, lr, b, m in itertools.product(seeds, lrs, batch_sizes, methods)]
+
+
+def _rows(task: str, output_dir: Path, cells: Iterable[Cell]) -> list[dict[str, Any]]:
+    rows = []
+    key = primary_metric(task)
+    for cell in cells:
+        path = output_dir / "cells" / cell.name / "metrics.json"
+        if not path.exists():
+            continue
+        metrics = json.loads(path.read_text())
+        row = {c: metrics.get(c) for c in CSV_COLUMNS}
+        row.update(task=task, method=cell.method, lr=cell.lr, batch_size=cell.batch_size, seed=cell.seed,
+                   metric=metrics.get(key))
+        rows.append(row)
+    return rows
+
+
+def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=CSV_COLUMNS)
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_bytes(path, buffer.getvalue().encode())
+
+
+def robustness(rows: list[dict[str, Any]], column: str = "metric") -> dict[str, dict[str, float]]:
+    """Per method: mean, std, min, max and spread (max - min) of ``column`` across the grid."""
+    stats: dict[str, dict[str, float]] = {}
+    for method in dict.fromkeys(r["method"] for r in rows):
+        values = [float(r[column]) for r in rows if r["method"] == method and r[column] is not None]
+        values = [v for v in values if math.isfinite(v)]
+        if not values:
+            continue
+        stats[method] = {
+            "mean": statistics.fmean(values), "std": statistics.pstdev(values), "min": min(values),
+            "max": max(values), "spread": max(values) - min(values), "cells": len(values),
+        }
+    return stats
+
+
+def run_sweep(
+    base: GlueRunConfig,
+    methods: Sequence[str],
+    lrs: Sequence[float],
+    batch_sizes: Sequence[int],
+    seeds: Sequence[int],
+    output_dir: str | Path,
+) -> dict[str, Any]:
+    """Run every unfinished cell, then write ``sweep.csv``, ``robustness.json`` and ``plots/metric_vs_lr.png``."""
+    from .plots import plot_metric_vs_lr
+
+    output_dir = Path(output_dir)
+    cells = _grid(methods, lrs, batch_sizes, seeds)
+    configs = {
+        cell: dataclasses.replace(
+            method_config(base, cell.method, str(output_dir / "cells" / cell.name)),
+            lr=cell.lr, batch_size=cell.batch_size, seed=cell.seed,
+        ).resolved()
+        for cell in cells
+    }  # every cell's values are checked before the first one trains
+    csv_path = output_dir / "sweep.csv"
+    for index, (cell, config) in enumerate(configs.items(), start=1):
+        if (Path(config.output_dir) / "metrics.json").exists():
+            print(f"[{index}/{len(cells)}] {cell.name}: done already, skipped", flush=True)
+            continue
+        print(f"[{index}/{len(cells)}] {cell.name}", flush=True)
+        run_glue(config)
+        _write_csv(csv_path, _rows(base.task, output_dir, cells))
+    rows = _rows(base.task, output_dir, cells)
+    _write_csv(csv_path, rows)
+    summary = {
+        "task": get_task(base.task).name, "metric": primary_metric(base.task),
+        "robustness": robustness(rows), "ece": robustness(rows, "ece"),
+        "grid": {"methods": list(methods), "lrs": list(lrs), "batch_sizes": list(batch_sizes), "seeds": list(seeds)},
+    }
+    atomic_write_json(output_dir / "robustness.json", summary)
+    plot_metric_vs_lr(rows, output_dir / "plots" / "metric_vs_lr.png", summary["metric"])
+    return summary

@@ -1,0 +1,100 @@
+"""Every GLUE task loads in its own format; MNLI and QNLI train (not staged here) from files the test writes."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from conftest import GLUE_DIR
+
+from monteclora_pyro.backbones import load_classifier
+from monteclora_pyro.data import GLUE_TASKS, get_task, load_glue
+from monteclora_pyro.glue import GlueRunConfig, run_glue
+
+pytestmark = pytest.mark.integration
+
+STAGED = ["cola", "sst2", "mrpc", "stsb", "rte", "wnli"]
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return load_classifier(None, 2)[1]
+
+
+@pytest.mark.parametrize("name", STAGED)
+def test_staged_tasks_load_with_integer_labels(name, tokenizer, glue_dir):
+    task = get_task(name)
+    data = load_glue(task, glue_dir, tokenizer, max_length=32, max_train_samples=40, max_eval_samples=40)
+    assert len(data["train"]) == 40 and len(data["dev"]) == 40
+    labels = data["dev"]["labels"]
+    if task.num_labels == 1:
+        assert all(isinstance(v, float) and 0.0 <= v <= 5.0 for v in labels)
+    else:
+        assert set(labels) <= set(range(task.num_labels)) and len(set(labels)) > 1
+    assert data["train"]["idx"] == list(range(40))
+
+
+def test_full_staged_dev_sizes_match_glue(tokenizer, glue_dir):
+    sizes = {"cola": 1043, "mrpc": 408, "rte": 277, "wnli": 71}
+    for name, size in sizes.items():
+        data = load_glue(get_task(name), glue_dir, tokenizer, max_length=16, max_train_samples=8)
+        assert len(data["dev"]) == size, name
+
+
+def test_unknown_task_and_missing_folder_are_clear_errors(tmp_path):
+    with pytest.raises(ValueError, match="task 'qqp' is unknown; GLUE tasks: cola, sst2, mrpc, stsb, qnli, rte"):
+        get_task("qqp")
+    assert get_task("SST-2").name == "sst2" and set(GLUE_TASKS) >= {"mnli", "qnli"}
+    with pytest.raises(ValueError, match="has no MNLI/ folder"):
+        GlueRunConfig(task="mnli", data_dir=str(tmp_path)).resolved()
+
+
+MNLI_HEADER = ["index", "promptID", "pairID", "genre", "sentence1_binary_parse", "sentence2_binary_parse",
+               "sentence1_parse", "sentence2_parse", "sentence1", "sentence2", "label1", "gold_label"]
+MNLI_ROWS = [("A man plays a guitar.", "A person makes music.", "entailment"),
+             ("A man plays a guitar.", "The man is asleep.", "contradiction"),
+             ("A woman reads a book.", "She is reading a novel.", "neutral"),
+             ("Two dogs run in a park.", "Animals are outside.", "entailment"),
+             ("Two dogs run in a park.", "The dogs are sleeping indoors.", "contradiction"),
+             ("A child eats an \"apple\".", "The child is hungry.", "neutral")]
+
+
+def _write_mnli(folder, split: str, rows) -> None:
+    lines = ["\t".join(MNLI_HEADER)]
+    for i, (s1, s2, label) in enumerate(rows):
+        lines.append("\t".join([str(i), "1", f"{i}e", "fiction", "(", "(", "(", "(", s1, s2, label, label]))
+    (folder / f"{split}.tsv").write_text("\n".join(lines) + "\n")
+
+
+def test_mnli_runs_with_matched_and_mismatched_dev(tmp_path):
+    folder = tmp_path / "MNLI"
+    folder.mkdir()
+    for split in ("train", "dev_matched", "dev_mismatched"):
+        _write_mnli(folder, split, MNLI_ROWS)
+    metrics = run_glue(GlueRunConfig(task="mnli", data_dir=str(tmp_path), output_dir=str(tmp_path / "out"),
+                                     prior="map", max_steps=2, batch_size=3, num_samples=1, max_length=32,
+                                     progress=False))
+    assert {"accuracy", "dev_mismatched_accuracy", "ece", "dev_mismatched_ece"} <= set(metrics)
+    assert metrics["num_train"] == 6
+
+
+def test_qnli_train_in_its_format(tmp_path, tokenizer):
+    folder = tmp_path / "QNLI"
+    folder.mkdir()
+    dev = (GLUE_DIR / "QNLI" / "dev.tsv").read_text().splitlines()
+    (folder / "train.tsv").write_text("\n".join(dev[:21]) + "\n")
+    (folder / "dev.tsv").write_text("\n".join([dev[0], *dev[21:31]]) + "\n")
+    data = load_glue(get_task("qnli"), tmp_path, tokenizer, max_length=32)
+    assert len(data["train"]) == 20 and len(data["dev"]) == 10
+    assert set(data["train"]["labels"]) == {0, 1}
+
+
+def test_stsb_regression_end_to_end(tmp_path, glue_dir):
+    metrics = run_glue(GlueRunConfig(task="stsb", data_dir=str(glue_dir), output_dir=str(tmp_path), prior="monteclora",
+                                     max_steps=2, batch_size=8, num_samples=2, max_length=32, max_train_samples=16,
+                                     max_eval_samples=24, progress=False))
+    assert {"pearson", "spearman", "mean_pearson", "mse", "nll", "mean_nll"} <= set(metrics)
+    assert metrics["nll"] > 0
+    assert -1.0 <= metrics["pearson"] <= 1.0
+    assert json.loads((tmp_path / "metrics.json").read_text())["task"] == "stsb"
+    assert (tmp_path / "posterior.nc").exists()
