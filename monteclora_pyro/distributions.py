@@ -51,9 +51,12 @@ class WishartCholesky(TorchDistribution):
         if scale_tril.dim() < 2 or scale_tril.shape[-1] != scale_tril.shape[-2]:
             raise ValueError(f"scale_tril must be a square matrix (..., p, p); got shape {tuple(scale_tril.shape)}")
         p = scale_tril.shape[-1]
-        df = torch.as_tensor(df, dtype=scale_tril.dtype, device=scale_tril.device)
-        if bool((df <= p - 1).any()):
+        if isinstance(df, (int, float)):  # checked on the host: no device sync per draw
+            if not df > p - 1:
+                raise ValueError(f"Wishart df must be > p - 1 = {p - 1} for p = {p}; got df = {df}")
+        elif bool((df <= p - 1).any()):
             raise ValueError(f"Wishart df must be > p - 1 = {p - 1} for p = {p}; got df = {df.tolist()}")
+        df = torch.as_tensor(df, dtype=scale_tril.dtype, device=scale_tril.device)
         batch_shape = torch.broadcast_shapes(df.shape, scale_tril.shape[:-2])
         self.df = df.expand(batch_shape)
         self.scale_tril = scale_tril.expand(batch_shape + (p, p))

@@ -1,0 +1,78 @@
+"""Smoke test of ``benchmarks/step_time.py`` on the tiny BERT shape: it runs, and its last line is the JSON.
+
+No assertion on wall-clock values: only that every number is there, positive and finite.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "step_time.py"
+RATIOS = (
+    "monteclora_vs_lora",
+    "monteclora_vs_peft_monteclora",
+    "map_vs_lora",
+    "memory_vs_lora",
+    "predictive8_vs_mean",
+)
+METHODS = ("peft-lora", "peft-monteclora", "map", "monteclora")
+
+
+def _positive_finite(value) -> bool:
+    is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    return is_number and math.isfinite(value) and value > 0
+
+
+def test_step_time_tiny(tmp_path):
+    json_out = tmp_path / "step_time.json"
+    command = [
+        sys.executable, str(SCRIPT), "--backbone", "tiny", "--batch-size", "4", "--seq-len", "16",
+        "--warmup", "1", "--repeats", "2", "--device", "cpu", "--threads", "1", "--json-out", str(json_out),
+    ]
+    process = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert process.returncode == 0, process.stderr[-4000:]
+    last = process.stdout.strip().splitlines()[-1]
+    summary = json.loads(last)
+
+    for key in RATIOS:
+        assert _positive_finite(summary[key]), (key, summary[key])
+    assert summary["backbone"] == "tiny"
+    assert summary["device"].startswith("cpu")
+    assert summary["torch"]
+    assert summary["threads"] == 1
+    for method in METHODS:
+        result = summary["methods"][method]
+        assert result["method"] == method
+        assert len(result["step_seconds"]) == 2
+        for key in ("step_seconds_median", "peak_growth_mib", "trainable_parameters"):
+            assert _positive_finite(result[key]), (method, key, result[key])
+        assert math.isfinite(result["final_loss"])
+    ours_eval = summary["methods"]["monteclora"]["eval"]
+    for key in ("mean_examples_per_second", "predictive_examples_per_second", "draw_seconds"):
+        assert _positive_finite(ours_eval[key]), (key, ours_eval[key])
+    assert ours_eval["num_samples"] == 8
+    # MonteCLoRA adds r + N parameters per adapted layer (4 layers: query, value in 2 layers) to LoRA's
+    lora, ours = summary["methods"]["peft-lora"], summary["methods"]["monteclora"]
+    assert ours["trainable_parameters"] - lora["trainable_parameters"] == 4 * (8 + 8)
+    assert summary["methods"]["map"]["trainable_parameters"] == lora["trainable_parameters"]
+
+    assert json.loads(json_out.read_text()) == summary
+
+
+def test_worker_argv_round_trips():
+    """The worker's command line carries every setting the driver was given."""
+    sys.path.insert(0, str(SCRIPT.parent))
+    try:
+        import step_time
+    finally:
+        sys.path.remove(str(SCRIPT.parent))
+    args = step_time.build_parser().parse_args(["--backbone", "tiny", "--rank", "4", "--targets", "query"])
+    argv = step_time.worker_argv(args, "map")
+    again = step_time.build_parser().parse_args(argv[2:])
+    assert again.worker == "map"
+    for name in ("backbone", "rank", "targets", "batch_size", "seq_len", "num_components", "seed", "device"):
+        assert getattr(again, name) == getattr(args, name)
