@@ -41,26 +41,14 @@ from typing import Any
 
 import torch
 
+from monteclora_pyro.cli_types import nonnegative_int, positive_int
+
 BACKBONES = ("minilm", "roberta-base", "llama-7b", "tiny", "llama-tiny")
 METHODS = ("peft-lora", "peft-monteclora", "map", "monteclora")
 NUM_LABELS = 2
 
 
 # ----------------------------------------------------------------------------- arguments
-def positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{value} must be an integer >= 1")
-    return value
-
-
-def nonnegative_int(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{value} must be an integer >= 0")
-    return value
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument(

@@ -17,21 +17,8 @@ from pathlib import Path
 import arviz as az
 import datasets
 
+from monteclora_pyro.cli_types import positive_float, positive_int
 from monteclora_pyro.glue import GlueRunConfig, run_glue
-
-
-def positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{value} must be an integer >= 1")
-    return value
-
-
-def positive_float(text: str) -> float:
-    value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"{value} must be > 0")
-    return value
 
 
 def parse_args(argv: list[str] | None = None) -> GlueRunConfig:

@@ -15,21 +15,9 @@ import sys
 
 import datasets
 
+from monteclora_pyro.cli_types import number_list, positive_float, positive_int
 from monteclora_pyro.glue import GlueRunConfig
 from monteclora_pyro.sweep import run_sweep
-
-
-def number_list(kind):
-    def parse(text: str) -> list:
-        try:
-            values = [kind(v) for v in text.split(",") if v.strip()]
-        except ValueError as error:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of {kind.__name__}") from error
-        if not values:
-            raise argparse.ArgumentTypeError("the list is empty")
-        return values
-
-    return parse
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -39,8 +27,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--output-dir", default=None, help="default: runs/sweep-TASK")
     p.add_argument("--methods", default="map,monteclora,peft-monteclora",
                    help="bundled prior names or .toml paths (ours) and peft-lora / peft-monteclora")
-    p.add_argument("--lrs", type=number_list(float), default=[1e-4, 3e-4, 1e-3, 3e-3])
-    p.add_argument("--batch-sizes", type=number_list(int), default=[16, 32])
+    p.add_argument("--lrs", type=number_list(positive_float), default=[1e-4, 3e-4, 1e-3, 3e-3])
+    p.add_argument("--batch-sizes", type=number_list(positive_int), default=[16, 32])
     p.add_argument("--seeds", type=number_list(int), default=[0, 1])
     p.add_argument("--model", default=None)
     p.add_argument("--rank", type=int, default=None)
