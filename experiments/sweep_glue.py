@@ -40,6 +40,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--max-train-samples", type=int, default=None)
     p.add_argument("--max-eval-samples", type=int, default=None)
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--report-only", action="store_true",
+                   help="run nothing: write the CSV, statistics and plot of the cells finished so far")
     args = p.parse_args(argv)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     base = GlueRunConfig(task=args.task, data_dir=args.data_dir, model=args.model, rank=args.rank, epochs=args.epochs,
@@ -49,10 +51,11 @@ def main(argv: list[str] | None = None) -> dict:
     datasets.disable_progress_bars()
     try:
         summary = run_sweep(base, methods, args.lrs, args.batch_sizes, args.seeds,
-                            args.output_dir or f"runs/sweep-{args.task}")
+                            args.output_dir or f"runs/sweep-{args.task}", run_missing=not args.report_only)
     except ValueError as error:
         p.error(str(error))
-    print(f"\n{summary['task']}: {summary['metric']} across the grid (ECE mean in the last column)")
+    print(f"\n{summary['task']}: {summary['metric']} over {summary['finished_cells']} of {summary['grid_cells']} "
+          "cells (ECE mean in the last column)")
     print(f"{'method':<18} {'mean':>8} {'std':>8} {'min':>8} {'max':>8} {'max-min':>8} {'cells':>6} {'ECE':>8}")
     for method, s in summary["robustness"].items():
         ece = summary["ece"].get(method, {}).get("mean", float("nan"))

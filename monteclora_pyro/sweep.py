@@ -109,8 +109,10 @@ def run_sweep(
     batch_sizes: Sequence[int],
     seeds: Sequence[int],
     output_dir: str | Path,
+    run_missing: bool = True,
 ) -> dict[str, Any]:
-    """Run every unfinished cell, then write ``sweep.csv``, ``robustness.json`` and ``plots/metric_vs_lr.png``."""
+    """Run every unfinished cell (unless ``run_missing`` is False: report on the finished ones only),
+    then write ``sweep.csv``, ``robustness.json`` and ``plots/metric_vs_lr.png``."""
     from .plots import plot_metric_vs_lr
 
     output_dir = Path(output_dir)
@@ -127,6 +129,8 @@ def run_sweep(
         if (Path(config.output_dir) / "metrics.json").exists():
             print(f"[{index}/{len(cells)}] {cell.name}: done already, skipped", flush=True)
             continue
+        if not run_missing:
+            continue
         print(f"[{index}/{len(cells)}] {cell.name}", flush=True)
         run_glue(config)
         _write_csv(csv_path, _rows(base.task, output_dir, cells))
@@ -134,6 +138,7 @@ def run_sweep(
     _write_csv(csv_path, rows)
     summary = {
         "task": get_task(base.task).name, "metric": primary_metric(base.task),
+        "finished_cells": len(rows), "grid_cells": len(cells),
         "robustness": robustness(rows), "ece": robustness(rows, "ece"),
         "grid": {"methods": list(methods), "lrs": list(lrs), "batch_sizes": list(batch_sizes), "seeds": list(seeds)},
     }

@@ -104,3 +104,5 @@ def test_sweep_script_is_resumable_on_real_cola_rows(glue_dir, tmp_path, capsys)
     capsys.readouterr()
     script.main(argv)  # a second run finds every cell finished
     assert capsys.readouterr().out.count("done already, skipped") == 4
+    summary = script.main([("0,1,2" if a == "0,1" else a) for a in argv] + ["--report-only"])
+    assert (summary["finished_cells"], summary["grid_cells"]) == (4, 6)  # seed 2 was not run
