@@ -46,6 +46,9 @@ from monteclora_pyro.cli_types import nonnegative_int, positive_int
 BACKBONES = ("minilm", "roberta-base", "llama-7b", "tiny", "llama-tiny")
 METHODS = ("peft-lora", "peft-monteclora", "map", "monteclora")
 NUM_LABELS = 2
+# the settings every worker shares, passed on its command line and recorded in the JSON
+RUN_SETTINGS = ("batch_size", "seq_len", "warmup", "repeats", "rank", "num_components", "targets", "num_samples",
+                "num_data", "lr", "seed")
 
 
 # ----------------------------------------------------------------------------- arguments
@@ -86,22 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
 def worker_argv(args: argparse.Namespace, method: str) -> list[str]:
     """The command line that re-runs this script as the worker of one method."""
     argv = [sys.executable, os.path.abspath(__file__), "--worker", method]
-    for name in (
-        "backbone",
-        "batch_size",
-        "seq_len",
-        "warmup",
-        "repeats",
-        "rank",
-        "num_components",
-        "targets",
-        "num_samples",
-        "num_data",
-        "lr",
-        "seed",
-        "device",
-        "threads",
-    ):
+    for name in ("backbone", *RUN_SETTINGS, "device", "threads"):
         value = getattr(args, name)
         if value is not None:
             argv += ["--" + name.replace("_", "-"), str(value)]
@@ -473,23 +461,7 @@ def summarize(args: argparse.Namespace, results: dict[str, dict[str, Any]]) -> d
         "device": device_name(device),
         "torch": torch.__version__,
         "threads": args.threads or torch.get_num_threads(),
-        "config": {
-            k: getattr(args, k)
-            for k in (
-                "batch_size",
-                "seq_len",
-                "warmup",
-                "repeats",
-                "rank",
-                "num_components",
-                "targets",
-                "num_samples",
-                "num_data",
-                "lr",
-                "seed",
-                "rounds",
-            )
-        },
+        "config": {k: getattr(args, k) for k in (*RUN_SETTINGS, "rounds")},
     }
 
 
