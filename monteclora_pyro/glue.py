@@ -146,14 +146,10 @@ def _write_artifacts(output_dir: Path, module, predictions, history, task: GlueT
                                      log_likelihood=_draw_log_likelihood(module, predictions))
     save_posterior(idata, output_dir / "posterior.nc")
     plot_posterior_spread(idata, output_dir / "plots" / "posterior.png")
-    plot_elbo(_elbo_history(history), output_dir / "plots" / "elbo.png", loss=history.loss)
+    plot_elbo(history.elbo_terms(), output_dir / "plots" / "elbo.png", loss=history.loss)
     if task.num_labels > 1:
         plot_reliability(predictions["predictive"], predictions["labels"], output_dir / "plots" / "reliability.png")
 
-
-def _elbo_history(history) -> dict[str, list]:
-    return {"step": history.logged_steps, "kl_per_example": history.kl,
-            "expected_log_likelihood_per_example": history.expected_log_likelihood, "kl_weight": history.kl_weight}
 
 
 def run_glue(config: GlueRunConfig) -> dict[str, Any]:
@@ -209,7 +205,7 @@ def run_glue(config: GlueRunConfig) -> dict[str, Any]:
         elif first_split and task.num_labels > 1:
             plot_reliability(predictions["mean"], predictions["labels"], output_dir / "plots" / "reliability.png")
     if config.peer is None:
-        metrics["elbo_history"] = _elbo_history(history)
+        metrics["elbo_history"] = history.elbo_terms()
     atomic_write_json(output_dir / "metrics.json", metrics)
     return metrics
 

@@ -74,6 +74,11 @@ class TrainHistory:
     def steps(self) -> int:
         return len(self.loss)
 
+    def elbo_terms(self) -> dict[str, list[float]]:
+        """The logged ELBO terms, keyed as ``metrics.json`` and :func:`~monteclora_pyro.plots.plot_elbo` use."""
+        return {"step": self.logged_steps, "kl_per_example": self.kl,
+                "expected_log_likelihood_per_example": self.expected_log_likelihood, "kl_weight": self.kl_weight}
+
     def median_step_seconds(self, skip: int = 2) -> float:
         """Median step time, skipping the first ``skip`` (warm-up) steps when there are more."""
         times = self.step_seconds[skip:] if len(self.step_seconds) > skip else self.step_seconds
