@@ -43,8 +43,7 @@ def _site_summaries(module: BayesianLoRA) -> dict[str, list[torch.Tensor]]:
             noise = nodes[f"{site.name}.noise"]["value"]
             add("sigma_diag", tril.pow(2).sum(-1))  # diag(L L^T)_i = sum_j L_ij^2
             add("mixture_weights", weights)
-            perturbation = module.spec.perturbation_scale * weights.norm() * (noise @ tril.mT)
-            add("perturbation_std", perturbation.std())
+            add("perturbation_std", module.prior.perturbation(tril, weights, noise).std())
         else:
             node = nodes[site.name]
             add("factor_norm", node["value"].norm())

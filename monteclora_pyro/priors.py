@@ -51,8 +51,11 @@ class MonteCLoRAPrior(nn.Module):
         )
         if spec.cooperative_weight > 0:
             pyro.factor(f"{site.name}.cooperative", -spec.cooperative_weight * weights.pow(2).sum())
-        perturbation = spec.perturbation_scale * weights.norm() * (noise @ tril.mT)
-        return mean + site.from_feature_major(perturbation)
+        return mean + site.from_feature_major(self.perturbation(tril, weights, noise))
+
+    def perturbation(self, tril: torch.Tensor, weights: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """The feature-major (d x r) perturbation ``eps * ||pi||_2 * Z L^T`` of one draw."""
+        return self.spec.perturbation_scale * weights.norm() * (noise @ tril.mT)
 
 
 class FactorPrior(nn.Module):
