@@ -82,6 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="auto, cpu or cuda (auto picks CUDA when present)")
     p.add_argument("--threads", type=positive_int, default=None, help="torch intra-op threads (default: torch's)")
     p.add_argument("--json-out", default=None, help="also write the final JSON here (atomically)")
+    p.add_argument("--no-eval", action="store_true", help=argparse.SUPPRESS)  # workers of benchmarks/scaling.py
     p.add_argument("--worker", choices=METHODS, default=None, help=argparse.SUPPRESS)
     return p
 
@@ -93,7 +94,7 @@ def worker_argv(args: argparse.Namespace, method: str) -> list[str]:
         value = getattr(args, name)
         if value is not None:
             argv += ["--" + name.replace("_", "-"), str(value)]
-    return argv
+    return argv + (["--no-eval"] if args.no_eval else [])
 
 
 # ----------------------------------------------------------------------------- backbone and batch
@@ -336,6 +337,7 @@ def run_worker(args: argparse.Namespace) -> dict[str, Any]:
         "step_seconds": seconds,
         "step_cpu_seconds_median": statistics.median(cpu_seconds),
         "trainable_parameters": sum(p.numel() for p in params),
+        "adapted_modules": sum(1 for name, _ in module.named_modules() if name.endswith(".lora_A")),
         "final_loss": float(losses[-1]),
         "load_average": [load_before[0], os.getloadavg()[0]],  # 1-minute load before / after the steps
         **memory.stop(),
@@ -344,9 +346,9 @@ def run_worker(args: argparse.Namespace) -> dict[str, Any]:
         raise FloatingPointError(f"{method}: the loss is {result['final_loss']}")
 
     module.eval()
-    if method == "peft-lora":
+    if method == "peft-lora" and not args.no_eval:
         result["eval"] = eval_peft(module, batch, args, device, bf16)
-    elif method == "monteclora":
+    elif method == "monteclora" and not args.no_eval:
         result["eval"] = eval_ours(module, batch, args, device)
     return result
 
@@ -518,6 +520,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
     if args.worker is not None:
         print(json.dumps(run_worker(args)), flush=True)
         return None
+    if args.no_eval:
+        parser.error("--no-eval applies to workers only (benchmarks/scaling.py); the summary needs the eval times")
     print(
         "config:",
         json.dumps({k: v for k, v in vars(args).items() if k != "worker"}, sort_keys=True),

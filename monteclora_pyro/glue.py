@@ -100,6 +100,10 @@ class GlueRunConfig:
             rank=spec.rank,
         )
 
+    def record(self) -> dict[str, Any]:
+        """The configuration as written to ``config.json``: every field, and the prior declaration it loads."""
+        return dataclasses.asdict(self) | {"prior_spec": dataclasses.asdict(self.prior_spec())}
+
     def prior_spec(self) -> PriorSpec:
         return load_prior(self.prior, rank=self.rank, perturbation_scale=self.perturbation_scale)
 
@@ -158,7 +162,7 @@ def run_glue(config: GlueRunConfig) -> dict[str, Any]:
     task = get_task(config.task)
     spec = config.prior_spec()
     output_dir = Path(config.output_dir)
-    atomic_write_json(output_dir / "config.json", dataclasses.asdict(config) | {"prior_spec": dataclasses.asdict(spec)})
+    atomic_write_json(output_dir / "config.json", config.record())
 
     pyro.set_rng_seed(config.seed)
     device = resolve_device(config.device)

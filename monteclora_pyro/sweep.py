@@ -1,6 +1,7 @@
 """Robustness sweeps: a grid of (method, learning rate, batch size, seed) GLUE runs, resumable.
 
-Each cell writes ``cells/<cell>/metrics.json`` atomically; a cell whose file exists is not rerun.
+Each cell writes ``cells/<cell>/metrics.json`` atomically; a cell whose file exists is not rerun,
+provided its ``config.json`` has the settings asked for now (else the sweep stops before any work).
 After every cell the grid's CSV is rewritten; at the end the robustness statistics per method
 (mean, std, min, max and max - min of the task's main metric across the grid) and a plot of the
 metric against the learning rate are written.
@@ -34,6 +35,10 @@ CSV_COLUMNS = (
 )
 
 
+# config fields a resumed cell may differ in: where things are, and how progress is shown
+RESUME_IGNORED = ("output_dir", "data_dir", "model", "device", "progress")
+
+
 def primary_metric(task: str) -> str:
     """The GLUE headline metric: Matthews correlation for CoLA, Pearson for STS-B, else accuracy."""
     return {"cola": "matthews_correlation", "stsb": "pearson"}.get(get_task(task).name, "accuracy")
@@ -62,6 +67,21 @@ class Cell:
 def _grid(methods: Sequence[str], lrs: Sequence[float], batch_sizes: Sequence[int], seeds: Sequence[int]) -> list[Cell]:
     """Seed-major, method-minor: a sweep stopped early has every method on the same cells."""
     return [Cell(m, lr, b, s) for s, lr, b, m in itertools.product(seeds, lrs, batch_sizes, methods)]
+
+
+def _finished(config: GlueRunConfig) -> bool:
+    """Whether the cell has its metrics; raises ValueError when they were made with other settings."""
+    folder = Path(config.output_dir)
+    if not (folder / "metrics.json").exists():
+        return False
+    wanted = json.loads(json.dumps(config.record()))  # as the JSON file holds it (tuples become lists)
+    written = json.loads((folder / "config.json").read_text())
+    changed = [f"{k}: {written.get(k)!r} there, {v!r} now" for k, v in wanted.items()
+               if k not in RESUME_IGNORED and written.get(k) != v]
+    if changed:
+        raise ValueError(f"{folder} was finished with other settings ({'; '.join(changed)}); "
+                         "give another --output-dir, or delete that cell to rerun it")
+    return True
 
 
 def _rows(task: str, output_dir: Path, cells: Iterable[Cell]) -> list[dict[str, Any]]:
@@ -124,9 +144,10 @@ def run_sweep(
         ).resolved()
         for cell in cells
     }  # every cell's values are checked before the first one trains
+    finished = {cell: _finished(config) for cell, config in configs.items()}
     csv_path = output_dir / "sweep.csv"
     for index, (cell, config) in enumerate(configs.items(), start=1):
-        if (Path(config.output_dir) / "metrics.json").exists():
+        if finished[cell]:
             print(f"[{index}/{len(cells)}] {cell.name}: done already, skipped", flush=True)
             continue
         if not run_missing:

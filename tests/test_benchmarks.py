@@ -76,3 +76,33 @@ def test_worker_argv_round_trips():
     assert again.worker == "map"
     for name in ("backbone", "rank", "targets", "batch_size", "seq_len", "num_components", "seed", "device"):
         assert getattr(again, name) == getattr(args, name)
+
+
+def test_scaling_tiny(tmp_path):
+    """Each axis point reports every method; the adapters' sizes follow r, N and the targets."""
+    script = SCRIPT.parent / "scaling.py"
+    json_out = tmp_path / "scaling.json"
+    command = [
+        sys.executable, str(script), "--backbone", "tiny", "--batch-size", "2", "--seq-len", "8",
+        "--ranks", "2", "--components", "3", "--target-sets", "query", "--warmup", "0", "--repeats", "1",
+        "--json-out", str(json_out),
+    ]
+    process = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert process.returncode == 0, process.stderr[-4000:]
+    summary = json.loads(process.stdout.strip().splitlines()[-1])
+    assert json.loads(json_out.read_text()) == summary
+    points = {(p["axis"], p["value"]): p for p in summary["points"]}
+    assert set(points) == {("rank", 2), ("num_components", 3), ("targets", "query")}
+    for point in points.values():
+        methods = point["methods"]
+        assert set(methods) == {"peft-lora", "peft-monteclora", "monteclora"}
+        for result in methods.values():
+            assert _positive_finite(result["step_cpu_seconds_median"])
+            assert result["adapted_modules"] == point["adapted_modules"]
+        # the tiny BERT has 2 layers; MonteCLoRA adds r + N parameters per adapted module to LoRA's
+        extra = methods["monteclora"]["trainable_parameters"] - methods["peft-lora"]["trainable_parameters"]
+        assert extra == point["adapted_modules"] * (point["rank"] + point["num_components"])
+        assert methods["peft-monteclora"]["trainable_parameters"] == methods["monteclora"]["trainable_parameters"]
+    assert points[("targets", "query")]["adapted_modules"] == 2  # query in each of the 2 layers
+    assert points[("rank", 2)]["adapted_modules"] == 4  # the base targets: query, value
+    assert (points[("rank", 2)]["rank"], points[("num_components", 3)]["num_components"]) == (2, 3)

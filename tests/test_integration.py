@@ -106,3 +106,8 @@ def test_sweep_script_is_resumable_on_real_cola_rows(glue_dir, tmp_path, capsys)
     assert capsys.readouterr().out.count("done already, skipped") == 4
     summary = script.main([("0,1,2" if a == "0,1" else a) for a in argv] + ["--report-only"])
     assert (summary["finished_cells"], summary["grid_cells"]) == (4, 6)  # seed 2 was not run
+    # resuming with settings that change results is refused before any cell trains
+    with pytest.raises(SystemExit) as exit_info:
+        script.main([("3" if previous == "--max-steps" else a) for previous, a in zip(["", *argv], argv, strict=False)])
+    assert exit_info.value.code == 2
+    assert "finished with other settings (max_steps: 2 there, 3 now)" in capsys.readouterr().err

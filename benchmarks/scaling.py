@@ -1,0 +1,156 @@
+"""Training step time and peak memory against rank r, components N and the number of adapted modules.
+
+Each point of each axis runs PEFT LoRA, PEFT MonteCLoRA and ours ``monteclora`` as
+``step_time.py`` workers (one process per method and point: same backbone, fixed batch, loop and
+memory measurement), varying one setting from the base (r = 8, N = 8, targets query,value):
+
+    python benchmarks/scaling.py --json-out results/scaling_minilm_cpu.json      # MiniLM, 8 x 128, 1 thread
+    python benchmarks/scaling.py --backbone tiny --batch-size 2 --seq-len 8 --ranks 2,4 --components 2,4
+
+Ratios are of the process CPU time per step (with ``--threads 1`` it is the step's compute, unaffected
+by other processes time-sharing the cores); wall times are printed beside them.  The last line is one
+JSON object with every point.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import step_time  # noqa: E402
+
+from monteclora_pyro.backbones import resolve_device  # noqa: E402
+from monteclora_pyro.cli_types import nonnegative_int, positive_int  # noqa: E402
+
+METHODS = ("peft-lora", "peft-monteclora", "monteclora")
+BASE = {"rank": 8, "num_components": 8, "targets": "query,value"}
+
+
+def _ints(text: str) -> list[int]:
+    values = [positive_int(v) for v in text.split(",") if v.strip()]
+    if not values:
+        raise argparse.ArgumentTypeError(f"{text!r} holds no value; give comma-separated positive integers")
+    return values
+
+
+def _target_sets(text: str) -> list[str]:
+    sets = [t.strip() for t in text.split(";") if t.strip()]
+    if not sets:
+        raise argparse.ArgumentTypeError(f"{text!r} holds no target set; separate sets by ';'")
+    return sets
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--backbone", choices=step_time.BACKBONES, default="minilm")
+    p.add_argument("--batch-size", type=positive_int, default=8)
+    p.add_argument("--seq-len", type=positive_int, default=128)
+    p.add_argument("--warmup", type=nonnegative_int, default=1)
+    p.add_argument("--repeats", type=positive_int, default=3)
+    p.add_argument("--ranks", type=_ints, default=[4, 8, 16, 32, 64], help="the rank axis (N, targets at base)")
+    p.add_argument("--components", type=_ints, default=[2, 4, 8, 16, 32], help="the N axis (r, targets at base)")
+    p.add_argument(
+        "--target-sets",
+        type=_target_sets,
+        default=["query", "query,value", "query,key,value", "query,key,value,dense"],
+        help="the adapted-modules axis: target lists separated by ';' (r, N at base)",
+    )
+    p.add_argument("--device", default="auto")
+    p.add_argument("--threads", type=positive_int, default=1)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json-out", default=None, help="also write the final JSON here (atomically)")
+    return p
+
+
+def points(args: argparse.Namespace) -> list[tuple[str, Any, dict[str, Any]]]:
+    """(axis, value, settings) for every point: one setting varied, the others at ``BASE``."""
+    axes = {"rank": args.ranks, "num_components": args.components, "targets": args.target_sets}
+    return [(axis, value, {**BASE, axis: value}) for axis, values in axes.items() for value in values]
+
+
+def worker_args(args: argparse.Namespace, settings: dict[str, Any]) -> argparse.Namespace:
+    argv = ["--backbone", args.backbone, "--batch-size", str(args.batch_size), "--seq-len", str(args.seq_len),
+            "--warmup", str(args.warmup), "--repeats", str(args.repeats), "--device", args.device,
+            "--threads", str(args.threads), "--seed", str(args.seed), "--rank", str(settings["rank"]),
+            "--num-components", str(settings["num_components"]), "--targets", settings["targets"], "--no-eval"]
+    return step_time.build_parser().parse_args(argv)
+
+
+def measure(args: argparse.Namespace, axis: str, value: Any, settings: dict[str, Any]) -> dict[str, Any]:
+    """One point: every method's step time, CPU time, peak memory growth, trainable parameters."""
+    results = {}
+    for method in METHODS:
+        print(f"{axis} = {value}: running {method} ...", file=sys.stderr, flush=True)
+        results[method] = step_time.run_method(worker_args(args, settings), method)
+    ours, lora, peer = (results[m] for m in ("monteclora", "peft-lora", "peft-monteclora"))
+    return {
+        "axis": axis,
+        "value": value,
+        **settings,
+        "adapted_modules": ours["adapted_modules"],
+        "methods": {
+            m: {k: r[k] for k in ("step_seconds_median", "step_cpu_seconds_median", "peak_growth_mib",
+                                  "trainable_parameters", "adapted_modules")}
+            for m, r in results.items()
+        },
+        "monteclora_vs_lora": ours["step_cpu_seconds_median"] / lora["step_cpu_seconds_median"],
+        "monteclora_vs_peft_monteclora": ours["step_cpu_seconds_median"] / peer["step_cpu_seconds_median"],
+        "memory_vs_lora": ours["peak_growth_mib"] / lora["peak_growth_mib"],
+        "memory_vs_peft_monteclora": ours["peak_growth_mib"] / peer["peak_growth_mib"],
+    }
+
+
+def print_table(rows: list[dict[str, Any]]) -> None:
+    header = (
+        "| axis | value | modules | LoRA cpu ms | PEFT MC cpu ms | ours cpu ms | ours/LoRA | ours/PEFT MC "
+        "| LoRA +MiB | PEFT MC +MiB | ours +MiB |"
+    )
+    print(header)
+    print("|" + "---|" * (header.count("|") - 1))
+    for row in rows:
+        m = row["methods"]
+        cpu = [1e3 * m[k]["step_cpu_seconds_median"] for k in METHODS]
+        mem = [m[k]["peak_growth_mib"] for k in METHODS]
+        print(
+            f"| {row['axis']} | {row['value']} | {row['adapted_modules']} | {cpu[0]:.1f} | {cpu[1]:.1f} | "
+            f"{cpu[2]:.1f} | {row['monteclora_vs_lora']:.3f} | {row['monteclora_vs_peft_monteclora']:.3f} | "
+            f"{mem[0]:.0f} | {mem[1]:.0f} | {mem[2]:.0f} |"
+        )
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    args = build_parser().parse_args(argv)
+    measured: dict[tuple, dict[str, Any]] = {}  # the base point lies on every axis: measure it once
+    rows = []
+    for axis, value, settings in points(args):
+        key = tuple(sorted(settings.items()))
+        if key not in measured:
+            measured[key] = measure(args, axis, value, settings)
+        rows.append({**measured[key], "axis": axis, "value": value})
+    summary = {
+        "points": rows,
+        "backbone": args.backbone,
+        "device": step_time.device_name(resolve_device(args.device)),
+        "torch": torch.__version__,
+        "threads": args.threads,
+        "config": {k: getattr(args, k) for k in ("batch_size", "seq_len", "warmup", "repeats", "seed")},
+        "base": BASE,
+    }
+    print_table(rows)
+    if args.json_out:
+        from monteclora_pyro.artifacts import atomic_write_json
+
+        atomic_write_json(args.json_out, summary)
+        print(f"written to {args.json_out}")
+    print(json.dumps(summary, sort_keys=True), flush=True)
+    return summary
+
+
+if __name__ == "__main__":
+    main()
