@@ -8,8 +8,9 @@ memory measurement), varying one setting from the base (r = 8, N = 8, targets qu
     python benchmarks/scaling.py --backbone tiny --batch-size 2 --seq-len 8 --ranks 2,4 --components 2,4
 
 Ratios are of the process CPU time per step (with ``--threads 1`` it is the step's compute, unaffected
-by other processes time-sharing the cores); wall times are printed beside them.  The last line is one
-JSON object with every point.
+by other processes time-sharing the cores); wall times are in the JSON.  A method that fails at a point
+is reported with its error.  With ``--json-out`` the file is rewritten after every point and a rerun
+with the same settings measures only the missing points.  The last line is one JSON object.
 """
 
 from __future__ import annotations
@@ -25,11 +26,14 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import step_time  # noqa: E402
 
+from monteclora_pyro.artifacts import atomic_write_json  # noqa: E402
 from monteclora_pyro.backbones import resolve_device  # noqa: E402
 from monteclora_pyro.cli_types import nonnegative_int, positive_int  # noqa: E402
 
 METHODS = ("peft-lora", "peft-monteclora", "monteclora")
 BASE = {"rank": 8, "num_components": 8, "targets": "query,value"}
+RESULT_KEYS = ("step_seconds_median", "step_cpu_seconds_median", "peak_growth_mib", "trainable_parameters",
+               "adapted_modules")
 
 
 def _ints(text: str) -> list[int]:
@@ -82,28 +86,53 @@ def worker_args(args: argparse.Namespace, settings: dict[str, Any]) -> argparse.
     return step_time.build_parser().parse_args(argv)
 
 
-def measure(args: argparse.Namespace, axis: str, value: Any, settings: dict[str, Any]) -> dict[str, Any]:
-    """One point: every method's step time, CPU time, peak memory growth, trainable parameters."""
-    results = {}
+def measure(args: argparse.Namespace, settings: dict[str, Any]) -> dict[str, Any]:
+    """One point: every method's step time, CPU time, peak memory growth and trainable parameters.
+
+    A method whose worker fails is recorded with its error (a measured fact, e.g. a peer that
+    diverges at some N), and the ratios that need it are ``None``.
+    """
+    results: dict[str, dict[str, Any]] = {}
     for method in METHODS:
-        print(f"{axis} = {value}: running {method} ...", file=sys.stderr, flush=True)
-        results[method] = step_time.run_method(worker_args(args, settings), method)
-    ours, lora, peer = (results[m] for m in ("monteclora", "peft-lora", "peft-monteclora"))
+        print(f"{settings}: running {method} ...", file=sys.stderr, flush=True)
+        try:
+            run = step_time.run_method(worker_args(args, settings), method)
+        except RuntimeError as error:
+            results[method] = {"error": str(error)}
+            continue
+        results[method] = {k: run[k] for k in RESULT_KEYS}
+
+    def ratio(key: str, peer: str) -> float | None:
+        ours, other = results["monteclora"], results[peer]
+        return ours[key] / other[key] if key in ours and key in other else None
+
     return {
-        "axis": axis,
-        "value": value,
         **settings,
-        "adapted_modules": ours["adapted_modules"],
-        "methods": {
-            m: {k: r[k] for k in ("step_seconds_median", "step_cpu_seconds_median", "peak_growth_mib",
-                                  "trainable_parameters", "adapted_modules")}
-            for m, r in results.items()
-        },
-        "monteclora_vs_lora": ours["step_cpu_seconds_median"] / lora["step_cpu_seconds_median"],
-        "monteclora_vs_peft_monteclora": ours["step_cpu_seconds_median"] / peer["step_cpu_seconds_median"],
-        "memory_vs_lora": ours["peak_growth_mib"] / lora["peak_growth_mib"],
-        "memory_vs_peft_monteclora": ours["peak_growth_mib"] / peer["peak_growth_mib"],
+        "adapted_modules": next((r["adapted_modules"] for r in results.values() if "adapted_modules" in r), None),
+        "methods": results,
+        "monteclora_vs_lora": ratio("step_cpu_seconds_median", "peft-lora"),
+        "monteclora_vs_peft_monteclora": ratio("step_cpu_seconds_median", "peft-monteclora"),
+        "memory_vs_lora": ratio("peak_growth_mib", "peft-lora"),
+        "memory_vs_peft_monteclora": ratio("peak_growth_mib", "peft-monteclora"),
     }
+
+
+def _key(settings: dict[str, Any]) -> tuple:
+    return tuple(settings[k] for k in BASE)
+
+
+def previous_points(args: argparse.Namespace, header: dict[str, Any]) -> dict[tuple, dict[str, Any]]:
+    """Points already in ``--json-out`` from a run with the same settings (an interrupted run resumes)."""
+    if not args.json_out or not Path(args.json_out).exists():
+        return {}
+    written = json.loads(Path(args.json_out).read_text())
+    if any(written.get(k) != v for k, v in header.items()):
+        return {}
+    return {_key(point): point for point in written.get("points", [])}
+
+
+def _cell(value: float | None, fmt: str) -> str:
+    return "failed" if value is None else format(value, fmt)
 
 
 def print_table(rows: list[dict[str, Any]]) -> None:
@@ -115,26 +144,20 @@ def print_table(rows: list[dict[str, Any]]) -> None:
     print("|" + "---|" * (header.count("|") - 1))
     for row in rows:
         m = row["methods"]
-        cpu = [1e3 * m[k]["step_cpu_seconds_median"] for k in METHODS]
-        mem = [m[k]["peak_growth_mib"] for k in METHODS]
-        print(
-            f"| {row['axis']} | {row['value']} | {row['adapted_modules']} | {cpu[0]:.1f} | {cpu[1]:.1f} | "
-            f"{cpu[2]:.1f} | {row['monteclora_vs_lora']:.3f} | {row['monteclora_vs_peft_monteclora']:.3f} | "
-            f"{mem[0]:.0f} | {mem[1]:.0f} | {mem[2]:.0f} |"
-        )
+        cpu = [_cell(1e3 * m[k]["step_cpu_seconds_median"] if "error" not in m[k] else None, ".1f") for k in METHODS]
+        mem = [_cell(m[k].get("peak_growth_mib"), ".0f") for k in METHODS]
+        ratios = [_cell(row[k], ".3f") for k in ("monteclora_vs_lora", "monteclora_vs_peft_monteclora")]
+        print(f"| {row['axis']} | {row['value']} | {row['adapted_modules']} | {' | '.join(cpu)} | "
+              f"{' | '.join(ratios)} | {' | '.join(mem)} |")
+    for row in rows:
+        for method, result in row["methods"].items():
+            if "error" in result:
+                print(f"{row['axis']} = {row['value']}: {method} failed: {result['error']}")
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = build_parser().parse_args(argv)
-    measured: dict[tuple, dict[str, Any]] = {}  # the base point lies on every axis: measure it once
-    rows = []
-    for axis, value, settings in points(args):
-        key = tuple(sorted(settings.items()))
-        if key not in measured:
-            measured[key] = measure(args, axis, value, settings)
-        rows.append({**measured[key], "axis": axis, "value": value})
-    summary = {
-        "points": rows,
+    header = {
         "backbone": args.backbone,
         "device": step_time.device_name(resolve_device(args.device)),
         "torch": torch.__version__,
@@ -142,10 +165,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "config": {k: getattr(args, k) for k in ("batch_size", "seq_len", "warmup", "repeats", "seed")},
         "base": BASE,
     }
+    measured = previous_points(args, header)  # the base point lies on every axis: it is measured once
+    rows = []
+    for axis, value, settings in points(args):
+        if _key(settings) not in measured:
+            measured[_key(settings)] = measure(args, settings)
+            if args.json_out:  # after every point, so an interrupted run keeps what it measured
+                atomic_write_json(args.json_out, {**header, "points": list(measured.values())})
+        rows.append({**measured[_key(settings)], "axis": axis, "value": value})
+    summary = {**header, "points": rows}
     print_table(rows)
     if args.json_out:
-        from monteclora_pyro.artifacts import atomic_write_json
-
         atomic_write_json(args.json_out, summary)
         print(f"written to {args.json_out}")
     print(json.dumps(summary, sort_keys=True), flush=True)

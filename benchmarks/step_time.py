@@ -413,7 +413,9 @@ def run_method(args: argparse.Namespace, method: str) -> dict[str, Any]:
     lines = [line for line in process.stdout.splitlines() if line.strip()]
     if process.returncode != 0 or not lines:
         sys.stderr.write(process.stderr)
-        raise RuntimeError(f"the {method} worker failed (exit code {process.returncode})")
+        errors = [line for line in process.stderr.splitlines() if line.strip()]
+        reason = errors[-1] if errors else "no output"
+        raise RuntimeError(f"the {method} worker failed (exit code {process.returncode}): {reason}")
     return json.loads(lines[-1])
 
 

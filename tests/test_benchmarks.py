@@ -106,3 +106,8 @@ def test_scaling_tiny(tmp_path):
     assert points[("targets", "query")]["adapted_modules"] == 2  # query in each of the 2 layers
     assert points[("rank", 2)]["adapted_modules"] == 4  # the base targets: query, value
     assert (points[("rank", 2)]["rank"], points[("num_components", 3)]["num_components"]) == (2, 3)
+
+    again = subprocess.run(command, capture_output=True, text=True, timeout=600)  # resumes: nothing to measure
+    assert again.returncode == 0, again.stderr[-4000:]
+    assert "running" not in again.stderr
+    assert json.loads(again.stdout.strip().splitlines()[-1]) == summary
