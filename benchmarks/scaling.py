@@ -175,10 +175,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         rows.append({**measured[_key(settings)], "axis": axis, "value": value})
     summary = {**header, "points": rows}
     print_table(rows)
-    if args.json_out:
-        atomic_write_json(args.json_out, summary)
-        print(f"written to {args.json_out}")
-    print(json.dumps(summary, sort_keys=True), flush=True)
+    step_time.emit(summary, args.json_out)
     return summary
 
 

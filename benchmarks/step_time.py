@@ -516,6 +516,16 @@ def print_table(summary: dict[str, Any]) -> None:
         print(f"{key:<32} {summary[key]:.3f}" + (f"   (CPU time: {cpu:.3f})" if cpu is not None else ""))
 
 
+def emit(summary: dict[str, Any], json_out: str | None) -> None:
+    """Write the summary to ``json_out`` (atomically) when given, and print it as the last line."""
+    if json_out:
+        from monteclora_pyro.artifacts import atomic_write_json
+
+        atomic_write_json(json_out, summary)
+        print(f"written to {json_out}")
+    print(json.dumps(summary, sort_keys=True), flush=True)
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any] | None:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -537,12 +547,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
     results = {method: merge_rounds(runs) for method, runs in rounds.items()}
     summary = summarize(args, results)
     print_table(summary)
-    if args.json_out:
-        from monteclora_pyro.artifacts import atomic_write_json
-
-        atomic_write_json(args.json_out, summary)
-        print(f"written to {args.json_out}")
-    print(json.dumps(summary, sort_keys=True), flush=True)
+    emit(summary, args.json_out)
     return summary
 
 
