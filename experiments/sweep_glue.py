@@ -36,6 +36,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--max-steps", type=int, default=None)
     p.add_argument("--num-samples", type=int, default=8)
     p.add_argument("--kl-weight", type=float, default=1.0)
+    p.add_argument("--perturbation-scale", type=positive_float, default=None,
+                   help="eps of the MonteCLoRA perturbations, ours and PEFT's sample_scaler (default: the prior's)")
     p.add_argument("--max-length", type=int, default=128)
     p.add_argument("--max-train-samples", type=int, default=None)
     p.add_argument("--max-eval-samples", type=int, default=None)
@@ -46,6 +48,7 @@ def main(argv: list[str] | None = None) -> dict:
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     base = GlueRunConfig(task=args.task, data_dir=args.data_dir, model=args.model, rank=args.rank, epochs=args.epochs,
                          max_steps=args.max_steps, num_samples=args.num_samples, kl_weight=args.kl_weight,
+                         perturbation_scale=args.perturbation_scale,
                          max_length=args.max_length, max_train_samples=args.max_train_samples,
                          max_eval_samples=args.max_eval_samples, progress=not args.no_progress)
     datasets.disable_progress_bars()

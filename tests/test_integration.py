@@ -92,8 +92,10 @@ def test_sweep_script_is_resumable_on_real_cola_rows(glue_dir, tmp_path, capsys)
     argv = ["--task", "cola", "--data-dir", str(glue_dir), "--output-dir", str(tmp_path), "--methods",
             "map,peft-monteclora", "--lrs", "1e-3", "--batch-sizes", "8", "--seeds", "0,1", "--max-steps", "2",
             "--max-train-samples", "16", "--max-eval-samples", "32", "--max-length", "32", "--num-samples", "2",
-            "--no-progress"]
+            "--perturbation-scale", "0.01", "--no-progress"]
     summary = script.main(argv)
+    cell_config = json.loads((tmp_path / "cells" / "peft-monteclora_lr0.001_bs8_seed0" / "config.json").read_text())
+    assert cell_config["prior_spec"]["perturbation_scale"] == 0.01 and cell_config["peer"] == "peft-monteclora"
     assert summary["metric"] == "matthews_correlation"
     assert set(summary["robustness"]) == {"map", "peft-monteclora"}
     for stats in summary["robustness"].values():
