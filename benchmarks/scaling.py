@@ -79,11 +79,12 @@ def points(args: argparse.Namespace) -> list[tuple[str, Any, dict[str, Any]]]:
 
 
 def worker_args(args: argparse.Namespace, settings: dict[str, Any]) -> argparse.Namespace:
-    argv = ["--backbone", args.backbone, "--batch-size", str(args.batch_size), "--seq-len", str(args.seq_len),
-            "--warmup", str(args.warmup), "--repeats", str(args.repeats), "--device", args.device,
-            "--threads", str(args.threads), "--seed", str(args.seed), "--rank", str(settings["rank"]),
-            "--num-components", str(settings["num_components"]), "--targets", settings["targets"], "--no-eval"]
-    return step_time.build_parser().parse_args(argv)
+    """``step_time.py``'s settings for one point: this run's shared ones, the point's r, N and targets."""
+    worker = step_time.build_parser().parse_args([])
+    for name in ("backbone", "batch_size", "seq_len", "warmup", "repeats", "device", "threads", "seed"):
+        setattr(worker, name, getattr(args, name))
+    vars(worker).update(settings, no_eval=True)
+    return worker
 
 
 def measure(args: argparse.Namespace, settings: dict[str, Any]) -> dict[str, Any]:

@@ -155,7 +155,6 @@ def _write_artifacts(output_dir: Path, module, predictions, history, task: GlueT
         plot_reliability(predictions["predictive"], predictions["labels"], output_dir / "plots" / "reliability.png")
 
 
-
 def run_glue(config: GlueRunConfig) -> dict[str, Any]:
     """Train and evaluate one configuration; writes ``config.json`` and ``metrics.json`` to output_dir."""
     config = config.resolved()

@@ -144,11 +144,11 @@ def run_sweep(
         ).resolved()
         for cell in cells
     }  # every cell's values are checked before the first one trains
-    for config in configs.values():
-        _finished(config)  # a finished cell with other settings stops the sweep here, before any work
+    # a finished cell with other settings stops the sweep here, before any work
+    finished = {cell: _finished(config) for cell, config in configs.items()}
     csv_path = output_dir / "sweep.csv"
     for index, (cell, config) in enumerate(configs.items(), start=1):
-        if _finished(config):  # checked again: another process may share the grid
+        if finished[cell] or _finished(config):  # another process sharing the grid may have finished it since
             print(f"[{index}/{len(cells)}] {cell.name}: done already, skipped", flush=True)
             continue
         if not run_missing:
