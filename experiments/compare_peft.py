@@ -15,38 +15,25 @@ import sys
 import datasets
 
 from monteclora_pyro.artifacts import atomic_write_json
+from monteclora_pyro.config_cli import add_config_arguments, config_values
 from monteclora_pyro.glue import GlueRunConfig, run_glue
 from monteclora_pyro.sweep import method_config
 
-METHODS = ("monteclora", "map", "gaussian", "peft-monteclora", "peft-lora")
+METHODS = ("monteclora", "monteclora_scaled", "map", "gaussian", "peft-monteclora", "peft-lora")
 
 
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--task", default="rte")
-    p.add_argument("--data-dir", default=None)
     p.add_argument("--output-dir", default="runs/compare")
     p.add_argument("--methods", default="monteclora,map,peft-monteclora")
-    p.add_argument("--rank", type=int, default=8)
-    p.add_argument("--lr", type=float, default=5e-4)
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--max-steps", type=int, default=None)
-    p.add_argument("--epochs", type=int, default=1)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--num-samples", type=int, default=8)
-    p.add_argument("--max-train-samples", type=int, default=None)
-    p.add_argument("--max-eval-samples", type=int, default=None)
-    p.add_argument("--no-progress", action="store_true")
+    add_config_arguments(p, GlueRunConfig, skip=("output_dir", "prior", "guide", "peer"))
+    p.set_defaults(task="rte", max_train_samples=None, epochs=1)
     args = p.parse_args(argv)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
         p.error(f"--methods: unknown {unknown}; allowed: {', '.join(METHODS)}")
-    base = GlueRunConfig(task=args.task, data_dir=args.data_dir, rank=args.rank, lr=args.lr,
-                         batch_size=args.batch_size, max_steps=args.max_steps, epochs=args.epochs, seed=args.seed,
-                         num_samples=args.num_samples, max_train_samples=args.max_train_samples,
-                         max_eval_samples=args.max_eval_samples,
-                         progress=not args.no_progress)
+    base = GlueRunConfig(**config_values(args, GlueRunConfig))
     configs = {m: method_config(base, m, f"{args.output_dir}/{m}") for m in methods}
     try:
         configs = {m: c.resolved() for m, c in configs.items()}  # every value checked before any training

@@ -1,6 +1,8 @@
 """Robustness sweep over learning rates, batch sizes and seeds for several methods on one GLUE task.
 
-Resumable: finished cells (OUT/cells/<cell>/metrics.json) are not rerun.  Writes OUT/sweep.csv (one
+Every setting of a single run (``svi_glue.py --help``) applies to all cells, on the full training
+set unless --max-train-samples says otherwise.  Resumable: finished cells (OUT/cells/<cell>/metrics.json)
+are not rerun.  Writes OUT/sweep.csv (one
 row per cell), OUT/robustness.json (mean, std, min, max, max - min per method) and
 OUT/plots/metric_vs_lr.png.
 
@@ -16,41 +18,26 @@ import sys
 import datasets
 
 from monteclora_pyro.cli_types import number_list, positive_float, positive_int
+from monteclora_pyro.config_cli import add_config_arguments, config_values
 from monteclora_pyro.glue import GlueRunConfig
 from monteclora_pyro.sweep import run_sweep
 
 
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--task", default="mrpc")
-    p.add_argument("--data-dir", default=None)
     p.add_argument("--output-dir", default=None, help="default: runs/sweep-TASK")
     p.add_argument("--methods", default="map,monteclora,peft-monteclora",
                    help="bundled prior names or .toml paths (ours) and peft-lora / peft-monteclora")
     p.add_argument("--lrs", type=number_list(positive_float), default=[1e-4, 3e-4, 1e-3, 3e-3])
     p.add_argument("--batch-sizes", type=number_list(positive_int), default=[16, 32])
     p.add_argument("--seeds", type=number_list(int), default=[0, 1])
-    p.add_argument("--model", default=None)
-    p.add_argument("--rank", type=int, default=None)
-    p.add_argument("--epochs", type=int, default=1)
-    p.add_argument("--max-steps", type=int, default=None)
-    p.add_argument("--num-samples", type=int, default=8)
-    p.add_argument("--kl-weight", type=float, default=1.0)
-    p.add_argument("--perturbation-scale", type=positive_float, default=None,
-                   help="eps of the MonteCLoRA perturbations, ours and PEFT's sample_scaler (default: the prior's)")
-    p.add_argument("--max-length", type=int, default=128)
-    p.add_argument("--max-train-samples", type=int, default=None)
-    p.add_argument("--max-eval-samples", type=int, default=None)
-    p.add_argument("--no-progress", action="store_true")
     p.add_argument("--report-only", action="store_true",
                    help="run nothing: write the CSV, statistics and plot of the cells finished so far")
+    add_config_arguments(p, GlueRunConfig, skip=("output_dir", "prior", "guide", "peer", "lr", "batch_size", "seed"))
+    p.set_defaults(task="mrpc", max_train_samples=None)
     args = p.parse_args(argv)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    base = GlueRunConfig(task=args.task, data_dir=args.data_dir, model=args.model, rank=args.rank, epochs=args.epochs,
-                         max_steps=args.max_steps, num_samples=args.num_samples, kl_weight=args.kl_weight,
-                         perturbation_scale=args.perturbation_scale,
-                         max_length=args.max_length, max_train_samples=args.max_train_samples,
-                         max_eval_samples=args.max_eval_samples, progress=not args.no_progress)
+    base = GlueRunConfig(**config_values(args, GlueRunConfig))
     datasets.disable_progress_bars()
     try:
         summary = run_sweep(base, methods, args.lrs, args.batch_sizes, args.seeds,

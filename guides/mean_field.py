@@ -15,14 +15,12 @@ from . import register_guide
 
 @register_guide("mean_field", families=("gaussian",))
 class MeanFieldGuide(nn.Module):
-    """Elementwise Normal around the PEFT factor weight; ``init_scale`` is the starting std."""
+    """Elementwise Normal around the PEFT factor weight, starting at std ``spec.init_posterior_scale``."""
 
-    def __init__(self, site, spec, init_scale: float = 1e-3) -> None:
+    def __init__(self, site, spec) -> None:
         super().__init__()
-        if not init_scale > 0:
-            raise ValueError(f"init_scale = {init_scale!r} must be > 0")
         self.site = site
-        self.raw_scale = nn.Parameter(torch.full(site.shape, math.log(math.expm1(init_scale))))
+        self.raw_scale = nn.Parameter(torch.full(site.shape, math.log(math.expm1(spec.init_posterior_scale))))
 
     def forward(self, mean: torch.Tensor) -> None:
         pyro.sample(self.site.name, dist.Normal(mean, softplus(self.raw_scale)).to_event(2))

@@ -1,7 +1,8 @@
 """The paper's reparameterized family: q(Sigma) Wishart, q(pi) Dirichlet, q(Z) = p(Z).
 
 Learnable per factor site: ``log_scale`` (theta in R^r, the Wishart scale is diag(exp(theta))^2)
-and ``log_concentration`` (phi in R^N).  The noise ``Z`` keeps its prior N(0, I) in the guide, so
+and ``log_concentration`` (phi in R^N); with a hyperprior on the perturbation scale, also the
+location and log-scale of q(tau) = LogNormal.  The noise ``Z`` keeps its prior N(0, I) in the guide, so
 its KL is exactly zero and the ELBO's KL is KL_Wishart + KL_Dirichlet, both in closed form.
 """
 
@@ -41,6 +42,10 @@ class MonteCLoRAGuide(nn.Module):
         self.log_concentration = nn.Parameter(
             torch.full((spec.num_components,), math.log(spec.dirichlet_concentration))
         )
+        self.hyperprior = spec.scale_hyperprior_std is not None
+        if self.hyperprior:  # q(tau) starts at the hyperprior's median with a tenth of its spread
+            self.scale_loc = nn.Parameter(torch.zeros(()))
+            self.scale_log_scale = nn.Parameter(torch.tensor(math.log(0.1 * spec.scale_hyperprior_std)))
 
     def forward(self, mean: torch.Tensor) -> None:
         name = self.site.name
@@ -52,3 +57,5 @@ class MonteCLoRAGuide(nn.Module):
             .expand((self.site.features, self.site.rank))
             .to_event(2),
         )
+        if self.hyperprior:
+            pyro.sample(f"{name}.scale", dist.LogNormal(self.scale_loc, self.scale_log_scale.exp()))

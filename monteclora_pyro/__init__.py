@@ -7,7 +7,7 @@ from .diagnostics import posterior_inference_data, save_posterior
 from .distributions import LaplaceBridgeDirichlet, WishartCholesky
 from .likelihoods import CategoricalLikelihood, GaussianLikelihood, build_likelihood
 from .lora_sites import FactorSite, factor_sites, inject_lora
-from .prediction import predict, predict_network
+from .prediction import mc_dropout, predict, predict_network
 from .svi import TrainConfig, TrainHistory, train
 
 __all__ = [
@@ -30,6 +30,7 @@ __all__ = [
     "inject_lora",
     "load_prior",
     "maximum_calibration_error",
+    "mc_dropout",
     "paper_kl_weight",
     "posterior_inference_data",
     "predict",

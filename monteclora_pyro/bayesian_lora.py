@@ -179,6 +179,10 @@ class BayesianLoRA(nn.Module):
             terms[name] = _site_kl(guide_site, model_trace.nodes[name]).sum()
         return terms
 
+    def variational_parameters(self) -> list[nn.Parameter]:
+        """The guides' own parameters (scales, concentrations), apart from the LoRA means and the head."""
+        return list(self.site_guides.parameters())
+
     def merged_network(self) -> nn.Module:
         """The posterior-mean network with LoRA merged into W0 (zero overhead; a copy)."""
         return copy.deepcopy(self.network).merge_and_unload()

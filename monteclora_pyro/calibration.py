@@ -1,4 +1,5 @@
-"""Calibration of class-probability predictions: ECE, MCE, Brier score and reliability bins.
+"""Calibration of class-probability predictions: ECE, MCE, Brier score, reliability bins, and
+temperature scaling (Guo et al. 2017), the post-hoc fix users reach for first.
 
 ``probs`` is an (n x C) tensor of class probabilities and ``labels`` an (n,) tensor of integer
 classes.  The binned metrics use the confidence ``max_c probs[i, c]`` and whether its class is the
@@ -16,7 +17,9 @@ import torch
 __all__ = [
     "ReliabilityBins",
     "brier_score",
+    "apply_temperature",
     "expected_calibration_error",
+    "fit_temperature",
     "maximum_calibration_error",
     "reliability_bins",
 ]
@@ -108,3 +111,31 @@ def brier_score(probs: torch.Tensor, labels: torch.Tensor) -> float:
     probs = probs.detach().double()
     onehot = torch.nn.functional.one_hot(labels.long().to(probs.device), probs.shape[1]).double()
     return (probs - onehot).pow(2).sum(-1).mean().item()
+
+
+def fit_temperature(probs: torch.Tensor, labels: torch.Tensor, max_iter: int = 200) -> float:
+    """The temperature T > 0 minimizing the NLL of ``softmax(log probs / T)`` on held-out rows.
+
+    One scalar fitted by L-BFGS over log T (Guo et al. 2017, "On calibration of modern neural networks").
+    """
+    _validate(probs, labels)
+    log_probs = probs.double().clamp_min(1e-12).log()
+    labels = labels.long()
+    log_t = torch.zeros((), dtype=torch.float64, requires_grad=True)
+    optimizer = torch.optim.LBFGS([log_t], lr=0.1, max_iter=max_iter, line_search_fn="strong_wolfe")
+
+    def closure() -> torch.Tensor:
+        optimizer.zero_grad()
+        loss = torch.nn.functional.cross_entropy(log_probs / log_t.exp(), labels)
+        loss.backward()
+        return loss
+
+    optimizer.step(closure)
+    return float(log_t.detach().exp())
+
+
+def apply_temperature(probs: torch.Tensor, temperature: float) -> torch.Tensor:
+    """``softmax(log probs / T)``: the probabilities re-scaled by a fitted temperature."""
+    if not temperature > 0:
+        raise ValueError(f"temperature = {temperature!r} must be > 0")
+    return (probs.double().clamp_min(1e-12).log() / temperature).softmax(-1).to(probs.dtype)

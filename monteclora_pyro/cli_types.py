@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Callable
+from typing import Any
 
-__all__ = ["positive_int", "nonnegative_int", "positive_float", "number_list"]
+__all__ = ["positive_int", "nonnegative_int", "positive_float", "nonnegative_float", "optional", "number_list"]
 
 
 def positive_int(text: str) -> int:
@@ -27,6 +28,22 @@ def positive_float(text: str) -> float:
     if not value > 0:
         raise argparse.ArgumentTypeError(f"{value} must be > 0")
     return value
+
+
+def nonnegative_float(text: str) -> float:
+    value = float(text)
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"{value} must be >= 0")
+    return value
+
+
+def optional(kind: Callable[[str], Any]) -> Callable[[str], Any]:
+    """``kind``, or None for the words ``all``, ``same`` and ``none``."""
+
+    def parse(text: str) -> Any:
+        return None if text.strip().lower() in ("all", "same", "none") else kind(text)
+
+    return parse
 
 
 def number_list(kind: Callable[[str], float | int]) -> Callable[[str], list]:

@@ -117,13 +117,23 @@ def load_glue(
     max_train_samples: int | None = None,
     max_eval_samples: int | None = None,
     seed: int = 0,
+    holdout_fraction: float = 0.0,
 ) -> datasets.DatasetDict:
-    """Tokenized splits ``train`` and the task's dev splits, with ``labels`` and ``idx`` columns."""
+    """Tokenized splits ``train`` and the task's dev splits, with ``labels`` and ``idx`` columns.
+
+    ``holdout_fraction`` > 0 moves that share of the (limited) training rows into a ``holdout``
+    split (seeded), e.g. to fit a temperature on rows the model was not trained on.
+    """
+    if not 0 <= holdout_fraction < 1:
+        raise ValueError(f"holdout_fraction = {holdout_fraction!r} must be in [0, 1)")
     raw = _read_local(task, Path(data_dir)) if data_dir is not None else _read_hub(task)
     limits = {"train": max_train_samples} | {s: max_eval_samples for s in task.dev_splits}
     for split, limit in limits.items():
         if limit is not None and limit < len(raw[split]):
             raw[split] = raw[split].shuffle(seed=seed).select(range(limit))
+    if holdout_fraction > 0:
+        parts = raw["train"].train_test_split(test_size=holdout_fraction, seed=seed)
+        raw["train"], raw["holdout"] = parts["train"], parts["test"]
     texts = [f"text{i}" for i in range(len(task.text_columns))]
 
     def encode(rows: Mapping) -> dict:

@@ -19,6 +19,8 @@ __all__ = ["FAMILIES", "PriorSpec", "available_priors", "load_prior"]
 
 FAMILIES = ("monteclora", "gaussian", "map")
 FACTORS = ("A", "B")
+_NUMBER_FIELDS = ("alpha", "wishart_df", "wishart_scale", "dirichlet_concentration", "perturbation_scale",
+                  "scale_hyperprior_std", "cooperative_weight", "prior_scale", "init_posterior_scale")
 
 
 @dataclass(frozen=True)
@@ -35,10 +37,17 @@ class PriorSpec:
     wishart_df: degrees of freedom of the Wishart on the r x r covariance (default r + 2; must be > r - 1).
     wishart_scale: prior mean of the covariance is wishart_scale * I (the scale matrix is that / df).
     dirichlet_concentration: symmetric Dirichlet concentration of the mixture weights (> 0).
-    perturbation_scale: eps, the fixed scale of the Gaussian perturbations (> 0).
+    perturbation_scale: eps, the scale of the Gaussian perturbations (> 0).
+    perturbation_relative: if true, eps is in units of the factor's initialization scale
+        ``1 / sqrt(3 d)`` (the std of PEFT's default ``lora_A`` init, d = the factor's feature size), so
+        eps = 1 perturbs the factor as much as its initial spread; false: eps is absolute (the paper).
+    scale_hyperprior_std: s > 0 puts a hyperprior on the perturbation scale: per factor site a latent
+        ``tau ~ LogNormal(0, s)`` multiplies eps, with its own LogNormal variational factor, so the
+        data decide the scale; omitted: eps is a fixed constant (the paper).
     cooperative_weight: weight w >= 0 of the paper's optional cooperative term, log factor -w sum pi^2.
     prior_scale: standard deviation of the Normal prior of the ``gaussian`` and ``map`` families;
         omitted means a flat prior, allowed for ``map`` only (plain LoRA).
+    init_posterior_scale: the starting standard deviation of the ``mean_field`` guide (BLoB: 0.05).
     """
 
     family: str
@@ -51,8 +60,11 @@ class PriorSpec:
     wishart_scale: float = 1.0
     dirichlet_concentration: float = 1.0
     perturbation_scale: float = 1e-3
+    perturbation_relative: bool = False
+    scale_hyperprior_std: float | None = None
     cooperative_weight: float = 0.0
     prior_scale: float | None = None
+    init_posterior_scale: float = 1e-3
     name: str = field(default="", compare=False)
 
     def __post_init__(self) -> None:
@@ -77,6 +89,10 @@ class PriorSpec:
 
         if self.family not in FAMILIES:
             fail(f"family = {self.family!r} is unknown; allowed: {', '.join(FAMILIES)}")
+        for name in _NUMBER_FIELDS:
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+                fail(f"{name} = {value!r} must be a number")
         if not self.targets or not all(isinstance(t, str) and t for t in self.targets):
             fail(f"targets = {list(self.targets)!r} must be a non-empty list of module names")
         if not isinstance(self.rank, int) or isinstance(self.rank, bool) or self.rank < 1:
@@ -101,6 +117,12 @@ class PriorSpec:
             fail(f"dirichlet_concentration = {self.dirichlet_concentration!r} must be > 0")
         if not self.perturbation_scale > 0:
             fail(f"perturbation_scale = {self.perturbation_scale!r} must be > 0")
+        if not isinstance(self.perturbation_relative, bool):
+            fail(f"perturbation_relative = {self.perturbation_relative!r} must be true or false")
+        if self.scale_hyperprior_std is not None and not self.scale_hyperprior_std > 0:
+            fail(f"scale_hyperprior_std = {self.scale_hyperprior_std!r} must be > 0 (or omitted for a fixed eps)")
+        if not self.init_posterior_scale > 0:
+            fail(f"init_posterior_scale = {self.init_posterior_scale!r} must be > 0")
         if not self.cooperative_weight >= 0:
             fail(f"cooperative_weight = {self.cooperative_weight!r} must be >= 0")
         if self.prior_scale is None:

@@ -6,7 +6,8 @@ the site names (``bert.encoder.layer.0.attention.self.query.lora_A``).  One chai
 
 * ``monteclora`` family: ``sigma_diag[chain, draw, layer, rank]`` (diagonal of Sigma = L L^T),
   ``mixture_weights[chain, draw, layer, component]`` (pi) and ``perturbation_std[chain, draw, layer]``
-  (standard deviation of the factor's perturbation ``eps ||pi||_2 Z L^T`` over its entries).
+  (standard deviation of the factor's perturbation ``eps tau ||pi||_2 Z L^T`` over its entries) and,
+  with a hyperprior on the perturbation scale, ``hyper_scale[chain, draw, layer]`` (tau).
 * factor-latent families (``gaussian``, ``map``): ``factor_norm[chain, draw, layer]`` (Frobenius
   norm of the drawn factor) and, unless the guide is a point mass, ``factor_std[chain, draw, layer]``
   (standard deviation of the drawn factor minus its mean).
@@ -43,7 +44,10 @@ def _site_summaries(module: BayesianLoRA) -> dict[str, list[torch.Tensor]]:
             noise = nodes[f"{site.name}.noise"]["value"]
             add("sigma_diag", tril.pow(2).sum(-1))  # diag(L L^T)_i = sum_j L_ij^2
             add("mixture_weights", weights)
-            add("perturbation_std", module.prior.perturbation(tril, weights, noise).std())
+            scale = nodes[f"{site.name}.scale"]["value"] if f"{site.name}.scale" in nodes else None
+            add("perturbation_std", module.prior.perturbation(site, tril, weights, noise, scale).std())
+            if scale is not None:
+                add("hyper_scale", scale)
         else:
             node = nodes[site.name]
             add("factor_norm", node["value"].norm())

@@ -20,13 +20,16 @@ import torch
 from .artifacts import atomic_write_json
 from .backbones import default_model, load_classifier, resolve_device
 from .bayesian_lora import DEFAULT_GUIDES, bayesian_lora_from_model
+from .calibration import apply_temperature, fit_temperature
+from .cli_types import nonnegative_float, nonnegative_int, optional, positive_float, positive_int
+from .config_cli import option
 from .data import GlueTask, default_glue_dir, get_task, load_glue, make_loader
 from .declarations import PriorSpec, load_prior
 from .diagnostics import posterior_inference_data, save_posterior
 from .metrics import classification_metrics, glue_metrics, regression_metrics
 from .peers import PEERS, peer_loss, peft_peer
 from .plots import plot_elbo, plot_posterior_spread, plot_reliability
-from .prediction import predict, predict_network
+from .prediction import mc_dropout, predict, predict_network
 from .svi import TrainConfig, elbo_loss, train
 
 __all__ = ["GlueRunConfig", "run_glue"]
@@ -34,33 +37,48 @@ __all__ = ["GlueRunConfig", "run_glue"]
 
 @dataclass
 class GlueRunConfig:
-    """Everything one run needs; ``None`` fields resolve to the embedded defaults."""
+    """Everything one run needs, each setting declared once (the command line is generated from it);
+    ``None`` fields resolve to the embedded defaults.  The defaults are the embedded default job:
+    the packaged MiniLM on 2000 SST-2 rows for 2 epochs (a few minutes on 2 CPU cores)."""
 
-    task: str = "rte"
-    data_dir: str | None = None  # None: ../shared/data/glue (or $MONTECLORA_GLUE_DIR) if present, else the hub
-    output_dir: str = "runs/svi_glue"
-    prior: str = "monteclora"  # bundled name or path to a .toml declaration
-    guide: str | None = None  # None: the family's own guide
-    peer: str | None = None  # "peft-lora" or "peft-monteclora": train PEFT's method instead of ours
-    model: str | None = None  # None: the packaged MiniLM (offline) or its hub id
-    rank: int | None = None  # overrides the declaration's rank
-    perturbation_scale: float | None = None  # overrides the declaration's eps
-    lr: float = 5e-4
-    batch_size: int = 32
-    eval_batch_size: int = 64
-    epochs: int = 1
-    max_steps: int | None = None
-    seed: int = 0
-    num_samples: int = 8
-    kl_weight: float = 1.0
-    kl_anneal_steps: int = 0
-    peft_kl_loss_weight: float = 1e-5
-    dirichlet_sampler: str = "exact"
-    max_length: int = 128
-    max_train_samples: int | None = None
-    max_eval_samples: int | None = None
-    device: str = "auto"
-    progress: bool = True
+    task: str = option("sst2", "GLUE task: cola sst2 mrpc stsb qnli rte wnli mnli")
+    data_dir: str | None = option(None, "GLUE directory (CoLA/, RTE/, ...); default: ../shared/data/glue "
+                                        "(or $MONTECLORA_GLUE_DIR) if present, else the hub")
+    output_dir: str = option("runs/svi_glue", "where config.json, metrics.json, posterior.nc and plots go")
+    prior: str = option("monteclora", "bundled prior name (models/*.toml) or a .toml path")
+    guide: str | None = option(None, "guide name (guides/); default: the prior family's own")
+    peer: str | None = option(None, "train a PEFT peer instead of ours", choices=PEERS)
+    model: str | None = option(None, "Hugging Face model id or directory (default: the packaged MiniLM)")
+    rank: int | None = option(None, "LoRA rank (overrides the prior's)", type=positive_int)
+    perturbation_scale: float | None = option(None, "eps of the monteclora perturbations (overrides the prior's)",
+                                              type=positive_float)
+    lr: float = option(2e-3, "learning rate of the LoRA weights and the task head", type=positive_float)
+    variational_lr: float | None = option(1e-2, "learning rate of the guides' own parameters (scales, "
+                                                "concentrations); 'same' for lr", type=optional(positive_float))
+    weight_decay: float = option(0.0, "AdamW weight decay of the network parameters", type=nonnegative_float)
+    warmup_ratio: float = option(0.06, "linear warm-up share of the steps", type=nonnegative_float)
+    grad_clip: float = option(1.0, "gradient-norm clipping ('inf' disables it)", type=positive_float)
+    batch_size: int = option(32, "training batch size", type=positive_int)
+    eval_batch_size: int = option(64, "evaluation batch size", type=positive_int)
+    epochs: int = option(2, "passes over the training rows", type=positive_int)
+    max_steps: int | None = option(None, "stop after this many steps (overrides --epochs)", type=positive_int)
+    seed: int = option(0, "seed of the data order, the subset and every draw", type=int)
+    num_samples: int = option(8, "posterior draws averaged by the predictive", type=positive_int)
+    kl_weight: float = option(1.0, "ELBO tempering beta (1 = the ELBO; the paper's lambda is beta / N_train)")
+    kl_anneal_steps: int = option(0, "linear KL warm-up steps (0 = none)", type=nonnegative_int)
+    peft_kl_loss_weight: float = option(1e-5, "PEFT MonteCLoRA's kl_loss_weight (peer only)")
+    dirichlet_sampler: str = option("exact", "q(pi) sampler of the monteclora guide", choices=("exact", "laplace"))
+    max_length: int = option(128, "tokens per example", type=positive_int)
+    max_train_samples: int | None = option(2000, "training rows, a seeded subset; 'all' for the full set",
+                                           type=optional(positive_int))
+    max_eval_samples: int | None = option(None, "dev rows, a seeded subset (default: all)", type=positive_int)
+    holdout_fraction: float = option(0.0, "share of the training rows held out to fit a temperature "
+                                          "(reported as ts_*)", type=nonnegative_float)
+    mc_dropout_samples: int = option(0, "> 0: also report MC dropout with this many passes (mcd_*)",
+                                     type=nonnegative_int)
+    eval_each_epoch: bool = option(False, "dev metrics after every epoch (metrics.json 'epochs')")
+    device: str = option("auto", "auto, cpu, cuda, cuda:0, ...")
+    progress: bool = option(True, "progress bar")
 
     def resolved(self) -> GlueRunConfig:
         """A copy with defaults filled in and every value checked; raises ValueError naming the bad one."""
@@ -80,6 +98,13 @@ class GlueRunConfig:
                 raise ValueError(f"{name} = {value!r} must be an integer >= 1 or None")
         if not self.kl_weight >= 0:
             raise ValueError(f"kl_weight = {self.kl_weight!r} must be >= 0")
+        if not 0 <= self.holdout_fraction < 1:
+            raise ValueError(f"holdout_fraction = {self.holdout_fraction!r} must be in [0, 1)")
+        if not (isinstance(self.mc_dropout_samples, int) and self.mc_dropout_samples >= 0):
+            raise ValueError(f"mc_dropout_samples = {self.mc_dropout_samples!r} must be an integer >= 0")
+        if task.num_labels == 1 and self.mc_dropout_samples:
+            raise ValueError(f"mc_dropout_samples = {self.mc_dropout_samples} is for classification; "
+                             f"{task.name} is a regression task")
         spec = self.prior_spec()
         guide = self.guide or DEFAULT_GUIDES[spec.family]
         from monteclora_pyro.guides import GUIDES
@@ -108,8 +133,17 @@ class GlueRunConfig:
         return load_prior(self.prior, rank=self.rank, perturbation_scale=self.perturbation_scale)
 
     def train_config(self) -> TrainConfig:
-        return TrainConfig(lr=self.lr, epochs=self.epochs, max_steps=self.max_steps,
-                           kl_anneal_steps=self.kl_anneal_steps, progress=self.progress)
+        return TrainConfig(lr=self.lr, variational_lr=self.variational_lr, weight_decay=self.weight_decay,
+                           warmup_ratio=self.warmup_ratio, epochs=self.epochs, max_steps=self.max_steps,
+                           grad_clip=self.grad_clip, kl_anneal_steps=self.kl_anneal_steps, progress=self.progress)
+
+
+def _scores(probs: torch.Tensor, labels: torch.Tensor, task: GlueTask) -> dict[str, float]:
+    """Classification metrics (accuracy, NLL, ECE, MCE, Brier) and the task's GLUE metrics; regression:
+    correlations and MSE."""
+    if task.num_labels == 1:
+        return regression_metrics(probs, labels)
+    return classification_metrics(probs, labels) | glue_metrics(task.metrics, probs, labels)
 
 
 def _report(predictions: dict[str, torch.Tensor], predictive: bool, task: GlueTask, module=None) -> dict[str, float]:
@@ -118,14 +152,8 @@ def _report(predictions: dict[str, torch.Tensor], predictive: bool, task: GlueTa
     Regression NLL uses the learned Gaussian noise scale: the predictive is the mixture over draws.
     """
     labels = predictions["labels"]
-
-    def metrics(values: torch.Tensor) -> dict[str, float]:
-        if task.num_labels == 1:
-            return regression_metrics(values, labels)
-        return classification_metrics(values, labels) | glue_metrics(task.metrics, values, labels)
-
-    report = {f"mean_{k}": v for k, v in metrics(predictions["mean"]).items()}
-    report.update(metrics(predictions["predictive"] if predictive else predictions["mean"]))
+    report = {f"mean_{k}": v for k, v in _scores(predictions["mean"], labels, task).items()}
+    report.update(_scores(predictions["predictive"] if predictive else predictions["mean"], labels, task))
     if task.num_labels == 1 and module is not None:
         scale = module.likelihood.log_scale.exp().detach().cpu()
         report["mean_nll"] = -torch.distributions.Normal(predictions["mean"], scale).log_prob(labels).mean().item()
@@ -167,8 +195,10 @@ def run_glue(config: GlueRunConfig) -> dict[str, Any]:
     device = resolve_device(config.device)
     model, tokenizer = load_classifier(config.model, task.num_labels)
     data = load_glue(task, config.data_dir, tokenizer, config.max_length, config.max_train_samples,
-                     config.max_eval_samples, config.seed)
+                     config.max_eval_samples, config.seed, config.holdout_fraction)
     train_loader = make_loader(data["train"], tokenizer, config.batch_size, shuffle=True, seed=config.seed)
+    loaders = {split: make_loader(data[split], tokenizer, config.eval_batch_size, shuffle=False)
+               for split in (*task.dev_splits, "holdout") if split in data}
     num_data = len(data["train"])
 
     if config.peer is None:
@@ -182,8 +212,22 @@ def run_glue(config: GlueRunConfig) -> dict[str, Any]:
         module = peft_peer(model, config.peer, spec, config.peft_kl_loss_weight).to(device)
         loss_fn = peer_loss
 
+    def predictions_on(split: str, with_mean: bool = True) -> dict[str, torch.Tensor]:
+        """The method's predictions on a split; ``predictive`` is what it scores (the mean for peers)."""
+        if config.peer is None:
+            return predict(module, loaders[split], config.num_samples, device, with_mean)
+        predictions = predict_network(module, loaders[split], device, regression=task.num_labels == 1)
+        return predictions | {"predictive": predictions["mean"]}
+
+    epochs: list[dict[str, float]] = []
+
+    def evaluate_epoch(epoch: int) -> None:
+        predictions = predictions_on(task.dev_splits[0], with_mean=False)
+        epochs.append({"epoch": epoch} | _scores(predictions["predictive"], predictions["labels"], task))
+
     start = time.perf_counter()
-    history = train(module, train_loader, config.train_config(), loss_fn=loss_fn, device=device)
+    history = train(module, train_loader, config.train_config(), loss_fn=loss_fn, device=device,
+                    on_epoch_end=evaluate_epoch if config.eval_each_epoch else None)
     train_seconds = time.perf_counter() - start
 
     metrics: dict[str, Any] = {
@@ -193,20 +237,29 @@ def run_glue(config: GlueRunConfig) -> dict[str, Any]:
         "final_loss": history.loss[-1], "num_train": num_data,
         "num_samples": config.num_samples if config.peer is None else None,
     }
+    temperature = None
+    if "holdout" in loaders and task.num_labels > 1:
+        held_out = predictions_on("holdout", with_mean=False)
+        temperature = fit_temperature(held_out["predictive"], held_out["labels"])
+        metrics.update(temperature=temperature, num_holdout=len(data["holdout"]))
     for split in task.dev_splits:
-        loader = make_loader(data[split], tokenizer, config.eval_batch_size, shuffle=False)
-        if config.peer is None:
-            predictions = predict(module, loader, config.num_samples, device)
-        else:
-            predictions = predict_network(module, loader, device, regression=task.num_labels == 1)
+        predictions = predictions_on(split)
         report = _report(predictions, predictive=config.peer is None, task=task,
                          module=module if config.peer is None else None)
+        if temperature is not None:
+            scaled = apply_temperature(predictions["predictive"], temperature)
+            report.update({f"ts_{k}": v for k, v in _scores(scaled, predictions["labels"], task).items()})
+        if config.mc_dropout_samples:
+            dropout = mc_dropout(module, loaders[split], config.mc_dropout_samples, device)
+            report.update({f"mcd_{k}": v for k, v in _scores(dropout["mean"], dropout["labels"], task).items()})
         first_split = split == task.dev_splits[0]
         metrics.update({("" if first_split else f"{split}_") + k: v for k, v in report.items()})
         if first_split and config.peer is None:
             _write_artifacts(output_dir, module, predictions, history, task)
         elif first_split and task.num_labels > 1:
             plot_reliability(predictions["mean"], predictions["labels"], output_dir / "plots" / "reliability.png")
+    if epochs:
+        metrics["epochs"] = epochs
     if config.peer is None:
         metrics["elbo_history"] = history.elbo_terms()
     atomic_write_json(output_dir / "metrics.json", metrics)

@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     import arviz as az
     import xarray as xr
 
-__all__ = ["plot_elbo", "plot_metric_vs_lr", "plot_posterior_spread", "plot_reliability"]
+__all__ = ["plot_ece_vs_epoch", "plot_elbo", "plot_metric_vs_lr", "plot_posterior_spread", "plot_reliability"]
 
 ELBO_KEYS = ("step", "kl_per_example", "expected_log_likelihood_per_example", "kl_weight")
 
@@ -166,6 +166,22 @@ def plot_metric_vs_lr(rows: Sequence[Mapping], path: str | Path, metric: str) ->
                           marker="o", capsize=3, label=f"{method} (batch {batch_size})")
     axis.set_xscale("log")
     axis.set(xlabel="learning rate", ylabel=metric, title=f"{metric} across the grid (mean, min-max over seeds)")
+    axis.grid(alpha=0.3)
+    axis.legend(fontsize=8)
+    return _save(figure, path)
+
+
+def plot_ece_vs_epoch(ece_by_epoch: Mapping[str, Sequence[float]], path: str | Path, task: str) -> Path:
+    """Dev ECE after each epoch, one line per method (the mean over seeds): the overfitting plot."""
+    if not ece_by_epoch:
+        raise ValueError("no per-epoch ECE to plot")
+    figure = Figure(figsize=(6.5, 4.5), layout="constrained")
+    axis = figure.subplots()
+    for method, values in ece_by_epoch.items():
+        axis.plot(np.arange(1, len(values) + 1), values, "o-", label=method)
+    axis.xaxis.set_major_locator(MaxNLocator(integer=True))
+    axis.set(xlabel="epoch", ylabel="dev ECE (15 bins)", title=f"{task}: calibration while training (mean over seeds)")
+    axis.set_ylim(bottom=0)
     axis.grid(alpha=0.3)
     axis.legend(fontsize=8)
     return _save(figure, path)

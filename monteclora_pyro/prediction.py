@@ -15,7 +15,7 @@ from torch import nn
 from .bayesian_lora import BATCH_KEYS, BayesianLoRA
 from .svi import move_to
 
-__all__ = ["Predictions", "predict", "predict_network"]
+__all__ = ["Predictions", "mc_dropout", "predict", "predict_network"]
 
 Predictions = dict[str, torch.Tensor]
 
@@ -32,18 +32,25 @@ def _collect(loader: Iterable, device: torch.device, heads: Mapping[str, Callabl
     return {"labels": torch.cat(labels), **{name: torch.cat(v) for name, v in outputs.items()}}
 
 
-def predict(module: BayesianLoRA, loader: Iterable, num_samples: int = 8, device=None) -> Predictions:
+def _peer_logits(batch: Mapping[str, torch.Tensor], network: nn.Module) -> torch.Tensor:
+    return network(**{k: v for k, v in batch.items() if k not in BATCH_KEYS}).logits
+
+
+def predict(module: BayesianLoRA, loader: Iterable, num_samples: int = 8, device=None,
+            with_mean: bool = True) -> Predictions:
     """``mean``: predictions with the posterior-mean adapters; ``predictive``: averaged over draws;
-    ``draws``: each draw's predictions (examples x draws x ...).
+    ``draws``: each draw's predictions (examples x draws x ...).  ``with_mean=False`` skips the
+    posterior-mean pass (``mean`` is then absent).
 
     Classification gives class probabilities; regression gives the predicted value (``predictive``
-    is then the mean over draws and ``predictive_var`` the spread of the draws).
+    is then the mean over draws and ``predictive_var`` the spread of the draws).  A point-mass guide
+    (``delta``) has one distinct draw, so it is drawn once whatever ``num_samples`` says.
     """
     if not (isinstance(num_samples, int) and num_samples >= 1):
         raise ValueError(f"num_samples = {num_samples!r} must be an integer >= 1")
     device = device or next(module.parameters()).device
     module.eval()
-    draws = [module.posterior_draw() for _ in range(num_samples)]
+    draws = [module.posterior_draw() for _ in range(1 if module.guide_name == "delta" else num_samples)]
     readout = module.likelihood.predictive
 
     def mean(batch):
@@ -52,11 +59,39 @@ def predict(module: BayesianLoRA, loader: Iterable, num_samples: int = 8, device
     def each_draw(batch):
         return torch.stack([readout(module.network_output(batch, draw)) for draw in draws], dim=1)
 
-    result = _collect(loader, device, {"mean": mean, "draws": each_draw})
+    result = _collect(loader, device, {"mean": mean, "draws": each_draw} if with_mean else {"draws": each_draw})
     stacked = result["draws"]  # (examples, draws, ...)
     result["predictive"] = stacked.mean(1)
     if module.likelihood.regression:
-        result["predictive_var"] = stacked.var(1) if num_samples > 1 else torch.zeros_like(stacked[:, 0])
+        result["predictive_var"] = stacked.var(1) if len(draws) > 1 else torch.zeros_like(stacked[:, 0])
+    return result
+
+
+def mc_dropout(module: nn.Module, loader: Iterable, num_samples: int, device=None) -> Predictions:
+    """MC dropout (Gal and Ghahramani 2016): the posterior-mean weights with the network's dropout
+    layers left on, ``num_samples`` passes averaged.  ``module`` is ours or a PEFT peer.
+
+    ``mean`` is the averaged class probabilities (the predictions to score), ``draws`` each pass's.
+    """
+    if not (isinstance(num_samples, int) and num_samples >= 1):
+        raise ValueError(f"num_samples = {num_samples!r} must be an integer >= 1")
+    device = device or next(module.parameters()).device
+    module.eval()
+    dropouts = [m for m in module.modules() if isinstance(m, nn.Dropout) and m.p > 0]
+    if not dropouts:
+        raise ValueError("MC dropout needs dropout layers with p > 0; the network has none")
+    forward = module.network_output if isinstance(module, BayesianLoRA) else lambda b: _peer_logits(b, module)
+    for layer in dropouts:
+        layer.train()
+
+    def each_pass(batch):
+        return torch.stack([forward(batch).float().softmax(-1) for _ in range(num_samples)], dim=1)
+
+    try:
+        result = _collect(loader, device, {"draws": each_pass})
+    finally:
+        module.eval()
+    result["mean"] = result["draws"].mean(1)
     return result
 
 
@@ -66,7 +101,7 @@ def predict_network(network: nn.Module, loader: Iterable, device=None, regressio
     network.eval()
 
     def mean(batch):
-        output = network(**{k: v for k, v in batch.items() if k not in BATCH_KEYS}).logits.float()
+        output = _peer_logits(batch, network).float()
         return output.reshape(-1) if regression else output.softmax(-1)
 
     return _collect(loader, device, {"mean": mean})

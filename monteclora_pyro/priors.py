@@ -5,10 +5,15 @@ A prior module turns one :class:`~monteclora_pyro.lora_sites.FactorSite` and the
 
 MonteCLoRA, per factor (feature-major, d x r)::
 
-    L  ~ WishartCholesky(df, sqrt(scale / df) I)        site  <name>.sigma_tril   (Sigma = L L^T)
-    pi ~ Dirichlet(c 1_N)                                site  <name>.weights
-    Z  ~ Normal(0, 1), shape d x r                       site  <name>.noise
-    factor = mean + eps * ||pi||_2 * Z L^T
+    L   ~ WishartCholesky(df, sqrt(scale / df) I)       site  <name>.sigma_tril   (Sigma = L L^T)
+    pi  ~ Dirichlet(c 1_N)                               site  <name>.weights
+    Z   ~ Normal(0, 1), shape d x r                      site  <name>.noise
+    tau ~ LogNormal(0, s)     (only with a hyperprior)   site  <name>.scale        (else tau = 1)
+    factor = mean + eps * tau * ||pi||_2 * Z L^T
+
+``eps`` is absolute (the paper) or, with ``perturbation_relative``, in units of the factor's
+initialization scale ``1 / sqrt(3 d)``.  The hyperprior on ``tau`` lets the data decide the
+perturbations' scale: its guide is a LogNormal of its own.
 
 The paper's estimator is ``sum_n pi_n (mean + eps Z_n L^T)`` with N independent ``Z_n``.  Given
 ``pi`` and ``L`` that is exactly ``mean + eps ||pi||_2 Z L^T`` in distribution (a sum of independent
@@ -49,13 +54,31 @@ class MonteCLoRAPrior(nn.Module):
             f"{site.name}.noise",
             dist.Normal(torch.zeros((), device=mean.device), 1.0).expand((site.features, site.rank)).to_event(2),
         )
+        scale = None
+        if spec.scale_hyperprior_std is not None:
+            scale = pyro.sample(
+                f"{site.name}.scale", dist.LogNormal(torch.zeros((), device=mean.device), spec.scale_hyperprior_std)
+            )
         if spec.cooperative_weight > 0:
             pyro.factor(f"{site.name}.cooperative", -spec.cooperative_weight * weights.pow(2).sum())
-        return mean + site.from_feature_major(self.perturbation(tril, weights, noise))
+        return mean + site.from_feature_major(self.perturbation(site, tril, weights, noise, scale))
 
-    def perturbation(self, tril: torch.Tensor, weights: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
-        """The feature-major (d x r) perturbation ``eps * ||pi||_2 * Z L^T`` of one draw."""
-        return self.spec.perturbation_scale * weights.norm() * (noise @ tril.mT)
+    def eps(self, site: FactorSite) -> float:
+        """The perturbation scale of ``site``: eps, times ``1 / sqrt(3 d)`` when declared relative."""
+        relative = (3 * site.features) ** -0.5 if self.spec.perturbation_relative else 1.0
+        return self.spec.perturbation_scale * relative
+
+    def perturbation(
+        self,
+        site: FactorSite,
+        tril: torch.Tensor,
+        weights: torch.Tensor,
+        noise: torch.Tensor,
+        scale: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """The feature-major (d x r) perturbation ``eps * tau * ||pi||_2 * Z L^T`` of one draw."""
+        eps = self.eps(site) if scale is None else self.eps(site) * scale
+        return eps * weights.norm() * (noise @ tril.mT)
 
 
 class FactorPrior(nn.Module):

@@ -16,7 +16,7 @@ import itertools
 import json
 import math
 import statistics
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -130,9 +130,13 @@ def run_sweep(
     seeds: Sequence[int],
     output_dir: str | Path,
     run_missing: bool = True,
+    method_overrides: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """Run every unfinished cell (unless ``run_missing`` is False: report on the finished ones only),
-    then write ``sweep.csv``, ``robustness.json`` and ``plots/metric_vs_lr.png``."""
+    then write ``sweep.csv``, ``robustness.json`` and ``plots/metric_vs_lr.png``.
+
+    ``method_overrides``: settings that differ for one method, {method: {field: value}}.
+    """
     from .plots import plot_metric_vs_lr
 
     output_dir = Path(output_dir)
@@ -140,7 +144,7 @@ def run_sweep(
     configs = {
         cell: dataclasses.replace(
             method_config(base, cell.method, str(output_dir / "cells" / cell.name)),
-            lr=cell.lr, batch_size=cell.batch_size, seed=cell.seed,
+            lr=cell.lr, batch_size=cell.batch_size, seed=cell.seed, **(method_overrides or {}).get(cell.method, {}),
         ).resolved()
         for cell in cells
     }  # every cell's values are checked before the first one trains

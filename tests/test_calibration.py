@@ -8,8 +8,10 @@ import torch
 from sklearn.metrics import brier_score_loss
 
 from monteclora_pyro.calibration import (
+    apply_temperature,
     brier_score,
     expected_calibration_error,
+    fit_temperature,
     maximum_calibration_error,
     reliability_bins,
 )
@@ -131,3 +133,18 @@ def test_invalid_inputs_raise(probs, labels, num_bins, message):
     if message != "num_bins":
         with pytest.raises(ValueError, match=message):
             brier_score(probs, labels)
+
+
+@pytest.mark.parametrize("true_temperature", [0.5, 2.0])
+def test_temperature_scaling_recovers_the_temperature_that_made_the_labels(true_temperature):
+    """Labels drawn from softmax(z / T0): the NLL-optimal temperature of softmax(z) is T0."""
+    generator = torch.Generator().manual_seed(0)
+    logits = 3.0 * torch.randn(20_000, 3, generator=generator)
+    labels = torch.multinomial((logits / true_temperature).softmax(-1), 1, generator=generator).squeeze(-1)
+    fitted = fit_temperature(logits.softmax(-1), labels)
+    assert fitted == pytest.approx(true_temperature, rel=0.05)
+    scaled = apply_temperature(logits.softmax(-1), fitted)
+    torch.testing.assert_close(scaled, (logits / fitted).softmax(-1), rtol=1e-4, atol=1e-6)
+    assert expected_calibration_error(scaled, labels) < expected_calibration_error(logits.softmax(-1), labels)
+    with pytest.raises(ValueError, match=r"temperature = 0.0 must be > 0"):
+        apply_temperature(scaled, 0.0)

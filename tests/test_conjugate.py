@@ -35,14 +35,14 @@ def test_svi_matches_the_conjugate_posterior():
     post_mean = (x.T @ y / sigma**2) / precision
     post_var = 1 / precision
 
-    spec = load_prior("gaussian", targets=["proj"], rank=1, alpha=1.0, prior_scale=s0)
+    spec = load_prior("gaussian", targets=["proj"], rank=1, alpha=1.0, prior_scale=s0,
+                       init_posterior_scale=0.1)
     network = inject_lora(Regressor(p), spec.targets, spec.rank, spec.alpha)
     b = network.get_parameter("base_model.model.proj.lora_B.default.weight")
     with torch.no_grad():
         b.fill_(1.0)
     b.requires_grad_(False)
-    module = BayesianLoRA(network, spec, GaussianLikelihood(sigma, learn_scale=False), num_data=n,
-                          guide="mean_field", guide_options={"init_scale": 0.1})
+    module = BayesianLoRA(network, spec, GaussianLikelihood(sigma, learn_scale=False), num_data=n, guide="mean_field")
     batch = {"x": x, "labels": y, "idx": torch.arange(n)}
     config = TrainConfig(lr=0.01, max_steps=6000, warmup_ratio=0.0, grad_clip=float("inf"), progress=False,
                          log_every=500)

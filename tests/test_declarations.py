@@ -12,7 +12,8 @@ def test_bundled_priors_load():
     spec = load_prior("monteclora")
     assert spec.family == "monteclora" and spec.df == spec.rank + 2
     assert load_prior("map").prior_scale is None  # flat: plain LoRA
-    assert load_prior("gaussian").prior_scale == 1.0
+    gaussian = load_prior("gaussian")  # BLoB: prior std 0.2, posterior std from 0.05
+    assert (gaussian.prior_scale, gaussian.init_posterior_scale) == (0.2, 0.05)
 
 
 def test_a_user_adds_a_prior_by_adding_a_file(tmp_path):

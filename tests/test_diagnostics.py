@@ -105,7 +105,7 @@ def test_factor_families():
     posterior = posterior_inference_data(gaussian, 50).posterior
     assert set(posterior.data_vars) == {"factor_norm", "factor_std"}
     assert posterior["factor_std"].dims == ("chain", "draw", "layer")
-    np.testing.assert_allclose(posterior["factor_std"].values, 1e-3, rtol=0.3)  # the guide's initial scale
+    np.testing.assert_allclose(posterior["factor_std"].values, gaussian.spec.init_posterior_scale, rtol=0.3)
 
     point = tiny_module("map")
     posterior = posterior_inference_data(point, 3).posterior

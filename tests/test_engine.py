@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pyro
 import pytest
 import torch
@@ -11,14 +13,16 @@ from torch.distributions import kl_divergence
 from monteclora_pyro import (
     BayesianLoRA,
     TrainConfig,
+    available_priors,
     bayesian_lora_from_model,
     load_prior,
+    mc_dropout,
     paper_kl_weight,
     predict,
     train,
 )
 
-FAMILIES = [("monteclora", None), ("gaussian", None), ("gaussian", "delta"), ("map", None)]
+FAMILIES = [("monteclora", None), ("monteclora_scaled", None), ("gaussian", None), ("gaussian", "delta"), ("map", None)]
 
 
 def make(prior: str = "monteclora", guide: str | None = None, num_data: int = 64, **overrides) -> BayesianLoRA:
@@ -91,8 +95,20 @@ def test_every_kl_the_objective_uses_is_a_reference_kl():
     # MAP with a Normal prior: the "KL" is -log p(point estimate), i.e. weight decay
     map_module = make("gaussian", guide="delta")
     mean = map_module.network.get_parameter(map_module.sites[0].parameter)
-    expected_map = -torch.distributions.Normal(0.0, 1.0).log_prob(mean).sum()
+    expected_map = -torch.distributions.Normal(0.0, map_module.spec.prior_scale).log_prob(mean).sum()
     torch.testing.assert_close(map_module.kl_terms()[map_module.sites[0].name], expected_map)
+    # the hyperprior on the perturbation scale: LogNormal q against the LogNormal hyperprior
+    scaled = make("monteclora_scaled")
+    with torch.no_grad():
+        for guide in scaled.site_guides.values():
+            guide.scale_loc.fill_(-0.8)
+            guide.scale_log_scale.fill_(-1.5)
+    h_site = f"{scaled.sites[0].name}.scale"
+    h_guide, h_model = scaled.latent_trace()
+    expected = kl_divergence(torch.distributions.LogNormal(torch.tensor(-0.8), torch.tensor(-1.5).exp()),
+                             torch.distributions.LogNormal(torch.tensor(0.0), scaled.spec.scale_hyperprior_std))
+    torch.testing.assert_close(scaled.kl_terms()[h_site], expected)
+    assert h_guide.nodes[h_site]["fn"].has_rsample and expected > 0
 
 
 def test_likelihood_gradients_reach_every_learnable():
@@ -176,3 +192,59 @@ def test_loss_equals_pyros_trace_mean_field_elbo(prior, guide):
             assert a is None and b is None
         else:
             torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("prior", available_priors())
+def test_every_bundled_declaration_loads_and_trains(prior):
+    module = make(prior, num_data=32)
+    before = {n: p.detach().clone() for n, p in module.named_parameters() if p.requires_grad}
+    history = train(module, [tiny_batch(32)], TrainConfig(lr=1e-2, max_steps=3, progress=False, log_every=1))
+    assert len(history.loss) == 3 and all(math.isfinite(v) for v in history.loss)
+    assert all(kl >= 0 for kl in history.kl) if module.spec.family == "monteclora" else history.kl
+    changed = [n for n, p in module.named_parameters() if n in before and not torch.equal(p, before[n])]
+    assert changed
+
+
+def test_variational_parameters_get_their_own_learning_rate():
+    module = make("monteclora_scaled", num_data=32)
+    variational = module.variational_parameters()
+    assert variational and {id(p) for p in variational} <= {id(p) for p in module.parameters() if p.requires_grad}
+    config = TrainConfig(lr=1e-4, variational_lr=5e-2, max_steps=1, warmup_ratio=0.0, progress=False)
+    guide = next(iter(module.site_guides.values()))
+    start = guide.log_concentration.detach().clone()
+    randomize_b(module)
+    train(module, [tiny_batch(32)], config)
+    # Adam's first step moves every parameter by about its own learning rate
+    moved = (guide.log_concentration.detach() - start).abs().max().item()
+    assert moved == pytest.approx(5e-2, rel=0.05)
+    with pytest.raises(ValueError, match=r"variational_lr = 0 must be > 0 or None"):
+        TrainConfig(variational_lr=0)
+
+
+def test_epoch_callback_runs_after_each_pass_and_training_resumes():
+    module = make(num_data=32)
+    seen = []
+
+    def on_epoch_end(epoch):
+        seen.append((epoch, module.training))
+        module.eval()
+
+    batches = [tiny_batch(16, seed=0), tiny_batch(16, seed=1)]
+    history = train(module, batches, TrainConfig(lr=1e-3, epochs=3, progress=False), on_epoch_end=on_epoch_end)
+    assert history.steps == 6 and seen == [(1, True), (2, True), (3, True)]
+
+
+def test_mc_dropout_averages_passes_with_dropout_on():
+    module = make("map")
+    randomize_b(module)
+    loader = [tiny_batch(), tiny_batch(seed=1)]
+    result = mc_dropout(module, loader, num_samples=5)
+    assert result["draws"].shape == (16, 5, 2) and not module.training
+    torch.testing.assert_close(result["mean"], result["draws"].mean(1))
+    assert (result["draws"].std(1) > 0).any()  # the passes differ: dropout was on
+    assert not any(m.training for m in module.modules())
+    for layer in module.modules():
+        if isinstance(layer, torch.nn.Dropout):
+            layer.p = 0.0
+    with pytest.raises(ValueError, match="MC dropout needs dropout layers with p > 0"):
+        mc_dropout(module, loader, num_samples=2)

@@ -62,7 +62,7 @@ def test_svi_glue_script_end_to_end(glue_dir, tmp_path):
         (["--task", "squad"], "task 'squad' is unknown; GLUE tasks: cola, sst2"),
         (["--prior", "nonexistent"], "prior 'nonexistent' is neither a bundled prior"),
         (["--prior", "map", "--guide", "monteclora"], "guide = 'monteclora' does not fit prior family 'map'"),
-        (["--data-dir", "/nonexistent"], "data_dir = '/nonexistent' has no RTE/ folder"),
+        (["--data-dir", "/nonexistent"], "data_dir = '/nonexistent' has no SST-2/ folder"),
         (["--rank", "0"], "argument --rank: 0 must be an integer >= 1"),
         (["--kl-weight", "-2"], "kl_weight = -2.0 must be >= 0"),
     ],
@@ -113,3 +113,29 @@ def test_sweep_script_is_resumable_on_real_cola_rows(glue_dir, tmp_path, capsys)
         script.main([("3" if previous == "--max-steps" else a) for previous, a in zip(["", *argv], argv, strict=False)])
     assert exit_info.value.code == 2
     assert "finished with other settings (max_steps: 2 there, 3 now)" in capsys.readouterr().err
+
+
+def test_overfitting_benchmark_script_on_real_sst2_rows(glue_dir, tmp_path):
+    script = load_script("overfit_glue")
+    argv = ["--tasks", "sst2", "--data-dir", str(glue_dir), "--output-dir", str(tmp_path), "--methods",
+            "map,monteclora_scaled", "--seeds", "0", "--epochs", "2", "--batch-size", "8", "--max-train-samples",
+            "40", "--holdout-fraction", "0.2", "--max-eval-samples", "24", "--num-samples", "2",
+            "--mc-dropout-samples", "2", "--max-length", "32"]
+    summary = script.main(argv)
+    methods = summary["tasks"]["sst2"]["methods"]
+    assert set(methods) == {"map", "map+temperature", "map+mc_dropout", "monteclora_scaled"}
+    assert methods["map"]["ece"]["seeds"] == 1
+    assert methods["map"]["metric"]["mean"] == methods["map"]["accuracy"]["mean"]  # SST-2's metric
+    cell = json.loads((tmp_path / "sst2" / "cells" / "map_lr0.002_bs8_seed0" / "metrics.json").read_text())
+    assert cell["num_train"] == 32 and cell["num_holdout"] == 8 and cell["temperature"] > 0
+    assert [e["epoch"] for e in cell["epochs"]] == [1, 2]
+    assert methods["map+temperature"]["ece"]["mean"] == cell["ts_ece"]
+    scaled = json.loads((tmp_path / "sst2" / "cells" / "monteclora_scaled_lr0.002_bs8_seed0" / "metrics.json")
+                        .read_text())
+    assert "mcd_ece" not in scaled  # MC dropout is the map baseline's
+    assert len(summary["tasks"]["sst2"]["ece_by_epoch"]["map"]) == 2
+    assert (tmp_path / "plots" / "ece_vs_epoch_sst2.png").stat().st_size > 10_000
+    rows = (tmp_path / "sst2" / "overfitting.csv").read_text().splitlines()
+    assert rows[0] == "task,method,seed,metric,accuracy,nll,ece,brier" and len(rows) == 1 + 4
+    again = script.main([*argv, "--report-only"])
+    assert again["tasks"] == summary["tasks"]
