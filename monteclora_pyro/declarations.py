@@ -160,7 +160,7 @@ def load_prior(name_or_path: str | Path, **overrides: Any) -> PriorSpec:
     with path.open("rb") as handle:
         try:
             data = tomllib.load(handle)
-        except tomllib.TOMLDecodeError as error:
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
             raise ValueError(f"prior file {str(path)!r} is not valid TOML: {error}") from error
     allowed = {f.name for f in dataclasses.fields(PriorSpec)} - {"name"}
     unknown = sorted(set(data) - allowed)

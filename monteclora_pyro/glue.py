@@ -221,7 +221,11 @@ def run_glue(config: GlueRunConfig) -> dict[str, Any]:
 
     epochs: list[dict[str, float]] = []
 
+    total_epochs = math.ceil(config.train_config().total_steps(len(train_loader)) / len(train_loader))
+
     def evaluate_epoch(epoch: int) -> None:
+        if epoch == total_epochs:  # the final evaluation below is the last epoch's
+            return
         predictions = predictions_on(task.dev_splits[0], with_mean=False)
         epochs.append({"epoch": epoch} | _scores(predictions["predictive"], predictions["labels"], task))
 
@@ -253,6 +257,8 @@ def run_glue(config: GlueRunConfig) -> dict[str, Any]:
             dropout = mc_dropout(module, loaders[split], config.mc_dropout_samples, device)
             report.update({f"mcd_{k}": v for k, v in _scores(dropout["mean"], dropout["labels"], task).items()})
         first_split = split == task.dev_splits[0]
+        if first_split and config.eval_each_epoch:
+            epochs.append({"epoch": total_epochs} | _scores(predictions["predictive"], predictions["labels"], task))
         metrics.update({("" if first_split else f"{split}_") + k: v for k, v in report.items()})
         if first_split and config.peer is None:
             _write_artifacts(output_dir, module, predictions, history, task)

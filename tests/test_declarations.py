@@ -43,6 +43,10 @@ def test_overrides_are_validated_again():
         ({"targets": []}, r"targets = \[\] must be a non-empty list"),
         ({"family": "gaussian"}, r"prior_scale is missing: family 'gaussian'"),
         ({"family": "map", "prior_scale": -1.0}, r"prior_scale = -1.0 must be > 0"),
+        ({"alpha": "16"}, r"alpha = '16' must be a number"),
+        ({"scale_hyperprior_std": 0.0}, r"scale_hyperprior_std = 0.0 must be > 0 \(or omitted for a fixed eps\)"),
+        ({"perturbation_relative": 1}, r"perturbation_relative = 1 must be true or false"),
+        ({"init_posterior_scale": -0.1}, r"init_posterior_scale = -0.1 must be > 0"),
     ],
 )
 def test_bad_declarations_fail_with_the_value_and_the_allowed_range(tmp_path, fields, message):
@@ -64,6 +68,9 @@ def test_unknown_keys_names_and_missing_files_fail_clearly(tmp_path):
         load_prior("nonexistent")
     with pytest.raises(FileNotFoundError):
         load_prior(tmp_path / "missing.toml")
+    (tmp_path / "binary.toml").write_bytes(bytes(range(256)))
+    with pytest.raises(ValueError, match=r"prior file '.*binary.toml' is not valid TOML"):
+        load_prior(tmp_path / "binary.toml")
     (tmp_path / "nofamily.toml").write_text("rank = 4\n")
     with pytest.raises(ValueError, match="must declare a family"):
         load_prior(tmp_path / "nofamily.toml")
