@@ -15,11 +15,8 @@ import json
 import sys
 from pathlib import Path
 
-import arviz as az
-import datasets
-
 from monteclora_pyro.config_cli import add_config_arguments, config_values
-from monteclora_pyro.glue import GlueRunConfig, run_glue
+from monteclora_pyro.run_config import GlueRunConfig
 
 
 def parse_args(argv: list[str] | None = None) -> GlueRunConfig:
@@ -38,6 +35,11 @@ def parse_args(argv: list[str] | None = None) -> GlueRunConfig:
 
 def main(argv: list[str] | None = None) -> dict:
     config = parse_args(argv)
+    import arviz as az  # the heavy imports wait until the arguments are known to be good
+    import datasets
+
+    from monteclora_pyro.glue import run_glue
+
     datasets.disable_progress_bars()
     print("config:", json.dumps(dataclasses.asdict(config), sort_keys=True), flush=True)
     metrics = run_glue(config)

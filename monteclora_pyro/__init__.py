@@ -1,41 +1,39 @@
-"""monteclora-pyro: robust Bayesian LoRA fine-tuning (MonteCLoRA) as a Pyro probabilistic program."""
+"""monteclora-pyro: robust Bayesian LoRA fine-tuning (MonteCLoRA) as a Pyro probabilistic program.
 
-from .bayesian_lora import DEFAULT_GUIDES, BayesianLoRA, bayesian_lora_from_model, paper_kl_weight
-from .calibration import brier_score, expected_calibration_error, maximum_calibration_error
-from .declarations import PriorSpec, available_priors, load_prior
-from .diagnostics import posterior_inference_data, save_posterior
-from .distributions import LaplaceBridgeDirichlet, WishartCholesky
-from .likelihoods import CategoricalLikelihood, GaussianLikelihood, build_likelihood
-from .lora_sites import FactorSite, factor_sites, inject_lora
-from .prediction import mc_dropout, predict, predict_network
-from .svi import TrainConfig, TrainHistory, train
+The public names load their modules on first use (PEP 562), so a command line can parse and
+validate its arguments before torch, pyro, peft or transformers are imported.
+"""
 
-__all__ = [
-    "BayesianLoRA",
-    "CategoricalLikelihood",
-    "DEFAULT_GUIDES",
-    "FactorSite",
-    "GaussianLikelihood",
-    "LaplaceBridgeDirichlet",
-    "PriorSpec",
-    "TrainConfig",
-    "TrainHistory",
-    "WishartCholesky",
-    "available_priors",
-    "bayesian_lora_from_model",
-    "brier_score",
-    "build_likelihood",
-    "expected_calibration_error",
-    "factor_sites",
-    "inject_lora",
-    "load_prior",
-    "maximum_calibration_error",
-    "mc_dropout",
-    "paper_kl_weight",
-    "posterior_inference_data",
-    "predict",
-    "predict_network",
-    "save_posterior",
-    "train",
-]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "bayesian_lora": ("BayesianLoRA", "bayesian_lora_from_model", "paper_kl_weight"),
+    "calibration": ("brier_score", "expected_calibration_error", "maximum_calibration_error"),
+    "declarations": ("DEFAULT_GUIDES", "PriorSpec", "available_priors", "load_prior"),
+    "diagnostics": ("posterior_inference_data", "save_posterior"),
+    "distributions": ("LaplaceBridgeDirichlet", "WishartCholesky"),
+    "likelihoods": ("CategoricalLikelihood", "GaussianLikelihood", "build_likelihood"),
+    "lora_sites": ("FactorSite", "factor_sites", "inject_lora"),
+    "prediction": ("mc_dropout", "predict", "predict_network"),
+    "svi": ("TrainHistory", "train"),
+    "train_config": ("TrainConfig",),
+}
+_MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
+
+__all__ = sorted(_MODULE_OF)
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _MODULE_OF:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{_MODULE_OF[name]}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

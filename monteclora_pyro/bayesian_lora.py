@@ -40,14 +40,13 @@ from torch.func import functional_call
 
 from monteclora_pyro.guides import build_site_guide
 
-from .declarations import PriorSpec
+from .declarations import DEFAULT_GUIDES, PriorSpec
 from .likelihoods import build_likelihood
 from .lora_sites import factor_sites, inject_lora
 from .priors import build_prior
 
 __all__ = ["BayesianLoRA", "DEFAULT_GUIDES", "bayesian_lora_from_model", "paper_kl_weight"]
 
-DEFAULT_GUIDES = {"monteclora": "monteclora", "gaussian": "mean_field", "map": "delta"}
 BATCH_KEYS = ("labels", "idx")  # batch entries that are not network inputs
 
 

@@ -15,9 +15,10 @@ from typing import Any
 
 import tomllib
 
-__all__ = ["FAMILIES", "PriorSpec", "available_priors", "load_prior"]
+__all__ = ["DEFAULT_GUIDES", "FAMILIES", "PriorSpec", "available_priors", "load_prior"]
 
 FAMILIES = ("monteclora", "gaussian", "map")
+DEFAULT_GUIDES = {"monteclora": "monteclora", "gaussian": "mean_field", "map": "delta"}  # each family's own
 FACTORS = ("A", "B")
 _NUMBER_FIELDS = ("alpha", "wishart_df", "wishart_scale", "dirichlet_concentration", "perturbation_scale",
                   "scale_hyperprior_std", "cooperative_weight", "prior_scale", "init_posterior_scale")

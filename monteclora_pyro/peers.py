@@ -15,10 +15,10 @@ from torch import nn
 from .bayesian_lora import BATCH_KEYS
 from .declarations import PriorSpec
 from .lora_sites import HEAD_MODULE_NAMES
+from .run_config import PEERS
 
 __all__ = ["PEERS", "peft_peer", "peer_loss"]
 
-PEERS = ("peft-lora", "peft-monteclora")
 
 
 def peft_peer(model: nn.Module, peer: str, spec: PriorSpec, kl_loss_weight: float = 1e-5) -> PeftModel:
