@@ -1,16 +1,18 @@
-"""Writing results safely: every file is written to a temporary sibling, then renamed into place."""
+"""Writing results safely: every file is written to a temporary sibling, then renamed into place, and
+a run's folder is built beside the old one and swapped in only when the run has finished."""
 
 from __future__ import annotations
 
 import contextlib
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-__all__ = ["atomic_output", "atomic_write_bytes", "atomic_write_json"]
+__all__ = ["atomic_output", "atomic_run_dir", "atomic_write_bytes", "atomic_write_json"]
 
 
 @contextlib.contextmanager
@@ -43,3 +45,33 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
 
 def atomic_write_json(path: str | Path, obj: Any) -> Path:
     return atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
+
+
+@contextlib.contextmanager
+def atomic_run_dir(path: str | Path) -> Iterator[Path]:
+    """Yield a fresh staging folder beside ``path`` for everything one run writes.
+
+    On success the staging folder replaces ``path`` (an older run there is removed only then), so
+    ``path`` always holds the files of one finished run.  On an error or an interrupt ``path`` is
+    left as it was; the staging folder gets ``failed.json`` (the error) and is kept as
+    ``<path>.failed`` for inspection, replacing an older one.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".partial"))
+    try:
+        yield staging
+    except BaseException as error:
+        atomic_write_json(staging / "failed.json", {"error": f"{type(error).__name__}: {error}"})
+        failed = path.with_name(path.name + ".failed")
+        shutil.rmtree(failed, ignore_errors=True)
+        os.replace(staging, failed)
+        raise
+    old = None
+    if path.exists():
+        old = path.with_name(f".{path.name}.{os.getpid()}.old")
+        os.replace(path, old)
+    os.replace(staging, path)
+    os.chmod(path, 0o755)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)

@@ -33,16 +33,59 @@ def _read_local(task: GlueTask, data_dir: Path) -> datasets.DatasetDict:
     options: dict = {"delimiter": "\t", "quoting": 3}
     if task.header:
         options.update(header=None, names=list(task.header))
+    for path in files.values():
+        _check_text(path, header_lines=0 if task.header else 1)
     raw = datasets.load_dataset("csv", data_files={k: str(v) for k, v in files.items()}, **options)
     columns = list(task.text_columns) + [task.label_column]
+    for split, path in files.items():
+        missing = [c for c in columns if c not in raw[split].column_names]
+        if missing:
+            raise ValueError(f"{path}: columns {missing} are missing; {task.name} needs {columns}")
+        _check_rows(task, path, raw[split].select_columns(columns))
     raw = raw.select_columns(columns)
-    raw = raw.filter(lambda row: all(row[c] is not None for c in columns))
     rename = {c: f"text{i}" for i, c in enumerate(task.text_columns)} | {task.label_column: "label"}
     raw = raw.rename_columns(rename)
     if task.label_names:
         ids = {name: i for i, name in enumerate(task.label_names)}
         raw = raw.map(lambda row: {"label": ids[str(row["label"]).strip()]})
     return raw
+
+
+def _check_text(path: Path, header_lines: int) -> None:
+    """UTF-8 throughout and at least one data row; else an error naming the file (and line)."""
+    lines = path.read_bytes().splitlines()
+    for number, line in enumerate(lines, start=1):
+        try:
+            line.decode("utf-8")
+        except UnicodeDecodeError as error:
+            raise ValueError(f"{path}, line {number}: not UTF-8 text ({error.reason} at byte {error.start})") from None
+    if len([line for line in lines[header_lines:] if line.strip()]) == 0:
+        raise ValueError(f"{path} has no data rows")
+
+
+def _check_rows(task: GlueTask, path: Path, rows: datasets.Dataset) -> None:
+    """Every row complete and its label one the task allows; else an error naming the file and line."""
+    first_line = 1 if task.header else 2  # the line of the first data row
+    table = rows.to_dict()
+    for column, values in table.items():
+        for index, value in enumerate(values):
+            if value is None:
+                raise ValueError(f"{path}, line {index + first_line}: column {column!r} is empty "
+                                 "(a row cut short?)")
+    allowed = _allowed_label(task)
+    for index, value in enumerate(table[task.label_column]):
+        if not allowed(value):
+            what = f"one of {list(task.label_names)}" if task.label_names else (
+                "a number" if task.num_labels == 1 else f"an integer in 0..{task.num_labels - 1}")
+            raise ValueError(f"{path}, line {index + first_line}: label {value!r} is not {what}")
+
+
+def _allowed_label(task: GlueTask):
+    if task.label_names:
+        return lambda value: str(value).strip() in task.label_names
+    if task.num_labels == 1:
+        return lambda value: isinstance(value, (int, float))
+    return lambda value: str(value).strip() in {str(i) for i in range(task.num_labels)}
 
 
 def _read_hub(task: GlueTask) -> datasets.DatasetDict:

@@ -15,7 +15,7 @@ from typing import Any
 import pyro
 import torch
 
-from .artifacts import atomic_write_json
+from .artifacts import atomic_run_dir, atomic_write_json
 from .backbones import load_classifier, resolve_device
 from .bayesian_lora import bayesian_lora_from_model
 from .calibration import apply_temperature, fit_temperature
@@ -77,11 +77,17 @@ def _write_artifacts(output_dir: Path, module, predictions, history, task: GlueT
 
 
 def run_glue(config: GlueRunConfig) -> dict[str, Any]:
-    """Train and evaluate one configuration; writes ``config.json`` and ``metrics.json`` to output_dir."""
+    """Train and evaluate one configuration; writes ``config.json``, ``metrics.json``, ``posterior.nc`` and
+    ``plots/`` into a staging folder that replaces ``output_dir`` only when the run has finished (a failed
+    run leaves ``output_dir`` as it was and its own files in ``<output_dir>.failed``)."""
     config = config.resolved()
+    with atomic_run_dir(config.output_dir) as staging:
+        return _run(config, staging)
+
+
+def _run(config: GlueRunConfig, output_dir: Path) -> dict[str, Any]:
     task = get_task(config.task)
     spec = config.prior_spec()
-    output_dir = Path(config.output_dir)
     atomic_write_json(output_dir / "config.json", config.record())
 
     pyro.set_rng_seed(config.seed)

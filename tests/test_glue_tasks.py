@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -98,3 +99,56 @@ def test_stsb_regression_end_to_end(tmp_path, glue_dir):
     assert -1.0 <= metrics["pearson"] <= 1.0
     assert json.loads((tmp_path / "metrics.json").read_text())["task"] == "stsb"
     assert (tmp_path / "posterior.nc").exists()
+
+
+RTE_HEADER = "index\tsentence1\tsentence2\tlabel"
+RTE_ROWS = ["0\tA dog barks.\tAn animal makes a sound.\tentailment",
+            "1\tA dog barks.\tThe cat sleeps.\tnot_entailment"]
+
+
+@pytest.mark.parametrize(
+    "train,message",
+    [
+        ([RTE_HEADER, *RTE_ROWS, "2\tA dog barks.\tIt is loud.\tmaybe"],
+         r"train.tsv, line 4: label 'maybe' is not one of \['entailment', 'not_entailment'\]"),
+        ([RTE_HEADER], r"train.tsv has no data rows"),
+        ([RTE_HEADER, *RTE_ROWS, "2\tA dog barks."], r"train.tsv, line 4: column 'sentence2' is empty"),
+        ([RTE_HEADER, *RTE_ROWS[:1], "1\tA dog barks.\tThe cat sleeps."], r"line 3: column 'label' is empty"),
+    ],
+)
+def test_bad_rows_name_the_file_and_line(tmp_path, tokenizer, train, message):
+    folder = tmp_path / "RTE"
+    folder.mkdir()
+    (folder / "train.tsv").write_text("\n".join(train) + "\n")
+    (folder / "dev.tsv").write_text("\n".join([RTE_HEADER, *RTE_ROWS]) + "\n")
+    with pytest.raises(ValueError, match=message):
+        load_glue(get_task("rte"), tmp_path, tokenizer)
+
+
+def test_undecodable_file_is_named(tmp_path, tokenizer):
+    folder = tmp_path / "SST-2"
+    folder.mkdir()
+    (folder / "train.tsv").write_bytes(b"sentence\tlabel\n\xff\xfe bad bytes\t1\n")
+    (folder / "dev.tsv").write_text("sentence\tlabel\ngood\t1\n")
+    with pytest.raises(ValueError, match=r"SST-2/train.tsv, line 2: not UTF-8 text \(invalid start byte at byte 0\)"):
+        load_glue(get_task("sst2"), tmp_path, tokenizer)
+
+
+def test_a_failed_rerun_leaves_the_finished_run_alone(tmp_path):
+    data, out = tmp_path / "data", tmp_path / "out"
+    (data / "RTE").mkdir(parents=True)
+    (data / "RTE" / "train.tsv").write_text("\n".join([RTE_HEADER, *RTE_ROWS * 3]) + "\n")
+    (data / "RTE" / "dev.tsv").write_text("\n".join([RTE_HEADER, *RTE_ROWS]) + "\n")
+    config = GlueRunConfig(task="rte", data_dir=str(data), output_dir=str(out), prior="map", max_steps=1,
+                           batch_size=2, num_samples=1, max_length=16, progress=False)
+    run_glue(config)
+    finished = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    assert {"config.json", "metrics.json", "posterior.nc"} <= set(finished)
+    (data / "RTE" / "train.tsv").write_text("\n".join([RTE_HEADER, "0\ta\tb\tmaybe"]) + "\n")
+    with pytest.raises(ValueError, match="label 'maybe'"):
+        run_glue(dataclasses.replace(config, lr=1e-2))
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == finished  # untouched
+    failed = json.loads((tmp_path / "out.failed" / "failed.json").read_text())
+    assert "label 'maybe'" in failed["error"]
+    assert json.loads((tmp_path / "out.failed" / "config.json").read_text())["lr"] == 1e-2
+    assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".partial")] == []
