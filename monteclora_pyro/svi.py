@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 import statistics
 import time
+import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 
@@ -78,6 +79,15 @@ def _parameter_groups(module: nn.Module, params: list[nn.Parameter], config: Tra
             {"params": [p for p in params if id(p) in variational], "lr": config.variational_lr, "weight_decay": 0.0}]
 
 
+def _check_finite(names: Mapping[int, str], params: list[nn.Parameter], step: int, lr: float) -> None:
+    """Stop at once when an optimizer step made a parameter non-finite, naming it (and so its site)."""
+    if bool(torch.stack([torch.isfinite(p).all() for p in params]).all()):
+        return
+    bad = next(p for p in params if not bool(torch.isfinite(p).all()))
+    raise FloatingPointError(f"step {step}: parameter {names[id(bad)]} became non-finite after the optimizer "
+                             f"step (lr = {lr}); lower the learning rate")
+
+
 def train(
     module: nn.Module,
     loader: Iterable,
@@ -102,6 +112,8 @@ def train(
     beta = float(getattr(module, "kl_weight", 0.0))
     num_data = getattr(module, "num_data", None)
     history = TrainHistory()
+    names = {id(p): n for n, p in module.named_parameters()}
+    exploded = False
     module.train()
     bar = tqdm(total=total, disable=not config.progress, desc="train", dynamic_ncols=True)
     for step, batch in enumerate(_repeat(loader)):
@@ -110,20 +122,30 @@ def train(
         start = time.perf_counter()
         batch = move_to(batch, device)
         kl_weight = beta * min(1.0, (step + 1) / config.kl_anneal_steps) if config.kl_anneal_steps else beta
-        loss = loss_fn(module, batch, kl_weight)
+        try:
+            loss = loss_fn(module, batch, kl_weight)
+        except ValueError as error:  # Pyro's validation found a non-finite value inside the model or guide
+            if "invalid values" not in str(error):
+                raise
+            raise FloatingPointError(f"step {step}: non-finite values in the model (lr = {config.lr}); lower the "
+                                     f"learning rate. {str(error).splitlines()[0]}") from None
+        loss_value = loss.item()
+        if not math.isfinite(loss_value):
+            raise FloatingPointError(f"step {step}: the loss is {loss_value} (lr = {config.lr}); "
+                                     "lower the learning rate")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if config.grad_clip != math.inf:
             torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
         optimizer.step()
         schedule.step()
-        loss_value = loss.item()
+        _check_finite(names, params, step, config.lr)
         history.step_seconds.append(time.perf_counter() - start)
         history.loss.append(loss_value)
-        if not math.isfinite(loss_value):
-            raise FloatingPointError(
-                f"loss became {loss_value} at step {step}; lower the learning rate (lr = {config.lr})"
-            )
+        if not exploded and loss_value > 10 * max(history.loss[0], 0.1):
+            exploded = True
+            warnings.warn(f"step {step}: the loss {loss_value:.4g} is over 10 times its start ({history.loss[0]:.4g}); "
+                          f"the learning rate (lr = {config.lr}) may be too high", RuntimeWarning, stacklevel=2)
         if (step % config.log_every == 0 or step == total - 1) and hasattr(module, "kl_terms") and num_data:
             with torch.no_grad():
                 kl = float(sum(module.kl_terms().values())) / num_data

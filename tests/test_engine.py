@@ -248,3 +248,20 @@ def test_mc_dropout_averages_passes_with_dropout_on():
             layer.p = 0.0
     with pytest.raises(ValueError, match="MC dropout needs dropout layers with p > 0"):
         mc_dropout(module, loader, num_samples=2)
+
+
+def test_divergence_stops_with_the_step_and_learning_rate():
+    with pytest.raises(FloatingPointError, match=r"step \d+: non-finite values in the model \(lr = 1000.0\)"):
+        train(make(num_data=64), [tiny_batch(32)], TrainConfig(lr=1e3, max_steps=30, progress=False))
+    with pytest.warns(RuntimeWarning, match=r"step \d+: the loss .* is over 10 times its start .*lr = 1000.0"):
+        train(make("map", num_data=64), [tiny_batch(32)], TrainConfig(lr=1e3, max_steps=30, progress=False))
+
+
+def test_a_non_finite_parameter_is_named():
+    module = make("monteclora_scaled", num_data=32)
+    guide = next(iter(module.site_guides.values()))
+    guide.scale_loc.register_hook(lambda grad: torch.full_like(grad, float("nan")))
+    config = TrainConfig(lr=1e-3, max_steps=3, progress=False, grad_clip=float("inf"))
+    with pytest.raises(FloatingPointError, match=r"step 0: parameter site_guides\..*lora_A\.scale_loc became "
+                                                 r"non-finite after the optimizer step \(lr = 0.001\)"):
+        train(module, [tiny_batch(32)], config)
