@@ -42,7 +42,13 @@ def main(argv: list[str] | None = None) -> dict:
 
     datasets.disable_progress_bars()
     print("config:", json.dumps(dataclasses.asdict(config), sort_keys=True), flush=True)
-    metrics = run_glue(config)
+    try:
+        metrics = run_glue(config)
+    except (ValueError, FloatingPointError) as error:  # found once the data or model is read: one line
+        sys.exit(f"svi_glue.py: error: {error}")
+    except KeyboardInterrupt:
+        sys.exit(f"svi_glue.py: interrupted; {config.output_dir} is as it was, this run's files are in "
+                 f"{config.output_dir}.failed")
     summary = {k: v for k, v in metrics.items() if not isinstance(v, dict)}
     width = max(map(len, summary))
     for key, value in summary.items():

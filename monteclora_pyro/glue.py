@@ -16,7 +16,7 @@ import pyro
 import torch
 
 from .artifacts import atomic_run_dir, atomic_write_json
-from .backbones import load_classifier, resolve_device
+from .backbones import check_backbone, load_classifier, resolve_device
 from .bayesian_lora import bayesian_lora_from_model
 from .calibration import apply_temperature, fit_temperature
 from .data import GlueTask, get_task, load_glue, make_loader
@@ -81,6 +81,9 @@ def run_glue(config: GlueRunConfig) -> dict[str, Any]:
     ``plots/`` into a staging folder that replaces ``output_dir`` only when the run has finished (a failed
     run leaves ``output_dir`` as it was and its own files in ``<output_dir>.failed``)."""
     config = config.resolved()
+    spec = config.prior_spec()
+    resolve_device(config.device)
+    check_backbone(config.model, spec.targets, spec.rank, get_task(config.task).num_labels)
     with atomic_run_dir(config.output_dir) as staging:
         return _run(config, staging)
 

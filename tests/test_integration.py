@@ -139,3 +139,25 @@ def test_overfitting_benchmark_script_on_real_sst2_rows(glue_dir, tmp_path):
     assert rows[0] == "task,method,seed,metric,accuracy,nll,ece,brier" and len(rows) == 1 + 4
     again = script.main([*argv, "--report-only"])
     assert again["tasks"] == summary["tasks"]
+
+
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["--model", "/nonexistent"], "model = '/nonexistent': no such directory"),
+        (["--rank", "100000"], "rank = 100000 exceeds the smallest adapted layer (384 features)"),
+        (["--device", "cuda"], "device = 'cuda', but CUDA is not available here"),
+        (["--prior", "PRIOR_Q_PROJ"], "targets ['q_proj'] are not modules of"),
+    ],
+)
+def test_errors_found_before_training_are_one_line_and_leave_no_folder(argv, message, tmp_path, capsys):
+    if "cuda" in argv and torch.cuda.is_available():
+        pytest.skip("CUDA is present")
+    prior = tmp_path / "llama.toml"
+    prior.write_text('family = "monteclora"\ntargets = ["q_proj", "v_proj"]\n')
+    out = tmp_path / "run"
+    argv = [str(prior) if a == "PRIOR_Q_PROJ" else a for a in argv]
+    with pytest.raises(SystemExit) as exit_info:
+        load_script("svi_glue").main([*argv, "--output-dir", str(out), "--no-progress"])
+    assert message in str(exit_info.value.code) and str(exit_info.value.code).count("\n") == 0
+    assert not out.exists() and not (tmp_path / "run.failed").exists()
