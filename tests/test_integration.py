@@ -147,7 +147,7 @@ def test_overfitting_benchmark_script_on_real_sst2_rows(glue_dir, tmp_path):
         (["--model", "/nonexistent"], "model = '/nonexistent': no such directory"),
         (["--rank", "100000"], "rank = 100000 exceeds the smallest adapted layer (384 features)"),
         (["--device", "cuda"], "device = 'cuda', but CUDA is not available here"),
-        (["--prior", "PRIOR_Q_PROJ"], "targets ['q_proj'] are not modules of"),
+        (["--prior", "PRIOR_Q_PROJ"], "targets ['q_proj', 'v_proj'] are not modules of"),
     ],
 )
 def test_errors_found_before_training_are_one_line_and_leave_no_folder(argv, message, tmp_path, capsys):
