@@ -75,7 +75,10 @@ def _finished(config: GlueRunConfig) -> bool:
     if not (folder / "metrics.json").exists():
         return False
     wanted = json.loads(json.dumps(config.record()))  # as the JSON file holds it (tuples become lists)
-    written = json.loads((folder / "config.json").read_text())
+    try:
+        written = json.loads((folder / "config.json").read_text())
+    except (OSError, json.JSONDecodeError) as error:
+        raise ValueError(f"{folder / 'config.json'} cannot be read ({error}); delete that cell to rerun it") from None
     changed = [f"{k}: {written.get(k)!r} there, {v!r} now" for k, v in wanted.items()
                if k not in RESUME_IGNORED and written.get(k) != v]
     if changed:

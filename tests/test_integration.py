@@ -113,6 +113,11 @@ def test_sweep_script_is_resumable_on_real_cola_rows(glue_dir, tmp_path, capsys)
         script.main([("3" if previous == "--max-steps" else a) for previous, a in zip(["", *argv], argv, strict=False)])
     assert exit_info.value.code == 2
     assert "finished with other settings (max_steps: 2 there, 3 now)" in capsys.readouterr().err
+    cell_config = tmp_path / "cells" / "map_lr0.001_bs8_seed0" / "config.json"
+    cell_config.write_text(cell_config.read_text()[:40])  # truncated
+    with pytest.raises(SystemExit):
+        script.main(argv)
+    assert f"{cell_config} cannot be read" in capsys.readouterr().err
 
 
 def test_overfitting_benchmark_script_on_real_sst2_rows(glue_dir, tmp_path):
