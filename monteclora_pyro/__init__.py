@@ -17,7 +17,7 @@ _EXPORTS = {
     "distributions": ("LaplaceBridgeDirichlet", "WishartCholesky"),
     "likelihoods": ("CategoricalLikelihood", "GaussianLikelihood", "build_likelihood"),
     "lora_sites": ("FactorSite", "factor_sites", "inject_lora"),
-    "prediction": ("mc_dropout", "predict", "predict_network"),
+    "prediction": ("mc_dropout", "predict"),
     "svi": ("TrainHistory", "train"),
     "train_config": ("TrainConfig",),
 }

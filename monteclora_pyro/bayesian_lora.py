@@ -45,7 +45,7 @@ from .likelihoods import build_likelihood
 from .lora_sites import factor_sites, inject_lora
 from .priors import build_prior
 
-__all__ = ["BayesianLoRA", "DEFAULT_GUIDES", "bayesian_lora_from_model", "paper_kl_weight"]
+__all__ = ["BayesianLoRA", "DEFAULT_GUIDES", "autocast", "bayesian_lora_from_model", "paper_kl_weight"]
 
 BATCH_KEYS = ("labels", "idx")  # batch entries that are not network inputs
 
@@ -144,13 +144,7 @@ class BayesianLoRA(nn.Module):
     ) -> torch.Tensor:
         """The network's output (logits) with the given factors in place of the PEFT weights."""
         inputs = {k: v for k, v in batch.items() if k not in BATCH_KEYS}
-        device = next(iter(inputs.values())).device
-        autocast = (
-            torch.autocast(device.type, dtype=self.autocast_dtype)
-            if self.autocast_dtype is not None
-            else contextlib.nullcontext()
-        )
-        with autocast:
+        with autocast(inputs, self.autocast_dtype):
             output = functional_call(self.network, dict(factors or {}), args=(), kwargs=inputs, strict=False)
         return output.logits if hasattr(output, "logits") else output
 
@@ -178,6 +172,13 @@ class BayesianLoRA(nn.Module):
             terms[name] = _site_kl(guide_site, model_trace.nodes[name]).sum()
         return terms
 
+    has_posterior = True  # a guide whose draws posterior.nc describes (a PEFT peer has none)
+
+    @property
+    def point_estimate(self) -> bool:
+        """Whether the guide is a point mass (``delta``): every posterior draw is the same."""
+        return self.guide_name == "delta"
+
     def variational_parameters(self) -> list[nn.Parameter]:
         """The guides' own parameters (scales, concentrations), apart from the LoRA means and the head."""
         return list(self.site_guides.parameters())
@@ -185,6 +186,13 @@ class BayesianLoRA(nn.Module):
     def merged_network(self) -> nn.Module:
         """The posterior-mean network with LoRA merged into W0 (zero overhead; a copy)."""
         return copy.deepcopy(self.network).merge_and_unload()
+
+
+def autocast(batch: Mapping[str, torch.Tensor], dtype: torch.dtype | None):
+    """``torch.autocast`` to ``dtype`` on the batch's device, or nothing when ``dtype`` is None."""
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(next(iter(batch.values())).device.type, dtype=dtype)
 
 
 def _site_kl(guide_site: dict, model_site: dict) -> torch.Tensor:

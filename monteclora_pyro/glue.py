@@ -1,5 +1,9 @@
 """One GLUE run end to end: validate, load, train (ours or a PEFT peer), predict, write results.
 
+The runner reads top to bottom: configuration, data, model, train, predict and evaluate, write.
+Ours and the peers share one interface (:class:`~monteclora_pyro.peers.PeftPeer`), and the
+likelihood math (per-draw log-likelihood, the regression predictive's NLL) lives with the likelihoods.
+
 ``experiments/svi_glue.py`` is the command-line client of :func:`run_glue`; benchmarks and sweeps
 call it too.  Everything is validated before the model or data is loaded.
 """
@@ -22,11 +26,11 @@ from .calibration import apply_temperature, fit_temperature
 from .data import GlueTask, get_task, load_glue, make_loader
 from .diagnostics import posterior_inference_data, save_posterior
 from .metrics import classification_metrics, glue_metrics, regression_metrics
-from .peers import peer_loss, peft_peer
+from .peers import PeftPeer, peft_peer
 from .plots import plot_elbo, plot_posterior_spread, plot_reliability
-from .prediction import mc_dropout, predict, predict_network
+from .prediction import mc_dropout, predict
 from .run_config import GlueRunConfig
-from .svi import elbo_loss, train
+from .svi import train
 
 __all__ = ["GlueRunConfig", "run_glue"]
 
@@ -39,41 +43,32 @@ def _scores(probs: torch.Tensor, labels: torch.Tensor, task: GlueTask) -> dict[s
     return classification_metrics(probs, labels) | glue_metrics(task.metrics, probs, labels)
 
 
-def _report(predictions: dict[str, torch.Tensor], predictive: bool, task: GlueTask, module=None) -> dict[str, float]:
+def _report(predictions: dict[str, torch.Tensor], likelihood, task: GlueTask) -> dict[str, float]:
     """Metrics of the posterior-mean predictions (``mean_*``) and of the predictive ones (unprefixed).
 
     Regression NLL uses the learned Gaussian noise scale: the predictive is the mixture over draws.
     """
     labels = predictions["labels"]
     report = {f"mean_{k}": v for k, v in _scores(predictions["mean"], labels, task).items()}
-    report.update(_scores(predictions["predictive"] if predictive else predictions["mean"], labels, task))
-    if task.num_labels == 1 and module is not None:
-        scale = module.likelihood.log_scale.exp().detach().cpu()
-        report["mean_nll"] = -torch.distributions.Normal(predictions["mean"], scale).log_prob(labels).mean().item()
-        draws = _draw_log_likelihood(module, predictions)
-        report["nll"] = -(draws.logsumexp(0) - math.log(draws.shape[0])).mean().item()
+    report.update(_scores(predictions["predictive"], labels, task))
+    if likelihood.regression and likelihood.learned:
+        report["mean_nll"] = likelihood.nll(predictions["mean"][:, None], labels)
+        report["nll"] = likelihood.nll(predictions["draws"], labels)
     return report
 
 
-def _draw_log_likelihood(module, predictions: dict[str, torch.Tensor]) -> torch.Tensor:
-    """log p(y_i | draw s) on the dev set, (draws x examples)."""
-    labels, draws = predictions["labels"], predictions["draws"]
-    if module.likelihood.regression:
-        scale = module.likelihood.log_scale.exp().detach().cpu()
-        return torch.distributions.Normal(draws, scale).log_prob(labels[:, None]).T
-    picked = draws.gather(-1, labels.long()[:, None, None].expand(-1, draws.shape[1], 1)).squeeze(-1)
-    return picked.clamp_min(1e-12).log().T
-
-
 def _write_artifacts(output_dir: Path, module, predictions, history, task: GlueTask) -> None:
-    """posterior.nc and the plots of one run of ours."""
+    """The reliability diagram; for a posterior (ours), posterior.nc and its plots."""
+    if task.num_labels > 1:
+        plot_reliability(predictions["predictive"], predictions["labels"], output_dir / "plots" / "reliability.png")
+    if not module.has_posterior:  # a peer
+        return
+    log_likelihood = module.likelihood.draw_log_likelihood(predictions["draws"], predictions["labels"])
     idata = posterior_inference_data(module, num_draws=200, observed=predictions["labels"],
-                                     log_likelihood=_draw_log_likelihood(module, predictions))
+                                     log_likelihood=log_likelihood)
     save_posterior(idata, output_dir / "posterior.nc")
     plot_posterior_spread(idata, output_dir / "plots" / "posterior.png")
     plot_elbo(history.elbo_terms(), output_dir / "plots" / "elbo.png", loss=history.loss)
-    if task.num_labels > 1:
-        plot_reliability(predictions["predictive"], predictions["labels"], output_dir / "plots" / "reliability.png")
 
 
 def run_glue(config: GlueRunConfig) -> dict[str, Any]:
@@ -88,61 +83,61 @@ def run_glue(config: GlueRunConfig) -> dict[str, Any]:
         return _run(config, staging)
 
 
-def _run(config: GlueRunConfig, output_dir: Path) -> dict[str, Any]:
-    task = get_task(config.task)
+def _build_method(config: GlueRunConfig, model, num_data: int, num_labels: int, device: torch.device):
+    """Ours (a :class:`BayesianLoRA`) or a PEFT peer (a :class:`PeftPeer`): one interface for what follows."""
     spec = config.prior_spec()
-    atomic_write_json(output_dir / "config.json", config.record())
+    autocast_dtype = torch.bfloat16 if device.type == "cuda" else None
+    if config.peer is not None:
+        network = peft_peer(model, config.peer, spec, config.peft_kl_loss_weight)
+        return PeftPeer(network, num_labels, autocast_dtype).to(device)
+    guide_options = {"dirichlet_sampler": config.dirichlet_sampler} if config.guide == "monteclora" else None
+    return bayesian_lora_from_model(model, spec, num_data, num_labels, config.guide, config.kl_weight,
+                                    guide_options, autocast_dtype).to(device)
 
+
+def _run(config: GlueRunConfig, output_dir: Path) -> dict[str, Any]:
+    # configuration
+    task = get_task(config.task)
+    atomic_write_json(output_dir / "config.json", config.record())
     pyro.set_rng_seed(config.seed)
     device = resolve_device(config.device)
+
+    # data
     model, tokenizer = load_classifier(config.model, task.num_labels)
     data = load_glue(task, config.data_dir, tokenizer, config.max_length, config.max_train_samples,
                      config.max_eval_samples, config.seed, config.holdout_fraction)
     train_loader = make_loader(data["train"], tokenizer, config.batch_size, shuffle=True, seed=config.seed)
     loaders = {split: make_loader(data[split], tokenizer, config.eval_batch_size, shuffle=False)
                for split in (*task.dev_splits, "holdout") if split in data}
-    num_data = len(data["train"])
 
-    if config.peer is None:
-        module = bayesian_lora_from_model(
-            model, spec, num_data, task.num_labels, config.guide, config.kl_weight,
-            {"dirichlet_sampler": config.dirichlet_sampler} if config.guide == "monteclora" else None,
-            torch.bfloat16 if device.type == "cuda" else None,
-        ).to(device)
-        loss_fn = elbo_loss
-    else:
-        module = peft_peer(model, config.peer, spec, config.peft_kl_loss_weight).to(device)
-        loss_fn = peer_loss
+    # model
+    module = _build_method(config, model, len(data["train"]), task.num_labels, device)
 
+    # train, with the dev metrics after each epoch when asked
     def predictions_on(split: str, with_mean: bool = True) -> dict[str, torch.Tensor]:
-        """The method's predictions on a split; ``predictive`` is what it scores (the mean for peers)."""
-        if config.peer is None:
-            return predict(module, loaders[split], config.num_samples, device, with_mean)
-        predictions = predict_network(module, loaders[split], device, regression=task.num_labels == 1)
-        return predictions | {"predictive": predictions["mean"]}
+        return predict(module, loaders[split], config.num_samples, device, with_mean)
 
+    train_config = config.train_config()
+    total_epochs = math.ceil(train_config.total_steps(len(train_loader)) / len(train_loader))
     epochs: list[dict[str, float]] = []
 
-    total_epochs = math.ceil(config.train_config().total_steps(len(train_loader)) / len(train_loader))
-
     def evaluate_epoch(epoch: int) -> None:
-        if epoch == total_epochs:  # the final evaluation below is the last epoch's
-            return
-        predictions = predictions_on(task.dev_splits[0], with_mean=False)
-        epochs.append({"epoch": epoch} | _scores(predictions["predictive"], predictions["labels"], task))
+        if epoch < total_epochs:  # the final evaluation below is the last epoch's
+            predictions = predictions_on(task.dev_splits[0], with_mean=False)
+            epochs.append({"epoch": epoch} | _scores(predictions["predictive"], predictions["labels"], task))
 
     start = time.perf_counter()
-    history = train(module, train_loader, config.train_config(), loss_fn=loss_fn, device=device,
+    history = train(module, train_loader, train_config, device=device,
                     on_epoch_end=evaluate_epoch if config.eval_each_epoch else None)
-    train_seconds = time.perf_counter() - start
-
     metrics: dict[str, Any] = {
-        "task": task.name, "prior": spec.name, "guide": config.guide if config.peer is None else None,
-        "method": config.peer or spec.name, "seed": config.seed, "steps": history.steps,
-        "train_seconds": train_seconds, "median_step_seconds": history.median_step_seconds(),
-        "final_loss": history.loss[-1], "num_train": num_data,
-        "num_samples": config.num_samples if config.peer is None else None,
+        "task": task.name, "prior": config.prior_spec().name, "guide": module.guide_name,
+        "method": config.peer or config.prior_spec().name, "seed": config.seed, "steps": history.steps,
+        "train_seconds": time.perf_counter() - start, "median_step_seconds": history.median_step_seconds(),
+        "final_loss": history.loss[-1], "num_train": len(data["train"]),
+        "num_samples": config.num_samples if module.has_posterior else None,
     }
+
+    # predict and evaluate: a temperature fitted on the held-out rows, MC dropout when asked
     temperature = None
     if "holdout" in loaders and task.num_labels > 1:
         held_out = predictions_on("holdout", with_mean=False)
@@ -150,8 +145,7 @@ def _run(config: GlueRunConfig, output_dir: Path) -> dict[str, Any]:
         metrics.update(temperature=temperature, num_holdout=len(data["holdout"]))
     for split in task.dev_splits:
         predictions = predictions_on(split)
-        report = _report(predictions, predictive=config.peer is None, task=task,
-                         module=module if config.peer is None else None)
+        report = _report(predictions, module.likelihood, task)
         if temperature is not None:
             scaled = apply_temperature(predictions["predictive"], temperature)
             report.update({f"ts_{k}": v for k, v in _scores(scaled, predictions["labels"], task).items()})
@@ -159,16 +153,16 @@ def _run(config: GlueRunConfig, output_dir: Path) -> dict[str, Any]:
             dropout = mc_dropout(module, loaders[split], config.mc_dropout_samples, device)
             report.update({f"mcd_{k}": v for k, v in _scores(dropout["mean"], dropout["labels"], task).items()})
         first_split = split == task.dev_splits[0]
-        if first_split and config.eval_each_epoch:
-            epochs.append({"epoch": total_epochs} | _scores(predictions["predictive"], predictions["labels"], task))
         metrics.update({("" if first_split else f"{split}_") + k: v for k, v in report.items()})
-        if first_split and config.peer is None:
+        if first_split:
+            if config.eval_each_epoch:
+                epochs.append({"epoch": total_epochs} | _scores(predictions["predictive"], predictions["labels"], task))
             _write_artifacts(output_dir, module, predictions, history, task)
-        elif first_split and task.num_labels > 1:
-            plot_reliability(predictions["mean"], predictions["labels"], output_dir / "plots" / "reliability.png")
+
+    # write
     if epochs:
         metrics["epochs"] = epochs
-    if config.peer is None:
+    if module.has_posterior:
         metrics["elbo_history"] = history.elbo_terms()
     atomic_write_json(output_dir / "metrics.json", metrics)
     return metrics

@@ -29,6 +29,11 @@ class CategoricalLikelihood(nn.Module):
         """Class probabilities for one posterior draw."""
         return output.float().softmax(-1)
 
+    def draw_log_likelihood(self, draws: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """log p(y_i | draw s), (draws x examples), from each draw's probabilities (examples x draws x C)."""
+        picked = draws.gather(-1, labels.long()[:, None, None].expand(-1, draws.shape[1], 1)).squeeze(-1)
+        return picked.clamp_min(1e-12).log().T
+
 
 class GaussianLikelihood(nn.Module):
     """y ~ Normal(network output, sigma); sigma learned (point estimate) unless ``learn_scale`` is False."""
@@ -52,6 +57,20 @@ class GaussianLikelihood(nn.Module):
 
     def predictive(self, output: torch.Tensor) -> torch.Tensor:
         return output.float().reshape(-1)
+
+    @property
+    def learned(self) -> bool:
+        """Whether the noise scale was learned (a scale fixed by hand gives no meaningful NLL)."""
+        return isinstance(self.log_scale, nn.Parameter)
+
+    def draw_log_likelihood(self, draws: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """log N(y_i | draw s, sigma), (draws x examples), from each draw's prediction (examples x draws)."""
+        return torch.distributions.Normal(draws, self.log_scale.exp().detach().cpu()).log_prob(labels[:, None]).T
+
+    def nll(self, draws: torch.Tensor, labels: torch.Tensor) -> float:
+        """Mean -log of the predictive density: the mixture over the draws of N(draw, sigma)."""
+        log_lik = self.draw_log_likelihood(draws, labels)
+        return -(log_lik.logsumexp(0) - math.log(log_lik.shape[0])).mean().item()
 
 
 def build_likelihood(num_labels: int) -> nn.Module:

@@ -12,10 +12,10 @@ from collections.abc import Callable, Iterable, Mapping
 import torch
 from torch import nn
 
-from .bayesian_lora import BATCH_KEYS, BayesianLoRA
+from .bayesian_lora import BayesianLoRA
 from .svi import move_to
 
-__all__ = ["Predictions", "mc_dropout", "predict", "predict_network"]
+__all__ = ["Predictions", "mc_dropout", "predict"]
 
 Predictions = dict[str, torch.Tensor]
 
@@ -32,11 +32,7 @@ def _collect(loader: Iterable, device: torch.device, heads: Mapping[str, Callabl
     return {"labels": torch.cat(labels), **{name: torch.cat(v) for name, v in outputs.items()}}
 
 
-def _peer_logits(batch: Mapping[str, torch.Tensor], network: nn.Module) -> torch.Tensor:
-    return network(**{k: v for k, v in batch.items() if k not in BATCH_KEYS}).logits
-
-
-def predict(module: BayesianLoRA, loader: Iterable, num_samples: int = 8, device=None,
+def predict(module: BayesianLoRA | nn.Module, loader: Iterable, num_samples: int = 8, device=None,
             with_mean: bool = True) -> Predictions:
     """``mean``: predictions with the posterior-mean adapters; ``predictive``: averaged over draws;
     ``draws``: each draw's predictions (examples x draws x ...).  ``with_mean=False`` skips the
@@ -50,7 +46,7 @@ def predict(module: BayesianLoRA, loader: Iterable, num_samples: int = 8, device
         raise ValueError(f"num_samples = {num_samples!r} must be an integer >= 1")
     device = device or next(module.parameters()).device
     module.eval()
-    draws = [module.posterior_draw() for _ in range(1 if module.guide_name == "delta" else num_samples)]
+    draws = [module.posterior_draw() for _ in range(1 if module.point_estimate else num_samples)]
     readout = module.likelihood.predictive
 
     def mean(batch):
@@ -69,7 +65,8 @@ def predict(module: BayesianLoRA, loader: Iterable, num_samples: int = 8, device
 
 def mc_dropout(module: nn.Module, loader: Iterable, num_samples: int, device=None) -> Predictions:
     """MC dropout (Gal and Ghahramani 2016): the posterior-mean weights with the network's dropout
-    layers left on, ``num_samples`` passes averaged.  ``module`` is ours or a PEFT peer.
+    layers left on, ``num_samples`` passes averaged.  ``module`` is ours or a PEFT peer
+    (:class:`~monteclora_pyro.peers.PeftPeer`).
 
     ``mean`` is the averaged class probabilities (the predictions to score), ``draws`` each pass's.
     """
@@ -80,12 +77,11 @@ def mc_dropout(module: nn.Module, loader: Iterable, num_samples: int, device=Non
     dropouts = [m for m in module.modules() if isinstance(m, nn.Dropout) and m.p > 0]
     if not dropouts:
         raise ValueError("MC dropout needs dropout layers with p > 0; the network has none")
-    forward = module.network_output if isinstance(module, BayesianLoRA) else lambda b: _peer_logits(b, module)
     for layer in dropouts:
         layer.train()
 
     def each_pass(batch):
-        return torch.stack([forward(batch).float().softmax(-1) for _ in range(num_samples)], dim=1)
+        return torch.stack([module.network_output(batch).float().softmax(-1) for _ in range(num_samples)], dim=1)
 
     try:
         result = _collect(loader, device, {"draws": each_pass})
@@ -93,15 +89,3 @@ def mc_dropout(module: nn.Module, loader: Iterable, num_samples: int, device=Non
         module.eval()
     result["mean"] = result["draws"].mean(1)
     return result
-
-
-def predict_network(network: nn.Module, loader: Iterable, device=None, regression: bool = False) -> Predictions:
-    """``mean`` predictions of a plain (e.g. PEFT) network in eval mode, for the peers."""
-    device = device or next(network.parameters()).device
-    network.eval()
-
-    def mean(batch):
-        output = _peer_logits(batch, network).float()
-        return output.reshape(-1) if regression else output.softmax(-1)
-
-    return _collect(loader, device, {"mean": mean})
