@@ -87,8 +87,9 @@ class BayesianLoRA(nn.Module):
         self.network = network
         self.sites = factor_sites(network, spec.stochastic)
         self.prior = build_prior(spec)
+        self.guide_options = dict(guide_options or {})
         self.site_guides = nn.ModuleDict(
-            {s.key: build_site_guide(self.guide_name, s, spec, **dict(guide_options or {})) for s in self.sites}
+            {s.key: build_site_guide(self.guide_name, s, spec, **self.guide_options) for s in self.sites}
         )
         self.likelihood = likelihood
         self.num_data = num_data

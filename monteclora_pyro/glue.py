@@ -19,6 +19,7 @@ from typing import Any
 import pyro
 import torch
 
+from .adapters import save_adapter
 from .artifacts import atomic_run_dir, atomic_write_json
 from .backbones import check_backbone, load_classifier, resolve_device
 from .bayesian_lora import bayesian_lora_from_model
@@ -57,12 +58,14 @@ def _report(predictions: dict[str, torch.Tensor], likelihood, task: GlueTask) ->
     return report
 
 
-def _write_artifacts(output_dir: Path, module, predictions, history, task: GlueTask) -> None:
-    """The reliability diagram; for a posterior (ours), posterior.nc and its plots."""
+def _write_artifacts(output_dir: Path, config: GlueRunConfig, module, predictions, history, task: GlueTask) -> None:
+    """The reliability diagram; for a posterior (ours), the saved posterior (``adapter/``), posterior.nc
+    and its plots."""
     if task.num_labels > 1:
         plot_reliability(predictions["predictive"], predictions["labels"], output_dir / "plots" / "reliability.png")
     if not module.has_posterior:  # a peer
         return
+    save_adapter(module, output_dir / "adapter", config.model, task.num_labels)
     log_likelihood = module.likelihood.draw_log_likelihood(predictions["draws"], predictions["labels"])
     idata = posterior_inference_data(module, num_draws=200, observed=predictions["labels"],
                                      log_likelihood=log_likelihood)
@@ -157,7 +160,7 @@ def _run(config: GlueRunConfig, output_dir: Path) -> dict[str, Any]:
         if first_split:
             if config.eval_each_epoch:
                 epochs.append({"epoch": total_epochs} | _scores(predictions["predictive"], predictions["labels"], task))
-            _write_artifacts(output_dir, module, predictions, history, task)
+            _write_artifacts(output_dir, config, module, predictions, history, task)
 
     # write
     if epochs:

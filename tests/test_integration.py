@@ -52,6 +52,8 @@ def test_svi_glue_script_end_to_end(glue_dir, tmp_path):
     assert {"mean_accuracy", "nll", "mean_nll", "median_step_seconds"} <= set(written)
     config = json.loads((out / "config.json").read_text())
     assert config["prior_spec"]["family"] == "monteclora" and config["rank"] == 8
+    saved = json.loads((out / "adapter" / "posterior.json").read_text())
+    assert saved["guide"] == "monteclora" and saved["prior_spec"] == config["prior_spec"]
 
 
 @pytest.mark.parametrize(

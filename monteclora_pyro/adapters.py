@@ -1,0 +1,84 @@
+"""Trained posteriors users keep and deploy: save one, load it in a new process, export it to PEFT.
+
+A saved posterior is a folder with ``posterior.json`` (the backbone, the number of labels, the prior
+declaration, the guide and its options, N and beta: everything that rebuilds the model) and
+``posterior.safetensors`` (every learnable tensor: LoRA means, task head, variational parameters, a
+learned likelihood scale).  :func:`load_adapter` rebuilds the same :class:`BayesianLoRA`, ready for
+the posterior-mean or the S-draw predictive.  The posterior mean is PEFT's own LoRA weights, so
+:func:`export_peft` writes a standard PEFT adapter (``PeftModel.from_pretrained`` loads it) and
+:func:`export_merged` a plain Hugging Face model with it merged into W0.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from .artifacts import atomic_output, atomic_write_json
+from .backbones import load_classifier
+from .bayesian_lora import BayesianLoRA, bayesian_lora_from_model
+from .declarations import PriorSpec
+
+__all__ = ["export_merged", "export_peft", "load_adapter", "save_adapter"]
+
+META_FILE, TENSOR_FILE = "posterior.json", "posterior.safetensors"
+FORMAT = 1
+
+
+def save_adapter(module: BayesianLoRA, directory: str | Path, model: str, num_labels: int) -> Path:
+    """Write the posterior of ``module`` (trained on backbone ``model``) to ``directory``."""
+    directory = Path(directory)
+    tensors = {name: p.detach().float().cpu().contiguous() for name, p in module.named_parameters()
+               if p.requires_grad}
+    meta: dict[str, Any] = {
+        "format": FORMAT, "model": model, "num_labels": num_labels, "num_data": module.num_data,
+        "guide": module.guide_name, "guide_options": module.guide_options, "kl_weight": module.kl_weight,
+        "prior_spec": dataclasses.asdict(module.spec),
+    }
+    with atomic_output(directory / TENSOR_FILE) as tmp:
+        save_file(tensors, str(tmp))
+    atomic_write_json(directory / META_FILE, meta)
+    return directory
+
+
+def load_adapter(directory: str | Path, device: str | torch.device = "cpu", model: str | None = None):
+    """(module, tokenizer): the saved posterior on its backbone (or ``model``, a local copy of it)."""
+    directory = Path(directory)
+    for name in (META_FILE, TENSOR_FILE):
+        if not (directory / name).is_file():
+            raise ValueError(f"{directory} is not a saved posterior: {name} is missing")
+    try:
+        meta = json.loads((directory / META_FILE).read_text())
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{directory / META_FILE} cannot be read: {error}") from None
+    if meta.get("format") != FORMAT:
+        raise ValueError(f"{directory / META_FILE}: format {meta.get('format')!r}, this version reads {FORMAT}")
+    network, tokenizer = load_classifier(model or meta["model"], meta["num_labels"])
+    module = bayesian_lora_from_model(network, PriorSpec(**meta["prior_spec"]), meta["num_data"],
+                                      meta["num_labels"], meta["guide"], meta["kl_weight"], meta["guide_options"])
+    state = load_file(str(directory / TENSOR_FILE))
+    learnable = {name for name, p in module.named_parameters() if p.requires_grad}
+    if set(state) != learnable:
+        raise ValueError(f"{directory / TENSOR_FILE} does not fit the declared model: missing "
+                         f"{sorted(learnable - set(state))[:3]}, unexpected {sorted(set(state) - learnable)[:3]}")
+    module.load_state_dict(state, strict=False)
+    return module.to(device).eval(), tokenizer
+
+
+def export_peft(module: BayesianLoRA, directory: str | Path) -> Path:
+    """The posterior-mean adapter in PEFT's format (with the trained task head)."""
+    module.network.save_pretrained(str(directory))
+    return Path(directory)
+
+
+def export_merged(module: BayesianLoRA, directory: str | Path, tokenizer=None) -> Path:
+    """A plain Hugging Face model with the posterior-mean adapter merged into W0 (no inference overhead)."""
+    module.merged_network().save_pretrained(str(directory))
+    if tokenizer is not None:
+        tokenizer.save_pretrained(str(directory))
+    return Path(directory)

@@ -1,0 +1,65 @@
+"""A trained posterior saved, reloaded (in this process and in a new one), exported to PEFT and merged."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+from conftest import REPO
+from peft import PeftModel
+from transformers import AutoModelForSequenceClassification
+
+from monteclora_pyro import bayesian_lora_from_model, load_prior
+from monteclora_pyro.adapters import export_merged, export_peft, load_adapter, save_adapter
+from monteclora_pyro.backbones import default_model, load_classifier
+
+pytestmark = pytest.mark.integration
+
+
+def test_saved_posterior_reloads_exports_and_merges_with_equal_outputs(tmp_path, glue_dir):
+    model_path = default_model()
+    network, tokenizer = load_classifier(model_path, 2)
+    module = bayesian_lora_from_model(network, load_prior("monteclora_scaled"), num_data=100, num_labels=2)
+    torch.manual_seed(0)
+    with torch.no_grad():  # a trained-looking posterior: B off zero, guides off their start
+        for name, param in module.named_parameters():
+            if param.requires_grad and ("lora_B" in name or "site_guides" in name or "classifier" in name):
+                param.add_(0.05 * torch.randn_like(param))
+    module.eval()
+    batch = dict(tokenizer(["a fine film", "dull and long"], padding=True, return_tensors="pt"))
+    save_adapter(module, tmp_path / "adapter", model_path, 2)
+
+    loaded, _ = load_adapter(tmp_path / "adapter")
+    with torch.no_grad():
+        expected = module.network_output(batch)
+        torch.testing.assert_close(loaded.network_output(batch), expected)
+    for (name, mine), (_, theirs) in zip(module.site_guides.named_parameters(),
+                                         loaded.site_guides.named_parameters(), strict=True):
+        torch.testing.assert_close(theirs, mine, msg=name)
+
+    export_peft(loaded, tmp_path / "peft")
+    base = AutoModelForSequenceClassification.from_pretrained(model_path, num_labels=2)
+    peft_model = PeftModel.from_pretrained(base, str(tmp_path / "peft")).eval()
+    export_merged(loaded, tmp_path / "merged", tokenizer)
+    merged = AutoModelForSequenceClassification.from_pretrained(str(tmp_path / "merged")).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(peft_model(**batch).logits, expected, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(merged(**batch).logits, expected, rtol=1e-4, atol=1e-5)
+
+    # a new process predicts with the saved posterior
+    result = subprocess.run([sys.executable, "experiments/predict_glue.py", "--adapter", str(tmp_path / "adapter"),
+                             "--task", "sst2", "--data-dir", str(glue_dir), "--max-eval-samples", "16",
+                             "--num-samples", "2", "--max-length", "32"],
+                            cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout[result.stdout.index("{"):])
+    assert report["examples"] == 16 and report["num_samples"] == 2
+    assert {"accuracy", "mean_accuracy", "nll", "ece"} <= set(report)
+
+
+def test_a_folder_that_is_no_saved_posterior_is_named(tmp_path):
+    with pytest.raises(ValueError, match=r"is not a saved posterior: posterior.json is missing"):
+        load_adapter(tmp_path)
