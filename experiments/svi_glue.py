@@ -47,8 +47,8 @@ def main(argv: list[str] | None = None) -> dict:
     except (ValueError, FloatingPointError) as error:  # found once the data or model is read: one line
         sys.exit(f"svi_glue.py: error: {error}")
     except KeyboardInterrupt:
-        sys.exit(f"svi_glue.py: interrupted; {config.output_dir} is as it was, this run's files are in "
-                 f"{config.output_dir}.failed")
+        sys.exit(f"svi_glue.py: interrupted; checkpoint in {config.checkpoint_path()}: run the same command "
+                 "with --resume to continue")
     summary = {k: v for k, v in metrics.items() if not isinstance(v, dict)}
     width = max(map(len, summary))
     for key, value in summary.items():

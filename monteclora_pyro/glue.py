@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -24,13 +25,14 @@ from .artifacts import atomic_run_dir, atomic_write_json
 from .backbones import check_backbone, load_classifier, resolve_device
 from .bayesian_lora import bayesian_lora_from_model
 from .calibration import apply_temperature, fit_temperature
+from .checkpoints import Checkpointer
 from .data import GlueTask, get_task, load_glue, make_loader
 from .diagnostics import posterior_inference_data, save_posterior
 from .metrics import classification_metrics, glue_metrics, regression_metrics
 from .peers import PeftPeer, peft_peer
 from .plots import plot_elbo, plot_posterior_spread, plot_reliability
 from .prediction import mc_dropout, predict
-from .run_config import GlueRunConfig
+from .run_config import RESUME_IGNORED, GlueRunConfig
 from .svi import train
 
 __all__ = ["GlueRunConfig", "run_glue"]
@@ -122,16 +124,20 @@ def _run(config: GlueRunConfig, output_dir: Path) -> dict[str, Any]:
 
     train_config = config.train_config()
     total_epochs = math.ceil(train_config.total_steps(len(train_loader)) / len(train_loader))
-    epochs: list[dict[str, float]] = []
+    checkpoint = Checkpointer(config.checkpoint_path(), config.checkpoint_every, resume=config.resume,
+                              extra={"config": json.loads(json.dumps(config.record())), "epochs": []},
+                              ignore=RESUME_IGNORED)
 
     def evaluate_epoch(epoch: int) -> None:
         if epoch < total_epochs:  # the final evaluation below is the last epoch's
             predictions = predictions_on(task.dev_splits[0], with_mean=False)
-            epochs.append({"epoch": epoch} | _scores(predictions["predictive"], predictions["labels"], task))
+            scores = _scores(predictions["predictive"], predictions["labels"], task)
+            checkpoint.extra["epochs"].append({"epoch": epoch} | scores)
 
     start = time.perf_counter()
-    history = train(module, train_loader, train_config, device=device,
+    history = train(module, train_loader, train_config, device=device, checkpoint=checkpoint,
                     on_epoch_end=evaluate_epoch if config.eval_each_epoch else None)
+    epochs = checkpoint.extra["epochs"]
     metrics: dict[str, Any] = {
         "task": task.name, "prior": config.prior_spec().name, "guide": module.guide_name,
         "method": config.peer or config.prior_spec().name, "seed": config.seed, "steps": history.steps,
@@ -168,6 +174,8 @@ def _run(config: GlueRunConfig, output_dir: Path) -> dict[str, Any]:
     if module.has_posterior:
         metrics["elbo_history"] = history.elbo_terms()
     atomic_write_json(output_dir / "metrics.json", metrics)
+    os.replace(checkpoint.path, output_dir / "checkpoint.pt")  # the final one, kept with the finished run
+    checkpoint.path.parent.rmdir()
     return metrics
 
 

@@ -19,7 +19,10 @@ from .declarations import DEFAULT_GUIDES, PriorSpec, load_prior
 from .glue_tasks import default_glue_dir, get_task
 from .train_config import TrainConfig
 
-__all__ = ["DEVICE_PATTERN", "GlueRunConfig", "PEERS", "default_model"]
+__all__ = ["DEVICE_PATTERN", "GlueRunConfig", "PEERS", "RESUME_IGNORED", "default_model"]
+
+# config fields a resumed run (or a finished sweep cell) may differ in: where things are, how progress is shown
+RESUME_IGNORED = ("output_dir", "data_dir", "model", "device", "progress", "resume", "checkpoint_every")
 
 PEERS = ("peft-lora", "peft-monteclora")  # PEFT's methods, trained by monteclora_pyro.peers
 DEVICE_PATTERN = re.compile(r"auto|(cpu|cuda|mps|xpu|hpu|npu)(:\d+)?")
@@ -77,6 +80,9 @@ class GlueRunConfig:
     mc_dropout_samples: int = option(0, "> 0: also report MC dropout with this many passes (mcd_*)",
                                      type=nonnegative_int)
     eval_each_epoch: bool = option(False, "dev metrics after every epoch (metrics.json 'epochs')")
+    checkpoint_every: int = option(0, "also write a checkpoint every N steps (one is always written at the end "
+                                      "and on Ctrl-C)", type=nonnegative_int)
+    resume: bool = option(False, "continue the interrupted run of this output dir from its checkpoint")
     device: str = option("auto", "auto, cpu, cuda, cuda:0, ...")
     progress: bool = option(True, "progress bar")
 
@@ -130,6 +136,11 @@ class GlueRunConfig:
     def record(self) -> dict[str, Any]:
         """The configuration as written to ``config.json``: every field, and the prior declaration it loads."""
         return dataclasses.asdict(self) | {"prior_spec": dataclasses.asdict(self.prior_spec())}
+
+    def checkpoint_path(self) -> Path:
+        """``<output_dir>.checkpoint/checkpoint.pt``: beside the run's folder, so it survives a failed run."""
+        out = Path(self.output_dir)
+        return out.with_name(out.name + ".checkpoint") / "checkpoint.pt"
 
     def prior_spec(self) -> PriorSpec:
         return load_prior(self.prior, rank=self.rank, perturbation_scale=self.perturbation_scale)

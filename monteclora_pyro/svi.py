@@ -11,18 +11,24 @@ peers (pass ``loss_fn``), so the methods are compared under identical optimizati
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import math
+import signal
 import statistics
+import threading
 import time
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 
+from .checkpoints import Checkpointer, learnable_state, load_learnable, restore_rng, rng_state
 from .train_config import TrainConfig
 
 __all__ = ["TrainConfig", "TrainHistory", "train", "move_to"]
@@ -60,11 +66,6 @@ def move_to(batch: Mapping[str, torch.Tensor], device: torch.device) -> dict[str
     return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
 
 
-def _repeat(loader: Iterable) -> Iterator:
-    while True:
-        yield from loader
-
-
 def elbo_loss(module: nn.Module, batch: Mapping[str, torch.Tensor], kl_weight: float) -> torch.Tensor:
     """Default loss: the BayesianLoRA's per-example negative tempered ELBO."""
     return module(batch, kl_weight=kl_weight)
@@ -88,6 +89,46 @@ def _check_finite(names: Mapping[int, str], params: list[nn.Parameter], step: in
                              f"step (lr = {lr}); lower the learning rate")
 
 
+def _batches(loader: Iterable, start: int, epoch_rng: torch.Tensor | None) -> Iterator[tuple[int, Any, Any]]:
+    """(step, batch, shuffling state at the start of its epoch) from step ``start`` on.
+
+    A loader with a ``generator`` (a shuffling DataLoader) draws each epoch's order from it, so its
+    state at the epoch's start and the step give the data position exactly.
+    """
+    generator = getattr(loader, "generator", None)
+    if generator is not None and epoch_rng is not None:
+        generator.set_state(epoch_rng)
+    step, skip = start, start % len(loader)  # type: ignore[arg-type]
+    while True:
+        epoch_state = generator.get_state() if generator is not None else None
+        for batch in loader:
+            if skip:
+                skip -= 1
+                continue
+            yield step, batch, epoch_state
+            step += 1
+
+
+@contextlib.contextmanager
+def _interrupt_flag() -> Iterator[list[bool]]:
+    """A flag Ctrl-C sets (in the main thread), so the loop can stop between steps and checkpoint."""
+    flag = [False]
+    if threading.current_thread() is not threading.main_thread():
+        yield flag
+        return
+
+    def handler(signum, frame):
+        if flag[0]:  # a second Ctrl-C stops at once
+            raise KeyboardInterrupt
+        flag[0] = True
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield flag
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def train(
     module: nn.Module,
     loader: Iterable,
@@ -95,11 +136,15 @@ def train(
     loss_fn: LossFn = elbo_loss,
     device: torch.device | str | None = None,
     on_epoch_end: Callable[[int], None] | None = None,
+    checkpoint: Checkpointer | None = None,
 ) -> TrainHistory:
     """Optimize ``loss_fn`` over the trainable parameters of ``module``; returns the history.
 
     ``on_epoch_end(epoch)`` (epochs counted from 1) runs after each full pass over ``loader``, e.g. to
-    evaluate; the module is put back in training mode after it.
+    evaluate; the module is put back in training mode after it.  With ``checkpoint``, the state is
+    written every ``checkpoint.every`` steps, at the end and on Ctrl-C (which then raises
+    KeyboardInterrupt after the step in progress), and a run with ``checkpoint.resume`` continues
+    from the saved state exactly.
     """
     device = torch.device(device) if device is not None else next(module.parameters()).device
     params = [p for p in module.parameters() if p.requires_grad]
@@ -113,50 +158,72 @@ def train(
     num_data = getattr(module, "num_data", None)
     history = TrainHistory()
     names = {id(p): n for n, p in module.named_parameters()}
-    exploded = False
+    start_step, epoch_rng = 0, None
+    saved = checkpoint.load() if checkpoint is not None else None
+    if saved is not None:
+        load_learnable(module, saved["learnable"], checkpoint.path)
+        optimizer.load_state_dict(saved["optimizer"])
+        schedule.load_state_dict(saved["schedule"])
+        history = TrainHistory(**saved["history"])
+        start_step, epoch_rng = saved["step"], saved["epoch_rng"]
+        restore_rng(saved["rng"])
+    exploded = any(v > 10 * max(history.loss[0], 0.1) for v in history.loss)
+
+    def save(next_step: int, epoch_state) -> None:
+        checkpoint.save({"step": next_step, "epoch_rng": epoch_state, "learnable": learnable_state(module),
+                         "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
+                         "history": dataclasses.asdict(history), "rng": rng_state()})
+
     module.train()
-    bar = tqdm(total=total, disable=not config.progress, desc="train", dynamic_ncols=True)
-    for step, batch in enumerate(_repeat(loader)):
-        if step >= total:
-            break
-        start = time.perf_counter()
-        batch = move_to(batch, device)
-        kl_weight = beta * min(1.0, (step + 1) / config.kl_anneal_steps) if config.kl_anneal_steps else beta
-        try:
-            loss = loss_fn(module, batch, kl_weight)
-        except ValueError as error:  # Pyro's validation found a non-finite value inside the model or guide
-            if "invalid values" not in str(error):
-                raise
-            raise FloatingPointError(f"step {step}: non-finite values in the model (lr = {config.lr}); lower the "
-                                     f"learning rate. {str(error).splitlines()[0]}") from None
-        loss_value = loss.item()
-        if not math.isfinite(loss_value):
-            raise FloatingPointError(f"step {step}: the loss is {loss_value} (lr = {config.lr}); "
-                                     "lower the learning rate")
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if config.grad_clip != math.inf:
-            torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
-        optimizer.step()
-        schedule.step()
-        _check_finite(names, params, step, config.lr)
-        history.step_seconds.append(time.perf_counter() - start)
-        history.loss.append(loss_value)
-        if not exploded and loss_value > 10 * max(history.loss[0], 0.1):
-            exploded = True
-            warnings.warn(f"step {step}: the loss {loss_value:.4g} is over 10 times its start ({history.loss[0]:.4g}); "
-                          f"the learning rate (lr = {config.lr}) may be too high", RuntimeWarning, stacklevel=2)
-        if (step % config.log_every == 0 or step == total - 1) and hasattr(module, "kl_terms") and num_data:
-            with torch.no_grad():
-                kl = float(sum(module.kl_terms().values())) / num_data
-            history.logged_steps.append(step)
-            history.kl.append(kl)
-            history.kl_weight.append(kl_weight)
-            history.expected_log_likelihood.append(-(loss_value - kl_weight * kl))
-        bar.update(1)
-        bar.set_postfix(loss=f"{loss_value:.4f}")
-        if on_epoch_end is not None and (step + 1) % len(loader) == 0:  # type: ignore[arg-type]
-            on_epoch_end((step + 1) // len(loader))  # type: ignore[arg-type]
-            module.train()
+    bar = tqdm(total=total, initial=start_step, disable=not config.progress, desc="train", dynamic_ncols=True)
+    with _interrupt_flag() as interrupted:
+        for step, batch, epoch_state in _batches(loader, start_step, epoch_rng):
+            if step >= total:
+                break
+            start = time.perf_counter()
+            batch = move_to(batch, device)
+            kl_weight = beta * min(1.0, (step + 1) / config.kl_anneal_steps) if config.kl_anneal_steps else beta
+            try:
+                loss = loss_fn(module, batch, kl_weight)
+            except ValueError as error:  # Pyro's validation found a non-finite value inside the model or guide
+                if "invalid values" not in str(error):
+                    raise
+                raise FloatingPointError(f"step {step}: non-finite values in the model (lr = {config.lr}); lower "
+                                         f"the learning rate. {str(error).splitlines()[0]}") from None
+            loss_value = loss.item()
+            if not math.isfinite(loss_value):
+                raise FloatingPointError(f"step {step}: the loss is {loss_value} (lr = {config.lr}); "
+                                         "lower the learning rate")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if config.grad_clip != math.inf:
+                torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
+            optimizer.step()
+            schedule.step()
+            _check_finite(names, params, step, config.lr)
+            history.step_seconds.append(time.perf_counter() - start)
+            history.loss.append(loss_value)
+            if not exploded and loss_value > 10 * max(history.loss[0], 0.1):
+                exploded = True
+                warnings.warn(f"step {step}: the loss {loss_value:.4g} is over 10 times its start "
+                              f"({history.loss[0]:.4g}); the learning rate (lr = {config.lr}) may be too high",
+                              RuntimeWarning, stacklevel=2)
+            if (step % config.log_every == 0 or step == total - 1) and hasattr(module, "kl_terms") and num_data:
+                with torch.no_grad():
+                    kl = float(sum(module.kl_terms().values())) / num_data
+                history.logged_steps.append(step)
+                history.kl.append(kl)
+                history.kl_weight.append(kl_weight)
+                history.expected_log_likelihood.append(-(loss_value - kl_weight * kl))
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss_value:.4f}")
+            if on_epoch_end is not None and (step + 1) % len(loader) == 0:  # type: ignore[arg-type]
+                on_epoch_end((step + 1) // len(loader))  # type: ignore[arg-type]
+                module.train()
+            if checkpoint is not None and (checkpoint.due(step + 1) or step + 1 == total or interrupted[0]):
+                save(step + 1, epoch_state)
+            if interrupted[0]:
+                raise KeyboardInterrupt(f"interrupted after step {step}; checkpoint at {checkpoint.path}"
+                                        if checkpoint is not None else f"interrupted after step {step}")
     bar.close()
     return history

@@ -25,6 +25,7 @@ from .artifacts import atomic_write_bytes, atomic_write_json
 from .data import get_task
 from .glue import GlueRunConfig, run_glue
 from .peers import PEERS
+from .run_config import RESUME_IGNORED
 
 __all__ = ["Cell", "method_config", "primary_metric", "run_sweep", "robustness", "CSV_COLUMNS"]
 
@@ -35,8 +36,6 @@ CSV_COLUMNS = (
 )
 
 
-# config fields a resumed cell may differ in: where things are, and how progress is shown
-RESUME_IGNORED = ("output_dir", "data_dir", "model", "device", "progress")
 
 
 def primary_metric(task: str) -> str:

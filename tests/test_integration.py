@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import signal
+import subprocess
+import sys
+import time
 
 import pytest
 import torch
@@ -168,3 +172,29 @@ def test_errors_found_before_training_are_one_line_and_leave_no_folder(argv, mes
         load_script("svi_glue").main([*argv, "--output-dir", str(out), "--no-progress"])
     assert message in str(exit_info.value.code) and str(exit_info.value.code).count("\n") == 0
     assert not out.exists() and not (tmp_path / "run.failed").exists()
+
+
+def test_interrupted_run_resumes_from_its_checkpoint(glue_dir, tmp_path):
+    """Ctrl-C leaves a checkpoint and a one-line message; --resume finishes the run from it."""
+    out = tmp_path / "run"
+    argv = ["--task", "sst2", "--data-dir", str(glue_dir), "--output-dir", str(out), "--prior", "map",
+            "--max-train-samples", "64", "--batch-size", "4", "--epochs", "2", "--max-eval-samples", "16",
+            "--max-length", "32", "--checkpoint-every", "1", "--no-progress"]
+    checkpoint = tmp_path / "run.checkpoint" / "checkpoint.pt"
+    child = subprocess.Popen([sys.executable, "experiments/svi_glue.py", *argv], cwd=REPO, text=True,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 300
+    while not (checkpoint.exists() and torch.load(checkpoint, weights_only=False)["step"] >= 3):
+        assert child.poll() is None and time.monotonic() < deadline, child.communicate()[1][-2000:]
+        time.sleep(0.05)
+    child.send_signal(signal.SIGINT)
+    _, stderr = child.communicate(timeout=120)
+    assert child.returncode == 1 and "run the same command with --resume" in stderr.strip().splitlines()[-1]
+    stopped = torch.load(checkpoint, weights_only=False)["step"]
+    assert 3 <= stopped < 32 and not out.exists()
+    script = load_script("svi_glue")
+    with pytest.raises(SystemExit) as exit_info:
+        script.main([*argv, "--lr", "1e-3", "--resume"])
+    assert "was made with other settings (lr: 0.002 there, 0.001 now)" in str(exit_info.value.code)
+    metrics = script.main([*argv, "--resume"])
+    assert metrics["steps"] == 32 and (out / "checkpoint.pt").exists() and not checkpoint.parent.exists()

@@ -1,0 +1,97 @@
+"""Training checkpoints that survive faults: everything a run needs to continue exactly.
+
+A checkpoint holds the learnable tensors (LoRA means, task head, variational parameters), the
+optimizer and scheduler states, every random generator (torch, CUDA, numpy, Python) and the data
+position (the shuffling generator at the start of the current epoch, and the step), plus the
+training history and whatever the caller keeps in ``extra``.  It is written atomically, so a kill
+at any moment leaves the previous checkpoint whole; a non-finite step raises before it is written,
+so the last good checkpoint is never overwritten.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from .artifacts import atomic_output
+
+__all__ = ["Checkpointer", "restore_rng", "rng_state"]
+
+
+def rng_state() -> dict[str, Any]:
+    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+@dataclass
+class Checkpointer:
+    """Where and how often :func:`~monteclora_pyro.svi.train` writes checkpoints.
+
+    path: the checkpoint file.  every: write after every ``every`` steps (0: only at the end and when
+    interrupted).  extra: the caller's own state, saved and restored with the checkpoint.
+    resume: continue from ``path`` if it exists.
+    """
+
+    path: Path
+    every: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+    resume: bool = False
+    ignore: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        self.path = Path(self.path)
+        if not (isinstance(self.every, int) and self.every >= 0):
+            raise ValueError(f"checkpoint every = {self.every!r} must be an integer >= 0")
+
+    def due(self, step: int) -> bool:
+        return self.every > 0 and step % self.every == 0
+
+    def save(self, state: dict[str, Any]) -> None:
+        with atomic_output(self.path) as tmp:
+            torch.save(state | {"extra": self.extra}, tmp)
+
+    def load(self) -> dict[str, Any] | None:
+        """The saved state when resuming from an existing checkpoint, else None."""
+        if not (self.resume and self.path.exists()):
+            return None
+        try:
+            state = torch.load(self.path, map_location="cpu", weights_only=False)
+        except Exception as error:  # torch raises several types for a damaged file
+            raise ValueError(f"checkpoint {self.path} cannot be read ({type(error).__name__}: {error})") from None
+        wanted, saved = self.extra.get("config"), state["extra"].get("config")
+        if wanted is not None:
+            changed = [f"{k}: {saved.get(k)!r} there, {v!r} now" for k, v in wanted.items()
+                       if k not in self.ignore and saved.get(k) != v]
+            if changed:
+                raise ValueError(f"checkpoint {self.path} was made with other settings ({'; '.join(changed)})")
+        self.extra.clear()
+        self.extra.update(state["extra"])
+        return state
+
+
+def learnable_state(module: nn.Module) -> dict[str, torch.Tensor]:
+    return {name: p.detach().clone() for name, p in module.named_parameters() if p.requires_grad}
+
+
+def load_learnable(module: nn.Module, state: dict[str, torch.Tensor], path: Path) -> None:
+    learnable = {name for name, p in module.named_parameters() if p.requires_grad}
+    if set(state) != learnable:
+        raise ValueError(f"checkpoint {path} does not fit this model: missing {sorted(learnable - set(state))[:3]}, "
+                         f"unexpected {sorted(set(state) - learnable)[:3]}")
+    module.load_state_dict(state, strict=False)
