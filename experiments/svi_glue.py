@@ -49,6 +49,8 @@ def main(argv: list[str] | None = None) -> dict:
     except KeyboardInterrupt:
         sys.exit(f"svi_glue.py: interrupted; checkpoint in {config.checkpoint_path()}: run the same command "
                  "with --resume to continue")
+    if not metrics:  # another process than rank 0 of a multi-process run: rank 0 reports
+        return metrics
     summary = {k: v for k, v in metrics.items() if not isinstance(v, dict)}
     width = max(map(len, summary))
     for key, value in summary.items():

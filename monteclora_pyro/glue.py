@@ -28,6 +28,7 @@ from .calibration import apply_temperature, fit_temperature
 from .checkpoints import Checkpointer
 from .data import GlueTask, get_task, load_glue, make_loader
 from .diagnostics import posterior_inference_data, save_posterior
+from .distributed import World, world
 from .metrics import classification_metrics, glue_metrics, regression_metrics
 from .peers import PeftPeer, peft_peer
 from .plots import plot_elbo, plot_posterior_spread, plot_reliability
@@ -84,8 +85,13 @@ def run_glue(config: GlueRunConfig) -> dict[str, Any]:
     spec = config.prior_spec()
     resolve_device(config.device)
     check_backbone(config.model, spec.targets, spec.rank, get_task(config.task).num_labels)
+    processes = world()
+    if processes.distributed and config.resume:
+        raise ValueError("resume = True: resuming is for single-process runs for now")
+    if not processes.is_main:  # only rank 0 writes files
+        return _run(config, None, processes)
     with atomic_run_dir(config.output_dir) as staging:
-        return _run(config, staging)
+        return _run(config, staging, processes)
 
 
 def _build_method(config: GlueRunConfig, model, num_data: int, num_labels: int, device: torch.device):
@@ -100,25 +106,31 @@ def _build_method(config: GlueRunConfig, model, num_data: int, num_labels: int, 
                                     guide_options, autocast_dtype).to(device)
 
 
-def _run(config: GlueRunConfig, output_dir: Path) -> dict[str, Any]:
+def _run(config: GlueRunConfig, output_dir: Path | None, processes: World) -> dict[str, Any]:
     # configuration
     task = get_task(config.task)
-    atomic_write_json(output_dir / "config.json", config.record())
-    pyro.set_rng_seed(config.seed)
     device = resolve_device(config.device)
+    if processes.distributed and device.type == "cuda":
+        device = torch.device("cuda", processes.local_rank)
+    processes.init(device)
+    if output_dir is not None:
+        atomic_write_json(output_dir / "config.json", config.record() | {
+            "world_size": processes.size, "global_batch_size": config.batch_size})
+    pyro.set_rng_seed(config.seed)
 
     # data
     model, tokenizer = load_classifier(config.model, task.num_labels)
     data = load_glue(task, config.data_dir, tokenizer, config.max_length, config.max_train_samples,
                      config.max_eval_samples, config.seed, config.holdout_fraction)
-    train_loader = make_loader(data["train"], tokenizer, config.batch_size, shuffle=True, seed=config.seed)
+    train_loader = make_loader(data["train"], tokenizer, config.batch_size, shuffle=True, seed=config.seed,
+                               world=processes)
     loaders = {split: make_loader(data[split], tokenizer, config.eval_batch_size, shuffle=False)
                for split in (*task.dev_splits, "holdout") if split in data}
 
     # model
     module = _build_method(config, model, len(data["train"]), task.num_labels, device)
 
-    # train, with the dev metrics after each epoch when asked
+    # train, with the dev metrics after each epoch when asked (by rank 0)
     def predictions_on(split: str, with_mean: bool = True) -> dict[str, torch.Tensor]:
         return predict(module, loaders[split], config.num_samples, device, with_mean)
 
@@ -129,14 +141,17 @@ def _run(config: GlueRunConfig, output_dir: Path) -> dict[str, Any]:
                               ignore=RESUME_IGNORED)
 
     def evaluate_epoch(epoch: int) -> None:
-        if epoch < total_epochs:  # the final evaluation below is the last epoch's
+        if epoch < total_epochs and processes.is_main:  # the final evaluation below is the last epoch's
             predictions = predictions_on(task.dev_splits[0], with_mean=False)
             scores = _scores(predictions["predictive"], predictions["labels"], task)
             checkpoint.extra["epochs"].append({"epoch": epoch} | scores)
 
     start = time.perf_counter()
-    history = train(module, train_loader, train_config, device=device, checkpoint=checkpoint,
+    history = train(processes.wrap(module, device), train_loader, train_config, device=device,
+                    checkpoint=checkpoint if processes.is_main else None,
                     on_epoch_end=evaluate_epoch if config.eval_each_epoch else None)
+    if not processes.is_main:
+        return {}
     epochs = checkpoint.extra["epochs"]
     metrics: dict[str, Any] = {
         "task": task.name, "prior": config.prior_spec().name, "guide": module.guide_name,

@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 
 from .checkpoints import Checkpointer, learnable_state, load_learnable, restore_rng, rng_state
+from .distributed import unwrap
 from .train_config import TrainConfig
 
 __all__ = ["TrainConfig", "TrainHistory", "train", "move_to"]
@@ -73,7 +74,7 @@ def elbo_loss(module: nn.Module, batch: Mapping[str, torch.Tensor], kl_weight: f
 
 def _parameter_groups(module: nn.Module, params: list[nn.Parameter], config: TrainConfig) -> list[dict]:
     """The network's parameters at ``lr``; the variational ones at ``variational_lr``, without weight decay."""
-    variational = {id(p) for p in getattr(module, "variational_parameters", list)()}
+    variational = {id(p) for p in getattr(unwrap(module), "variational_parameters", list)()}
     if config.variational_lr is None or not variational:
         return [{"params": params}]
     return [{"params": [p for p in params if id(p) not in variational]},
@@ -99,7 +100,10 @@ def _batches(loader: Iterable, start: int, epoch_rng: torch.Tensor | None) -> It
     if generator is not None and epoch_rng is not None:
         generator.set_state(epoch_rng)
     step, skip = start, start % len(loader)  # type: ignore[arg-type]
+    sampler = getattr(loader, "sampler", None)
     while True:
+        if hasattr(sampler, "set_epoch"):  # a DistributedSampler draws each epoch's order from seed + epoch
+            sampler.set_epoch(step // len(loader))  # type: ignore[arg-type]
         epoch_state = generator.get_state() if generator is not None else None
         for batch in loader:
             if skip:
@@ -154,8 +158,9 @@ def train(
     optimizer = torch.optim.AdamW(_parameter_groups(module, params, config), lr=config.lr,
                                   weight_decay=config.weight_decay)
     schedule = get_linear_schedule_with_warmup(optimizer, int(config.warmup_ratio * total), total)
-    beta = float(getattr(module, "kl_weight", 0.0))
-    num_data = getattr(module, "num_data", None)
+    inner = unwrap(module)  # attributes live on the module inside a DDP wrapper
+    beta = float(getattr(inner, "kl_weight", 0.0))
+    num_data = getattr(inner, "num_data", None)
     history = TrainHistory()
     names = {id(p): n for n, p in module.named_parameters()}
     start_step, epoch_rng = 0, None
@@ -208,9 +213,9 @@ def train(
                 warnings.warn(f"step {step}: the loss {loss_value:.4g} is over 10 times its start "
                               f"({history.loss[0]:.4g}); the learning rate (lr = {config.lr}) may be too high",
                               RuntimeWarning, stacklevel=2)
-            if (step % config.log_every == 0 or step == total - 1) and hasattr(module, "kl_terms") and num_data:
+            if (step % config.log_every == 0 or step == total - 1) and hasattr(inner, "kl_terms") and num_data:
                 with torch.no_grad():
-                    kl = float(sum(module.kl_terms().values())) / num_data
+                    kl = float(sum(inner.kl_terms().values())) / num_data
                 history.logged_steps.append(step)
                 history.kl.append(kl)
                 history.kl_weight.append(kl_weight)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -198,3 +199,19 @@ def test_interrupted_run_resumes_from_its_checkpoint(glue_dir, tmp_path):
     assert "was made with other settings (lr: 0.002 there, 0.001 now)" in str(exit_info.value.code)
     metrics = script.main([*argv, "--resume"])
     assert metrics["steps"] == 32 and (out / "checkpoint.pt").exists() and not checkpoint.parent.exists()
+
+
+def test_torchrun_two_processes_share_the_global_batch(glue_dir, tmp_path):
+    out = tmp_path / "run"
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+               "experiments/svi_glue.py", "--task", "sst2", "--data-dir", str(glue_dir), "--max-train-samples", "32",
+               "--batch-size", "8", "--epochs", "1", "--max-eval-samples", "16", "--max-length", "32",
+               "--num-samples", "2", "--no-progress", "--output-dir", str(out)]
+    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600,
+                            env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    config = json.loads((out / "config.json").read_text())
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert (config["world_size"], config["global_batch_size"]) == (2, 8)
+    assert metrics["steps"] == 4 and metrics["num_train"] == 32  # 32 rows in global batches of 8
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]  # one writer, nothing left behind

@@ -1,0 +1,63 @@
+"""Two processes (DDP over gloo on CPU) train to the same parameters as one process with the same
+global batch and seed: the plate's scale and the variational parameters stay right when sharded."""
+
+from __future__ import annotations
+
+import socket
+
+import pyro
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from conftest import tiny_batch
+from transformers import BertConfig, BertForSequenceClassification
+
+from monteclora_pyro import TrainConfig, bayesian_lora_from_model, load_prior, train
+from monteclora_pyro.distributed import World, sharded_loader, unwrap
+
+CONFIG = TrainConfig(lr=5e-3, epochs=2, progress=False, log_every=3)
+GLOBAL_BATCH, ROWS = 8, 32
+
+
+def build(world: World):
+    torch.set_num_threads(1)
+    pyro.set_rng_seed(0)
+    config = BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=37, max_position_embeddings=64, hidden_dropout_prob=0.0,
+                        attention_probs_dropout_prob=0.0)
+    module = bayesian_lora_from_model(BertForSequenceClassification(config), load_prior("monteclora_scaled", rank=4),
+                                      num_data=ROWS, num_labels=2)
+    rows = tiny_batch(ROWS)
+    dataset = [{k: v[i] for k, v in rows.items()} for i in range(ROWS)]
+    return module, sharded_loader(dataset, None, GLOBAL_BATCH, world, seed=3)
+
+
+def learnable(module):
+    return {n: p.detach().clone() for n, p in unwrap(module).named_parameters() if p.requires_grad}
+
+
+def worker(rank: int, port: int, out: str) -> None:
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    world = World(rank, 2)
+    module, loader = build(world)
+    history = train(world.wrap(module, torch.device("cpu")), loader, CONFIG)
+    if world.is_main:
+        torch.save({"params": learnable(module), "kl": history.kl, "steps": history.steps}, out)
+    dist.destroy_process_group()
+
+
+def test_two_processes_equal_one_with_the_same_global_batch(tmp_path):
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    out = tmp_path / "rank0.pt"
+    mp.spawn(worker, args=(port, str(out)), nprocs=2, join=True)
+    two = torch.load(out, weights_only=False)
+
+    module, loader = build(World())
+    history = train(module, loader, CONFIG)
+    assert two["steps"] == history.steps == 2 * ROWS // GLOBAL_BATCH
+    for name, value in learnable(module).items():
+        torch.testing.assert_close(two["params"][name], value, rtol=1e-4, atol=1e-5, msg=name)
+    torch.testing.assert_close(torch.tensor(two["kl"]), torch.tensor(history.kl), rtol=1e-4, atol=1e-6)
+    assert history.kl[-1] > 0
