@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,7 @@ from .bayesian_lora import bayesian_lora_from_model
 from .calibration import apply_temperature, fit_temperature
 from .checkpoints import Checkpointer
 from .data import GlueTask, get_task, load_glue, make_loader
+from .declarations import PriorSpec
 from .diagnostics import posterior_inference_data, save_posterior
 from .distributed import World, world
 from .metrics import classification_metrics, glue_metrics, regression_metrics
@@ -94,9 +96,9 @@ def run_glue(config: GlueRunConfig) -> dict[str, Any]:
         return _run(config, staging, processes)
 
 
-def _build_method(config: GlueRunConfig, model, num_data: int, num_labels: int, device: torch.device):
+def _build_method(config: GlueRunConfig, spec: PriorSpec, model, num_data: int, num_labels: int,
+                  device: torch.device):
     """Ours (a :class:`BayesianLoRA`) or a PEFT peer (a :class:`PeftPeer`): one interface for what follows."""
-    spec = config.prior_spec()
     autocast_dtype = torch.bfloat16 if device.type == "cuda" else None
     if config.peer is not None:
         network = peft_peer(model, config.peer, spec, config.peft_kl_loss_weight)
@@ -108,7 +110,7 @@ def _build_method(config: GlueRunConfig, model, num_data: int, num_labels: int, 
 
 def _run(config: GlueRunConfig, output_dir: Path | None, processes: World) -> dict[str, Any]:
     # configuration
-    task = get_task(config.task)
+    task, spec = get_task(config.task), config.prior_spec()
     device = resolve_device(config.device)
     if processes.distributed and device.type == "cuda":
         device = torch.device("cuda", processes.local_rank)
@@ -128,7 +130,7 @@ def _run(config: GlueRunConfig, output_dir: Path | None, processes: World) -> di
                for split in (*task.dev_splits, "holdout") if split in data}
 
     # model
-    module = _build_method(config, model, len(data["train"]), task.num_labels, device)
+    module = _build_method(config, spec, model, len(data["train"]), task.num_labels, device)
 
     # train, with the dev metrics after each epoch when asked (by rank 0)
     def predictions_on(split: str, with_mean: bool = True) -> dict[str, torch.Tensor]:
@@ -154,8 +156,8 @@ def _run(config: GlueRunConfig, output_dir: Path | None, processes: World) -> di
         return {}
     epochs = checkpoint.extra["epochs"]
     metrics: dict[str, Any] = {
-        "task": task.name, "prior": config.prior_spec().name, "guide": module.guide_name,
-        "method": config.peer or config.prior_spec().name, "seed": config.seed, "steps": history.steps,
+        "task": task.name, "prior": spec.name, "guide": module.guide_name, "method": config.peer or spec.name,
+        "seed": config.seed, "steps": history.steps,
         "train_seconds": time.perf_counter() - start, "median_step_seconds": history.median_step_seconds(),
         "final_loss": history.loss[-1], "num_train": len(data["train"]),
         "num_samples": config.num_samples if module.has_posterior else None,
@@ -190,9 +192,5 @@ def _run(config: GlueRunConfig, output_dir: Path | None, processes: World) -> di
         metrics["elbo_history"] = history.elbo_terms()
     atomic_write_json(output_dir / "metrics.json", metrics)
     os.replace(checkpoint.path, output_dir / "checkpoint.pt")  # the final one, kept with the finished run
-    checkpoint.path.parent.rmdir()
+    shutil.rmtree(checkpoint.path.parent, ignore_errors=True)
     return metrics
-
-
-def load_metrics(output_dir: str | Path) -> dict[str, Any]:
-    return json.loads((Path(output_dir) / "metrics.json").read_text())
