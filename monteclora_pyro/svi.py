@@ -115,22 +115,23 @@ def _batches(loader: Iterable, start: int, epoch_rng: torch.Tensor | None) -> It
 
 @contextlib.contextmanager
 def _interrupt_flag() -> Iterator[list[bool]]:
-    """A flag Ctrl-C sets (in the main thread), so the loop can stop between steps and checkpoint."""
+    """A flag Ctrl-C or SIGTERM (a scheduler's notice) sets, so the loop stops between steps and checkpoints."""
     flag = [False]
     if threading.current_thread() is not threading.main_thread():
         yield flag
         return
 
     def handler(signum, frame):
-        if flag[0]:  # a second Ctrl-C stops at once
+        if flag[0]:  # a second signal stops at once
             raise KeyboardInterrupt
         flag[0] = True
 
-    previous = signal.signal(signal.SIGINT, handler)
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield flag
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for sig, old in previous.items():
+            signal.signal(sig, old)
 
 
 def train(
@@ -146,7 +147,7 @@ def train(
 
     ``on_epoch_end(epoch)`` (epochs counted from 1) runs after each full pass over ``loader``, e.g. to
     evaluate; the module is put back in training mode after it.  With ``checkpoint``, the state is
-    written every ``checkpoint.every`` steps, at the end and on Ctrl-C (which then raises
+    written every ``checkpoint.every`` steps, at the end and on Ctrl-C or SIGTERM (which then raise
     KeyboardInterrupt after the step in progress), and a run with ``checkpoint.resume`` continues
     from the saved state exactly.
     """

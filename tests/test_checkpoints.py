@@ -88,11 +88,12 @@ def test_sigkill_then_resume_equals_an_uninterrupted_run(tmp_path):
     assert history.loss == reference.loss and history.kl == reference.kl
 
 
-def test_ctrl_c_writes_a_checkpoint_and_says_where(tmp_path):
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM])
+def test_ctrl_c_or_sigterm_writes_a_checkpoint_and_says_where(tmp_path, stop):
     path = tmp_path / "checkpoint.pt"
     child = start_child(path)
     wait_for_step(path, 2, child)
-    child.send_signal(signal.SIGINT)
+    child.send_signal(stop)
     _, stderr = child.communicate(timeout=60)
     assert child.returncode != 0 and f"checkpoint at {path}" in stderr
     step = torch.load(path, weights_only=False)["step"]
