@@ -11,6 +11,7 @@ so the last good checkpoint is never overwritten.
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -44,15 +45,16 @@ class Checkpointer:
     """Where and how often :func:`~monteclora_pyro.svi.train` writes checkpoints.
 
     path: the checkpoint file.  every: write after every ``every`` steps (0: only at the end and when
-    interrupted).  extra: the caller's own state, saved and restored with the checkpoint.
-    resume: continue from ``path`` if it exists.
+    interrupted).  extra: the caller's own state, saved and restored (in place) with the checkpoint.
+    resume: continue from ``path`` if it exists.  compare: given the saved ``extra``, the settings in
+    which it differs from this run (a resume with any is refused, naming them).
     """
 
     path: Path
     every: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
     resume: bool = False
-    ignore: tuple[str, ...] = ()
+    compare: Callable[[dict[str, Any]], list[str]] | None = None
 
     def __post_init__(self) -> None:
         self.path = Path(self.path)
@@ -74,12 +76,9 @@ class Checkpointer:
             state = torch.load(self.path, map_location="cpu", weights_only=False)
         except Exception as error:  # torch raises several types for a damaged file
             raise ValueError(f"checkpoint {self.path} cannot be read ({type(error).__name__}: {error})") from None
-        wanted, saved = self.extra.get("config"), state["extra"].get("config")
-        if wanted is not None:
-            changed = [f"{k}: {saved.get(k)!r} there, {v!r} now" for k, v in wanted.items()
-                       if k not in self.ignore and saved.get(k) != v]
-            if changed:
-                raise ValueError(f"checkpoint {self.path} was made with other settings ({'; '.join(changed)})")
+        changed = self.compare(state["extra"]) if self.compare is not None else []
+        if changed:
+            raise ValueError(f"checkpoint {self.path} was made with other settings ({'; '.join(changed)})")
         self.extra.clear()
         self.extra.update(state["extra"])
         return state

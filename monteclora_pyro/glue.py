@@ -10,7 +10,6 @@ call it too.  Everything is validated before the model or data is loaded.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import shutil
@@ -35,7 +34,7 @@ from .metrics import classification_metrics, glue_metrics, regression_metrics
 from .peers import PeftPeer, peft_peer
 from .plots import plot_elbo, plot_posterior_spread, plot_reliability
 from .prediction import mc_dropout, predict
-from .run_config import RESUME_IGNORED, GlueRunConfig
+from .run_config import GlueRunConfig
 from .svi import train
 
 __all__ = ["GlueRunConfig", "run_glue"]
@@ -139,8 +138,8 @@ def _run(config: GlueRunConfig, output_dir: Path | None, processes: World) -> di
     train_config = config.train_config()
     total_epochs = math.ceil(train_config.total_steps(len(train_loader)) / len(train_loader))
     checkpoint = Checkpointer(config.checkpoint_path(), config.checkpoint_every, resume=config.resume,
-                              extra={"config": json.loads(json.dumps(config.record())), "epochs": []},
-                              ignore=RESUME_IGNORED)
+                              extra={"config": config.record(), "epochs": []},
+                              compare=lambda saved: config.changes_from(saved["config"]))
 
     def evaluate_epoch(epoch: int) -> None:
         if epoch < total_epochs and processes.is_main:  # the final evaluation below is the last epoch's

@@ -32,6 +32,11 @@ def _collect(loader: Iterable, device: torch.device, heads: Mapping[str, Callabl
     return {"labels": torch.cat(labels), **{name: torch.cat(v) for name, v in outputs.items()}}
 
 
+def _check_samples(num_samples: int) -> None:
+    if not (isinstance(num_samples, int) and num_samples >= 1):
+        raise ValueError(f"num_samples = {num_samples!r} must be an integer >= 1")
+
+
 def predict(module: BayesianLoRA | nn.Module, loader: Iterable, num_samples: int = 8, device=None,
             with_mean: bool = True) -> Predictions:
     """``mean``: predictions with the posterior-mean adapters; ``predictive``: averaged over draws;
@@ -42,8 +47,7 @@ def predict(module: BayesianLoRA | nn.Module, loader: Iterable, num_samples: int
     is then the mean over draws and ``predictive_var`` the spread of the draws).  A point-mass guide
     (``delta``) has one distinct draw, so it is drawn once whatever ``num_samples`` says.
     """
-    if not (isinstance(num_samples, int) and num_samples >= 1):
-        raise ValueError(f"num_samples = {num_samples!r} must be an integer >= 1")
+    _check_samples(num_samples)
     device = device or next(module.parameters()).device
     module.eval()
     draws = [module.posterior_draw() for _ in range(1 if module.point_estimate else num_samples)]
@@ -70,8 +74,7 @@ def mc_dropout(module: nn.Module, loader: Iterable, num_samples: int, device=Non
 
     ``mean`` is the averaged class probabilities (the predictions to score), ``draws`` each pass's.
     """
-    if not (isinstance(num_samples, int) and num_samples >= 1):
-        raise ValueError(f"num_samples = {num_samples!r} must be an integer >= 1")
+    _check_samples(num_samples)
     device = device or next(module.parameters()).device
     module.eval()
     dropouts = [m for m in module.modules() if isinstance(m, nn.Dropout) and m.p > 0]

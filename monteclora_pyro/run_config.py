@@ -8,7 +8,9 @@ The command lines of the experiments are generated from :class:`GlueRunConfig`
 from __future__ import annotations
 
 import dataclasses
+import json
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -134,8 +136,14 @@ class GlueRunConfig:
         )
 
     def record(self) -> dict[str, Any]:
-        """The configuration as written to ``config.json``: every field, and the prior declaration it loads."""
-        return dataclasses.asdict(self) | {"prior_spec": dataclasses.asdict(self.prior_spec())}
+        """The configuration as ``config.json`` holds it: every field, and the prior declaration it loads
+        (JSON types: tuples become lists, so a record compares equal to one read back)."""
+        return json.loads(json.dumps(dataclasses.asdict(self) | {"prior_spec": dataclasses.asdict(self.prior_spec())}))
+
+    def changes_from(self, written: Mapping[str, Any]) -> list[str]:
+        """The settings that differ from an earlier run's record, apart from :data:`RESUME_IGNORED`."""
+        return [f"{k}: {written.get(k)!r} there, {v!r} now" for k, v in self.record().items()
+                if k not in RESUME_IGNORED and written.get(k) != v]
 
     def checkpoint_path(self) -> Path:
         """``<output_dir>.checkpoint/checkpoint.pt``: beside the run's folder, so it survives a failed run."""

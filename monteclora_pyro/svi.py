@@ -5,8 +5,9 @@ tempered ELBO; AdamW with linear warm-up and decay, gradient-norm clipping and a
 KL annealing (beta_t = beta * min(1, t / kl_anneal_steps)) drive it.  The variational parameters
 (a module's ``variational_parameters()``) form their own parameter group with learning rate
 ``variational_lr``: a log-scale moves by about lr per Adam step, so at the LoRA weights' rate a
-posterior cannot leave its prior in a short run (BLoB uses 0.01-0.02 for its variances).  The same loop trains the PEFT
-peers (pass ``loss_fn``), so the methods are compared under identical optimization.
+posterior cannot leave its prior in a short run (BLoB uses 0.01-0.02 for its variances).  The same
+loop trains the PEFT peers (:class:`~monteclora_pyro.peers.PeftPeer`, whose forward is PEFT's loss),
+so the methods are compared under identical optimization.
 """
 
 from __future__ import annotations

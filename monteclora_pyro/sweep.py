@@ -25,7 +25,6 @@ from .artifacts import atomic_write_bytes, atomic_write_json
 from .data import get_task
 from .glue import GlueRunConfig, run_glue
 from .peers import PEERS
-from .run_config import RESUME_IGNORED
 
 __all__ = ["Cell", "method_config", "primary_metric", "run_sweep", "robustness", "CSV_COLUMNS"]
 
@@ -73,13 +72,11 @@ def _finished(config: GlueRunConfig) -> bool:
     folder = Path(config.output_dir)
     if not (folder / "metrics.json").exists():
         return False
-    wanted = json.loads(json.dumps(config.record()))  # as the JSON file holds it (tuples become lists)
     try:
         written = json.loads((folder / "config.json").read_text())
     except (OSError, json.JSONDecodeError) as error:
         raise ValueError(f"{folder / 'config.json'} cannot be read ({error}); delete that cell to rerun it") from None
-    changed = [f"{k}: {written.get(k)!r} there, {v!r} now" for k, v in wanted.items()
-               if k not in RESUME_IGNORED and written.get(k) != v]
+    changed = config.changes_from(written)
     if changed:
         raise ValueError(f"{folder} was finished with other settings ({'; '.join(changed)}); "
                          "give another --output-dir, or delete that cell to rerun it")
