@@ -36,13 +36,14 @@ def build_step(args: argparse.Namespace):
     bf16 = device.type == "cuda"
     torch.manual_seed(args.seed)
     if args.method.startswith("peft-"):
-        from monteclora_pyro.peers import peer_loss, peft_peer
+        from monteclora_pyro.likelihoods import build_likelihood
+        from monteclora_pyro.peers import PeftPeer, peft_peer
 
-        module = peft_peer(backbone, args.method, _spec(args, "monteclora")).to(device)
+        module = PeftPeer(peft_peer(backbone, args.method, _spec(args, "monteclora")), build_likelihood(NUM_LABELS),
+                          torch.bfloat16 if bf16 else None).to(device)
 
         def loss_fn():
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-                return peer_loss(module, batch)
+            return module(batch)
     else:
         from monteclora_pyro import bayesian_lora_from_model
 

@@ -295,14 +295,15 @@ def run_worker(args: argparse.Namespace) -> dict[str, Any]:
 
     torch.manual_seed(args.seed)  # same LoRA / sampler initialization stream for every method
     if method in ("peft-lora", "peft-monteclora"):
-        from monteclora_pyro.peers import peer_loss, peft_peer
+        from monteclora_pyro.likelihoods import build_likelihood
+        from monteclora_pyro.peers import PeftPeer, peft_peer
 
-        network = peft_peer(backbone, method, _spec(args, "monteclora")).to(device)
-        module: torch.nn.Module = network
+        network = peft_peer(backbone, method, _spec(args, "monteclora"))
+        module: torch.nn.Module = PeftPeer(network, build_likelihood(NUM_LABELS),
+                                           torch.bfloat16 if bf16 else None).to(device)
 
         def loss_fn() -> torch.Tensor:
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-                return peer_loss(network, batch)
+            return module(batch)
     else:
         from monteclora_pyro import bayesian_lora_from_model
 
@@ -347,7 +348,7 @@ def run_worker(args: argparse.Namespace) -> dict[str, Any]:
 
     module.eval()
     if method == "peft-lora" and not args.no_eval:
-        result["eval"] = eval_peft(module, batch, args, device, bf16)
+        result["eval"] = eval_peft(module.network, batch, args, device, bf16)
     elif method == "monteclora" and not args.no_eval:
         result["eval"] = eval_ours(module, batch, args, device)
     return result

@@ -38,10 +38,12 @@ def main(argv: list[str] | None = None) -> dict:
     except ValueError as error:
         p.error(str(error))
     import pyro
+    from transformers import DataCollatorWithPadding
 
     from monteclora_pyro.adapters import export_merged, export_peft, load_adapter
-    from monteclora_pyro.data import default_glue_dir, load_glue, make_loader
+    from monteclora_pyro.data import default_glue_dir, load_glue
     from monteclora_pyro.metrics import classification_metrics
+    from monteclora_pyro.pipeline import make_loader
     from monteclora_pyro.prediction import predict
 
     try:
@@ -51,7 +53,7 @@ def main(argv: list[str] | None = None) -> dict:
     pyro.set_rng_seed(args.seed)
     data = load_glue(task, args.data_dir or default_glue_dir(), tokenizer, args.max_length, 1,
                      args.max_eval_samples, args.seed)
-    loader = make_loader(data[task.dev_splits[0]], tokenizer, args.batch_size, shuffle=False)
+    loader = make_loader(data[task.dev_splits[0]], DataCollatorWithPadding(tokenizer), args.batch_size, shuffle=False)
     predictions = predict(module, loader, args.num_samples, args.device)
     labels = predictions["labels"]
     if task.num_labels > 1:

@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 from monteclora_pyro.config_cli import add_config_arguments, config_values
-from monteclora_pyro.run_config import GlueRunConfig
+from monteclora_pyro.glue_tasks import GlueRunConfig
 
 
 def parse_args(argv: list[str] | None = None) -> GlueRunConfig:

@@ -1,6 +1,7 @@
 """Trained posteriors users keep and deploy: save one, load it in a new process, export it to PEFT.
 
-A saved posterior is a folder with ``posterior.json`` (the backbone, the number of labels, the prior
+A saved posterior is a folder with ``posterior.json`` (the backbone and its kind, a classifier with its
+number of labels or a causal LM, the prior
 declaration, the guide and its options, N and beta: everything that rebuilds the model) and
 ``posterior.safetensors`` (every learnable tensor: LoRA means, task head, variational parameters, a
 learned likelihood scale).  :func:`load_adapter` rebuilds the same :class:`BayesianLoRA`, ready for
@@ -20,9 +21,10 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from .artifacts import atomic_output, atomic_write_json
-from .backbones import load_classifier
+from .backbones import load_causal_lm, load_classifier
 from .bayesian_lora import BayesianLoRA, bayesian_lora_from_model
 from .declarations import PriorSpec
+from .likelihoods import TokenLikelihood, build_likelihood
 
 __all__ = ["export_merged", "export_peft", "load_adapter", "save_adapter"]
 
@@ -30,13 +32,15 @@ META_FILE, TENSOR_FILE = "posterior.json", "posterior.safetensors"
 FORMAT = 1
 
 
-def save_adapter(module: BayesianLoRA, directory: str | Path, model: str, num_labels: int) -> Path:
-    """Write the posterior of ``module`` (trained on backbone ``model``) to ``directory``."""
+def save_adapter(module: BayesianLoRA, directory: str | Path, model: str, num_labels: int | None = None,
+                 kind: str = "classifier") -> Path:
+    """Write the posterior of ``module`` (trained on backbone ``model``: a ``classifier`` with ``num_labels``
+    outputs or a ``causal_lm``) to ``directory``."""
     directory = Path(directory)
     tensors = {name: p.detach().float().cpu().contiguous() for name, p in module.named_parameters()
                if p.requires_grad}
     meta: dict[str, Any] = {
-        "format": FORMAT, "model": model, "num_labels": num_labels, "num_data": module.num_data,
+        "format": FORMAT, "model": model, "kind": kind, "num_labels": num_labels, "num_data": module.num_data,
         "guide": module.guide_name, "guide_options": module.guide_options, "kl_weight": module.kl_weight,
         "prior_spec": dataclasses.asdict(module.spec),
     }
@@ -58,9 +62,14 @@ def load_adapter(directory: str | Path, device: str | torch.device = "cpu", mode
         raise ValueError(f"{directory / META_FILE} cannot be read: {error}") from None
     if meta.get("format") != FORMAT:
         raise ValueError(f"{directory / META_FILE}: format {meta.get('format')!r}, this version reads {FORMAT}")
-    network, tokenizer = load_classifier(model or meta["model"], meta["num_labels"])
-    module = bayesian_lora_from_model(network, PriorSpec(**meta["prior_spec"]), meta["num_data"],
-                                      meta["num_labels"], meta["guide"], meta["kl_weight"], meta["guide_options"])
+    if meta.get("kind", "classifier") == "causal_lm":
+        network, tokenizer = load_causal_lm(model or meta["model"])
+        likelihood = TokenLikelihood()
+    else:
+        network, tokenizer = load_classifier(model or meta["model"], meta["num_labels"])
+        likelihood = build_likelihood(meta["num_labels"])
+    module = bayesian_lora_from_model(network, PriorSpec(**meta["prior_spec"]), meta["num_data"], None,
+                                      meta["guide"], meta["kl_weight"], meta["guide_options"], likelihood=likelihood)
     state = load_file(str(directory / TENSOR_FILE))
     learnable = {name for name, p in module.named_parameters() if p.requires_grad}
     if set(state) != learnable:

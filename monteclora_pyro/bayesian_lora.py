@@ -36,7 +36,6 @@ from pyro.distributions.util import scale_and_mask
 from pyro.poutine.util import prune_subsample_sites
 from torch import nn
 from torch.distributions import kl_divergence
-from torch.func import functional_call
 
 from monteclora_pyro.guides import build_site_guide
 
@@ -86,6 +85,7 @@ class BayesianLoRA(nn.Module):
         self.guide_name = guide or DEFAULT_GUIDES[spec.family]
         self.network = network
         self.sites = factor_sites(network, spec.stochastic)
+        self._layers = {s.parameter: network.get_submodule(s.parameter.removesuffix(".weight")) for s in self.sites}
         self.prior = build_prior(spec)
         self.guide_options = dict(guide_options or {})
         self.site_guides = nn.ModuleDict(
@@ -144,10 +144,24 @@ class BayesianLoRA(nn.Module):
         self, batch: Mapping[str, torch.Tensor], factors: Mapping[str, torch.Tensor] | None = None
     ) -> torch.Tensor:
         """The network's output (logits) with the given factors in place of the PEFT weights."""
-        inputs = {k: v for k, v in batch.items() if k not in BATCH_KEYS}
-        with autocast(inputs, self.autocast_dtype):
-            output = functional_call(self.network, dict(factors or {}), args=(), kwargs=inputs, strict=False)
+        inputs = {k: v for k, v in batch.items() if k not in BATCH_KEYS} | self.likelihood.network_kwargs(batch)
+        self.set_draws(factors or {})
+        with autocast(batch, self.autocast_dtype):
+            output = self.network(**inputs)
         return output.logits if hasattr(output, "logits") else output
+
+    def generate(self, **inputs) -> torch.Tensor:
+        """The network's ``generate`` with the posterior-mean adapters."""
+        self.set_draws({})
+        with autocast(inputs, self.autocast_dtype):
+            return self.network.generate(**inputs)
+
+    def set_draws(self, factors: Mapping[str, torch.Tensor]) -> None:
+        """Put ``factors`` ({PEFT parameter name: value}) in place of the PEFT weights; the others (and all
+        of them, for ``{}``) are the posterior mean.  They stay until the next call, so a recomputed
+        forward (gradient checkpointing) sees the same draw."""
+        for site in self.sites:
+            self._layers[site.parameter].draw = factors.get(site.parameter)
 
     def posterior_draw(self) -> dict[str, torch.Tensor]:
         """One draw of every stochastic factor from the variational posterior."""
@@ -186,6 +200,7 @@ class BayesianLoRA(nn.Module):
 
     def merged_network(self) -> nn.Module:
         """The posterior-mean network with LoRA merged into W0 (zero overhead; a copy)."""
+        self.set_draws({})
         return copy.deepcopy(self.network).merge_and_unload()
 
 
@@ -209,14 +224,18 @@ def bayesian_lora_from_model(
     model: nn.Module,
     spec: PriorSpec,
     num_data: int,
-    num_labels: int,
+    num_labels: int | None = None,
     guide: str | None = None,
     kl_weight: float = 1.0,
     guide_options: Mapping[str, Any] | None = None,
     autocast_dtype: torch.dtype | None = None,
+    likelihood: nn.Module | None = None,
 ) -> BayesianLoRA:
-    """Inject the LoRA sites ``spec`` declares into ``model`` and pair it with the task's likelihood."""
+    """Inject the LoRA sites ``spec`` declares into ``model`` and pair it with the task's likelihood:
+    ``likelihood``, or the one of a head with ``num_labels`` outputs (:func:`build_likelihood`)."""
+    if likelihood is None:
+        if num_labels is None:
+            raise ValueError("give num_labels (a classification or regression head) or a likelihood")
+        likelihood = build_likelihood(num_labels)
     network = inject_lora(model, spec.targets, spec.rank, spec.alpha)
-    return BayesianLoRA(
-        network, spec, build_likelihood(num_labels), num_data, guide, kl_weight, guide_options, autocast_dtype
-    )
+    return BayesianLoRA(network, spec, likelihood, num_data, guide, kl_weight, guide_options, autocast_dtype)

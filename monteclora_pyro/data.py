@@ -11,14 +11,11 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import datasets
-import torch
-from torch.utils.data import DataLoader
-from transformers import DataCollatorWithPadding, PreTrainedTokenizerBase
+from transformers import PreTrainedTokenizerBase
 
-from .distributed import World, sharded_loader
 from .glue_tasks import GLUE_TASKS, GlueTask, default_glue_dir, get_task
 
-__all__ = ["GlueTask", "GLUE_TASKS", "get_task", "load_glue", "make_loader", "default_glue_dir"]
+__all__ = ["GlueTask", "GLUE_TASKS", "get_task", "load_glue", "default_glue_dir"]
 
 
 def _read_local(task: GlueTask, data_dir: Path) -> datasets.DatasetDict:
@@ -133,23 +130,3 @@ def load_glue(
     return datasets.DatasetDict(
         {split: ds.add_column("idx", list(range(len(ds)))) for split, ds in tokenized.items()}
     )
-
-
-def make_loader(
-    dataset: datasets.Dataset,
-    tokenizer: PreTrainedTokenizerBase,
-    batch_size: int,
-    shuffle: bool,
-    seed: int = 0,
-    world: World | None = None,
-) -> DataLoader:
-    """A padded minibatch loader; shuffling is seeded for reproducibility.  In a multi-process
-    ``world``, this process's share of each global batch of ``batch_size`` rows."""
-    if not (isinstance(batch_size, int) and batch_size >= 1):
-        raise ValueError(f"batch_size = {batch_size!r} must be an integer >= 1")
-    collate = DataCollatorWithPadding(tokenizer)
-    if world is not None and world.distributed:
-        return sharded_loader(dataset, collate, batch_size, world, seed)
-    generator = torch.Generator().manual_seed(seed)
-    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle,
-                      collate_fn=collate, generator=generator)

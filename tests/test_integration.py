@@ -13,10 +13,12 @@ import time
 import pytest
 import torch
 from conftest import REPO
+from transformers import DataCollatorWithPadding
 
 from monteclora_pyro import TrainConfig, bayesian_lora_from_model, load_prior, train
 from monteclora_pyro.backbones import load_classifier
-from monteclora_pyro.data import get_task, load_glue, make_loader
+from monteclora_pyro.data import get_task, load_glue
+from monteclora_pyro.pipeline import make_loader
 
 pytestmark = pytest.mark.integration
 
@@ -33,7 +35,7 @@ def test_elbo_falls_on_64_real_rte_rows_with_minilm(glue_dir):
     model, tokenizer = load_classifier(None, task.num_labels)
     data = load_glue(task, glue_dir, tokenizer, max_length=64, max_train_samples=64, max_eval_samples=8)
     assert len(data["train"]) == 64 and set(data["train"]["labels"]) == {0, 1}
-    loader = make_loader(data["train"], tokenizer, batch_size=16, shuffle=True)
+    loader = make_loader(data["train"], DataCollatorWithPadding(tokenizer), batch_size=16, shuffle=True)
     module = bayesian_lora_from_model(model, load_prior("monteclora"), num_data=64, num_labels=2)
     frozen = {n: p.detach().clone() for n, p in module.named_parameters() if not p.requires_grad}
     history = train(module, loader, TrainConfig(lr=2e-3, epochs=6, warmup_ratio=0.0, progress=False))

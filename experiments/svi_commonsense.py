@@ -1,0 +1,63 @@
+"""Fine-tune a causal LM on commonsense reasoning with Bayesian LoRA (SVI), score it on the eight tasks.
+
+With no arguments it runs the embedded default, offline: the packaged SmolLM2-135M-Instruct (GGUF,
+dequantized on load) on 64 ARC-Easy training rows from ../shared/data/commonsense (or
+$MONTECLORA_COMMONSENSE_DIR), scored on 25 test rows of every task there by the likelihood of each
+answer option under the posterior predictive.  Writes OUT/config.json, OUT/metrics.json (each task's
+metrics under its name, and their average), OUT/posterior.nc and OUT/plots/.
+
+    python experiments/svi_commonsense.py --train-tasks boolq,ARC-Easy,ARC-Challenge,openbookqa \\
+        --max-train-samples all --epochs 2 --eval-tasks ARC-Challenge,ARC-Easy --max-eval-examples all
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+
+from monteclora_pyro.commonsense_tasks import CommonsenseRunConfig
+from monteclora_pyro.config_cli import add_config_arguments, config_values
+
+
+def parse_args(argv: list[str] | None = None) -> CommonsenseRunConfig:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_config_arguments(p, CommonsenseRunConfig)
+    config = CommonsenseRunConfig(**config_values(p.parse_args(argv), CommonsenseRunConfig))
+    try:
+        return config.resolved()
+    except ValueError as error:
+        p.error(str(error))
+
+
+def main(argv: list[str] | None = None) -> dict:
+    config = parse_args(argv)
+    import datasets  # the heavy imports wait until the arguments are known to be good
+
+    from monteclora_pyro.commonsense import run_commonsense
+
+    datasets.disable_progress_bars()
+    print("config:", json.dumps(dataclasses.asdict(config), sort_keys=True), flush=True)
+    try:
+        metrics = run_commonsense(config)
+    except (ValueError, FloatingPointError) as error:  # found once the data or model is read: one line
+        sys.exit(f"svi_commonsense.py: error: {error}")
+    except KeyboardInterrupt:
+        sys.exit(f"svi_commonsense.py: interrupted; checkpoint in {config.checkpoint_path()}: run the same command "
+                 "with --resume to continue")
+    if not metrics:  # another process than rank 0 of a multi-process run: rank 0 reports
+        return metrics
+    tasks = [*config.eval_task_list(), "average"]
+    columns = [k for k in ("accuracy", "nll", "ece", "brier", "mean_accuracy", "mean_ece", "unanswered")
+               if k in metrics["average"]]
+    print(f"{'task':<15}" + "".join(f"{c:>15}" for c in columns))
+    for task in tasks:
+        print(f"{task:<15}" + "".join(f"{metrics[task][c]:>15.4f}" for c in columns))
+    print(f"steps {metrics['steps']}, {metrics['train_seconds']:.0f} s of training "
+          f"(written to {config.output_dir}/metrics.json)")
+    return metrics
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

