@@ -49,6 +49,7 @@ NUM_LABELS = 2
 # the settings every worker shares, passed on its command line and recorded in the JSON
 RUN_SETTINGS = ("batch_size", "seq_len", "warmup", "repeats", "rank", "num_components", "targets", "num_samples",
                 "num_data", "lr", "seed")
+FLAGS = ("gradient_checkpointing", "no_eval")  # switches passed on to the workers
 
 
 # ----------------------------------------------------------------------------- arguments
@@ -82,6 +83,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="auto, cpu or cuda (auto picks CUDA when present)")
     p.add_argument("--threads", type=positive_int, default=None, help="torch intra-op threads (default: torch's)")
     p.add_argument("--json-out", default=None, help="also write the final JSON here (atomically)")
+    p.add_argument("--gradient-checkpointing", action="store_true",
+                   help="recompute activations in the backward pass (every method alike)")
     p.add_argument("--no-eval", action="store_true", help=argparse.SUPPRESS)  # workers of benchmarks/scaling.py
     p.add_argument("--worker", choices=METHODS, default=None, help=argparse.SUPPRESS)
     return p
@@ -94,7 +97,7 @@ def worker_argv(args: argparse.Namespace, method: str) -> list[str]:
         value = getattr(args, name)
         if value is not None:
             argv += ["--" + name.replace("_", "-"), str(value)]
-    return argv + (["--no-eval"] if args.no_eval else [])
+    return argv + ["--" + flag.replace("_", "-") for flag in FLAGS if getattr(args, flag)]
 
 
 # ----------------------------------------------------------------------------- backbone and batch
@@ -285,6 +288,8 @@ def run_worker(args: argparse.Namespace) -> dict[str, Any]:
         torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     backbone = build_backbone(args.backbone, args.seq_len, device).to(device)
+    if args.gradient_checkpointing:
+        backbone.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     batch = {
         k: v.to(device)
         for k, v in build_batch(backbone.config.vocab_size, args.batch_size, args.seq_len, args.seed).items()

@@ -65,7 +65,7 @@ def _names(text: str) -> list[str]:
 class CommonsenseRunConfig(RunConfig):
     """One commonsense run: fine-tune a causal LM on LLM-Adapters data, score it on the tasks' test files.
     The defaults are the embedded default job: the packaged SmolLM2-135M on 64 ARC-Easy training rows,
-    scored on 25 test rows of each available task (a few minutes on 2 CPU cores)."""
+    scored on 10 test rows of each available task (a few minutes on 2 CPU cores)."""
 
     data_dir: str | None = option(None, "folder of task folders (boolq/, ARC-Easy/, ...); default: "
                                         "../shared/data/commonsense (or $MONTECLORA_COMMONSENSE_DIR)")
@@ -84,7 +84,7 @@ class CommonsenseRunConfig(RunConfig):
     max_length: int = option(256, "tokens per example (the prompt is cut from the left)", type=positive_int)
     max_train_samples: int | None = option(64, "training rows, a seeded subset; 'all' for every row",
                                            type=optional(positive_int))
-    max_eval_examples: int | None = option(25, "test rows per task, a seeded subset; 'all' for every row",
+    max_eval_examples: int | None = option(10, "test rows per task, a seeded subset; 'all' for every row",
                                            type=optional(positive_int))
     eval_mode: str = option("options", "options: score each answer option by likelihood (posterior predictive, "
                                        "calibration); generate: greedy answer extraction (LLM-Adapters)",
@@ -93,6 +93,14 @@ class CommonsenseRunConfig(RunConfig):
 
     def default_model(self) -> str:
         return default_model()
+
+    def run(self) -> dict:
+        from .commonsense import run_commonsense
+
+        return run_commonsense(self)
+
+    def headline(self) -> tuple[str, str]:
+        return "commonsense", "accuracy"
 
     def train_task_list(self) -> list[str]:
         return _names(self.train_tasks)

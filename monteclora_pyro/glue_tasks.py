@@ -13,7 +13,8 @@ from .cli_types import nonnegative_float, nonnegative_int, optional, positive_in
 from .config_cli import option
 from .run_config import RunConfig
 
-__all__ = ["GLUE_TASKS", "GlueRunConfig", "GlueTask", "default_glue_dir", "default_model", "get_task"]
+__all__ = ["GLUE_TASKS", "GlueRunConfig", "GlueTask", "default_glue_dir", "default_model", "get_task",
+           "primary_metric"]
 
 HUB_DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 
@@ -65,6 +66,11 @@ def get_task(name: str) -> GlueTask:
     return GLUE_TASKS[key]
 
 
+def primary_metric(task: str) -> str:
+    """The GLUE headline metric: Matthews correlation for CoLA, Pearson for STS-B, else accuracy."""
+    return {"cola": "matthews_correlation", "stsb": "pearson"}.get(get_task(task).name, "accuracy")
+
+
 def default_glue_dir() -> Path | None:
     """``$MONTECLORA_GLUE_DIR``, else ``../shared/data/glue`` beside the checkout, else None (use the hub)."""
     env = os.environ.get("MONTECLORA_GLUE_DIR")
@@ -102,6 +108,14 @@ class GlueRunConfig(RunConfig):
 
     def default_model(self) -> str:
         return default_model()
+
+    def run(self) -> dict:
+        from .glue import run_glue
+
+        return run_glue(self)
+
+    def headline(self) -> tuple[str, str]:
+        return get_task(self.task).name, primary_metric(self.task)
 
     def resolved(self) -> GlueRunConfig:
         """A copy with defaults filled in and every value checked; raises ValueError naming the bad one."""

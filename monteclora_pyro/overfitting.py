@@ -28,7 +28,8 @@ from typing import Any
 from .artifacts import atomic_write_bytes, atomic_write_json
 from .data import get_task
 from .glue import GlueRunConfig
-from .sweep import Cell, primary_metric, run_sweep
+from .glue_tasks import primary_metric
+from .sweep import Cell, run_sweep
 
 __all__ = ["POST_HOC", "SCORES", "overfitting_rows", "run_overfitting", "summarize"]
 

@@ -77,6 +77,14 @@ class RunConfig:
         """The family's embedded backbone (a packaged model when installed, else its hub id)."""
         raise NotImplementedError
 
+    def run(self) -> dict[str, Any]:
+        """Train and evaluate this configuration with its family's runner; returns the metrics."""
+        raise NotImplementedError
+
+    def headline(self) -> tuple[str, str]:
+        """(what the run is scored on, its headline metric in ``metrics.json``, or in its ``average``)."""
+        raise NotImplementedError
+
     def resolved(self) -> RunConfig:
         """A copy with defaults filled in and every shared value checked; raises ValueError naming the bad one.
 

@@ -1,14 +1,16 @@
-"""Robustness sweeps: a grid of (method, learning rate, batch size, seed) GLUE runs, resumable.
+"""Robustness sweeps: a grid of (method, learning rate, batch size, seed) runs of any task family, resumable.
 
 Each cell writes ``cells/<cell>/metrics.json`` atomically; a cell whose file exists is not rerun,
 provided its ``config.json`` has the settings asked for now (else the sweep stops before any work).
 After every cell the grid's CSV is rewritten; at the end the robustness statistics per method
-(mean, std, min, max and max - min of the task's main metric across the grid) and a plot of the
-metric against the learning rate are written.
+(mean, std, min, max and max - min of the headline metric across the grid) and a plot of the
+metric against the learning rate are written.  :func:`sweep_main` is the command line of the
+``sweep_*.py`` experiments.
 """
 
 from __future__ import annotations
 
+import argparse
 import csv
 import dataclasses
 import io
@@ -22,11 +24,12 @@ from pathlib import Path
 from typing import Any
 
 from .artifacts import atomic_write_bytes, atomic_write_json
-from .data import get_task
-from .glue import GlueRunConfig, run_glue
+from .cli_types import number_list, positive_float, positive_int
+from .config_cli import add_config_arguments, config_values
 from .peers import PEERS
+from .run_config import RunConfig
 
-__all__ = ["Cell", "method_config", "primary_metric", "run_sweep", "robustness", "CSV_COLUMNS"]
+__all__ = ["CSV_COLUMNS", "Cell", "method_config", "robustness", "run_sweep", "sweep_main"]
 
 CSV_COLUMNS = (
     "task", "method", "lr", "batch_size", "seed", "steps", "train_seconds", "median_step_seconds", "metric",
@@ -35,14 +38,7 @@ CSV_COLUMNS = (
 )
 
 
-
-
-def primary_metric(task: str) -> str:
-    """The GLUE headline metric: Matthews correlation for CoLA, Pearson for STS-B, else accuracy."""
-    return {"cola": "matthews_correlation", "stsb": "pearson"}.get(get_task(task).name, "accuracy")
-
-
-def method_config(base: GlueRunConfig, method: str, output_dir: str) -> GlueRunConfig:
+def method_config(base: RunConfig, method: str, output_dir: str) -> RunConfig:
     """Ours: the bundled prior of that name (or a .toml path); a peer: PEFT, with the monteclora settings."""
     if method in PEERS:
         return dataclasses.replace(base, prior="monteclora", peer=method, output_dir=output_dir)
@@ -67,7 +63,7 @@ def _grid(methods: Sequence[str], lrs: Sequence[float], batch_sizes: Sequence[in
     return [Cell(m, lr, b, s) for s, lr, b, m in itertools.product(seeds, lrs, batch_sizes, methods)]
 
 
-def _finished(config: GlueRunConfig) -> bool:
+def _finished(config: RunConfig) -> bool:
     """Whether the cell has its metrics; raises ValueError when they were made with other settings."""
     folder = Path(config.output_dir)
     if not (folder / "metrics.json").exists():
@@ -83,14 +79,16 @@ def _finished(config: GlueRunConfig) -> bool:
     return True
 
 
-def _rows(task: str, output_dir: Path, cells: Iterable[Cell]) -> list[dict[str, Any]]:
+def _rows(base: RunConfig, output_dir: Path, cells: Iterable[Cell]) -> list[dict[str, Any]]:
+    """One row per finished cell; a family that scores several tasks reports their ``average``."""
     rows = []
-    key = primary_metric(task)
+    task, key = base.headline()
     for cell in cells:
         path = output_dir / "cells" / cell.name / "metrics.json"
         if not path.exists():
             continue
         metrics = json.loads(path.read_text())
+        metrics |= metrics.get("average", {})
         row = {c: metrics.get(c) for c in CSV_COLUMNS}
         row.update(task=task, method=cell.method, lr=cell.lr, batch_size=cell.batch_size, seed=cell.seed,
                    metric=metrics.get(key))
@@ -122,7 +120,7 @@ def robustness(rows: list[dict[str, Any]], column: str = "metric") -> dict[str, 
 
 
 def run_sweep(
-    base: GlueRunConfig,
+    base: RunConfig,
     methods: Sequence[str],
     lrs: Sequence[float],
     batch_sizes: Sequence[int],
@@ -157,16 +155,52 @@ def run_sweep(
         if not run_missing:
             continue
         print(f"[{index}/{len(cells)}] {cell.name}", flush=True)
-        run_glue(config)
-        _write_csv(csv_path, _rows(base.task, output_dir, cells))
-    rows = _rows(base.task, output_dir, cells)
+        config.run()
+        _write_csv(csv_path, _rows(base, output_dir, cells))
+    rows = _rows(base, output_dir, cells)
     _write_csv(csv_path, rows)
     summary = {
-        "task": get_task(base.task).name, "metric": primary_metric(base.task),
+        "task": base.headline()[0], "metric": base.headline()[1],
         "finished_cells": len(rows), "grid_cells": len(cells),
         "robustness": robustness(rows), "ece": robustness(rows, "ece"),
         "grid": {"methods": list(methods), "lrs": list(lrs), "batch_sizes": list(batch_sizes), "seeds": list(seeds)},
     }
     atomic_write_json(output_dir / "robustness.json", summary)
     plot_metric_vs_lr(rows, output_dir / "plots" / "metric_vs_lr.png", summary["metric"])
+    return summary
+
+
+def sweep_main(config_cls: type[RunConfig], description: str, argv: Sequence[str] | None = None,
+               **defaults: Any) -> dict[str, Any]:
+    """The command line of a sweep over ``config_cls`` runs: the grid's options, and every setting of a
+    single run applied to all cells (``defaults`` change the run's defaults)."""
+    import datasets
+
+    p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--output-dir", required=True, help="the sweep's folder (cells/, sweep.csv, robustness.json)")
+    p.add_argument("--methods", default="map,monteclora,peft-monteclora",
+                   help="bundled prior names or .toml paths (ours) and peft-lora / peft-monteclora")
+    p.add_argument("--lrs", type=number_list(positive_float), default=[1e-4, 3e-4, 1e-3, 3e-3])
+    p.add_argument("--batch-sizes", type=number_list(positive_int), default=[16, 32])
+    p.add_argument("--seeds", type=number_list(int), default=[0, 1])
+    p.add_argument("--report-only", action="store_true",
+                   help="run nothing: write the CSV, statistics and plot of the cells finished so far")
+    add_config_arguments(p, config_cls, skip=("output_dir", "prior", "guide", "peer", "lr", "batch_size", "seed"))
+    p.set_defaults(**defaults)
+    args = p.parse_args(argv)
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    base = config_cls(**config_values(args, config_cls))
+    datasets.disable_progress_bars()
+    try:
+        summary = run_sweep(base, methods, args.lrs, args.batch_sizes, args.seeds, args.output_dir,
+                            run_missing=not args.report_only)
+    except ValueError as error:
+        p.error(str(error))
+    print(f"\n{summary['task']}: {summary['metric']} over {summary['finished_cells']} of {summary['grid_cells']} "
+          "cells (ECE mean in the last column)")
+    print(f"{'method':<18} {'mean':>8} {'std':>8} {'min':>8} {'max':>8} {'max-min':>8} {'cells':>6} {'ECE':>8}")
+    for method, s in summary["robustness"].items():
+        ece = summary["ece"].get(method, {}).get("mean", float("nan"))
+        print(f"{method:<18} {s['mean']:>8.4f} {s['std']:>8.4f} {s['min']:>8.4f} {s['max']:>8.4f} "
+              f"{s['spread']:>8.4f} {s['cells']:>6} {ece:>8.4f}")
     return summary
