@@ -17,6 +17,7 @@ Prompts follow LLM-Adapters' template (without the indentation its code leaves i
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ import datasets
 import torch
 from torch import nn
 
+from .artifacts import atomic_write_bytes
 from .backbones import load_causal_lm
 from .commonsense_tasks import COMMONSENSE_TASKS, CommonsenseRunConfig, task_file
 from .likelihoods import IGNORE, TokenLikelihood
@@ -33,7 +35,8 @@ from .pipeline import Evaluation, TaskFamily, make_loader, run
 from .plots import plot_reliability
 from .svi import move_to
 
-__all__ = ["CommonsenseFamily", "answer_options", "prompt_of", "read_records", "run_commonsense"]
+__all__ = ["CommonsenseFamily", "answer_options", "prompt_of", "read_records", "run_commonsense",
+           "write_lm_eval_task"]
 
 PROMPT = ("Below is an instruction that describes a task. Write a response that appropriately completes the "
           "request.\n\n### Instruction:\n{instruction}\n\n### Response:\n")
@@ -185,12 +188,18 @@ class CommonsenseFamily(TaskFamily):
         records = _subset(records, config.max_train_samples, config.seed)
         train_set = records.map(self._train_row, remove_columns=records.column_names)
         train_set = train_set.add_column("idx", list(range(len(train_set))))
+        self.load_eval_sets(tokenizer)
+        return train_set, LeftPaddedBatches(tokenizer.pad_token_id)
+
+    def load_eval_sets(self, tokenizer) -> None:
+        """The evaluation tasks' test rows (a seeded subset of ``max_eval_examples`` each), encoded."""
+        config = self.config
+        self.tokenizer = tokenizer
         for task in config.eval_task_list():
             rows = _subset(read_records(task_file(config.data_dir, task, "test")), config.max_eval_examples,
                            config.seed)
             row = self._option_row if config.eval_mode == "options" else self._generate_row
             self.eval_sets[task] = rows.map(row, fn_kwargs={"task": task}, remove_columns=["input", "output"])
-        return train_set, LeftPaddedBatches(tokenizer.pad_token_id)
 
     def likelihood(self, peer: bool) -> nn.Module:
         return TokenLikelihood()
@@ -279,6 +288,28 @@ def _option_distribution(module, batch, options: torch.Tensor, factors) -> torch
     logits = module.network_output(batch, factors)[:, -1].float()
     picked = logits.log_softmax(-1).gather(-1, options.clamp_min(0))
     return picked.masked_fill(options < 0, -torch.inf).softmax(-1).cpu()
+
+
+def write_lm_eval_task(data_dir: str | Path, task: str, out_dir: str | Path, limit: int | None = None,
+                       seed: int = 0) -> str:
+    """A task of ``task``'s test rows for lm-evaluation-harness (``--include_path out_dir``), scored as
+    ``options`` mode scores them: context = the prompt and ``the correct answer is``, choices = the
+    answer words.  The same seeded subset as a run's ``max_eval_examples``; returns the task's name."""
+    rows = _subset(read_records(task_file(data_dir, task, "test")), limit, seed)
+    name = "monteclora_" + re.sub(r"\W", "_", task).lower()
+    out_dir = Path(out_dir)
+    lines = []
+    for record in rows:
+        options = answer_options(record, task)
+        lines.append(json.dumps({"context": prompt_of(record) + RESPONSE.format("").rstrip(), "choices": options,
+                                 "label": options.index(record["answer"])}))
+    atomic_write_bytes(out_dir / f"{name}.jsonl", ("\n".join(lines) + "\n").encode())
+    config = {"task": name, "dataset_path": "json", "test_split": "test", "output_type": "multiple_choice",
+              "dataset_kwargs": {"data_files": {"test": str((out_dir / f"{name}.jsonl").resolve())}},
+              "doc_to_text": "{{context}}", "doc_to_choice": "{{choices}}", "doc_to_target": "{{label}}",
+              "metric_list": [{"metric": "acc", "aggregation": "mean", "higher_is_better": True}]}
+    atomic_write_bytes(out_dir / f"{name}.yaml", json.dumps(config, indent=2).encode())  # JSON is YAML
+    return name
 
 
 def run_commonsense(config: CommonsenseRunConfig) -> dict[str, Any]:

@@ -21,6 +21,7 @@ import arviz as az
 import numpy as np
 import pyro.distributions as dist
 import torch
+from pyro import poutine
 
 from .artifacts import atomic_output
 from .bayesian_lora import BayesianLoRA
@@ -30,8 +31,8 @@ __all__ = ["posterior_inference_data", "save_posterior"]
 
 def _site_summaries(module: BayesianLoRA) -> dict[str, list[torch.Tensor]]:
     """One posterior draw reduced to {variable: [value per factor site]}."""
-    guide_trace, _ = module.latent_trace()
-    nodes = guide_trace.nodes
+    with poutine.block():  # the guide alone: the model's prior statements are not needed here
+        nodes = poutine.trace(module.sample_guide).get_trace().nodes
     values: dict[str, list[torch.Tensor]] = {}
 
     def add(variable: str, value: torch.Tensor) -> None:

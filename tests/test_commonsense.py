@@ -242,3 +242,29 @@ def test_gradient_checkpointing_reuses_the_draw_and_bf16_keeps_variational_param
     assert bf16.network.get_parameter("base_model.model.model.layers.0.self_attn.q_proj.base_layer.weight").dtype \
         == torch.bfloat16
     assert torch.isfinite(bf16(batch))
+
+
+def test_exported_adapter_scores_the_same_in_lm_evaluation_harness(tiny_llama, data_dir, tmp_path):
+    """A saved posterior, reloaded in predict_commonsense.py, exported to PEFT and evaluated by lm-eval's
+    ``hf`` model with ``peft=`` on the same rows, gives the accuracy of our posterior-mean option scores."""
+    import importlib.util
+
+    from lm_eval import simple_evaluate
+    from lm_eval.tasks import TaskManager
+
+    config = CommonsenseRunConfig(model=tiny_llama, data_dir=str(data_dir), output_dir=str(tmp_path / "run"),
+                                  train_tasks="ARC-Easy,boolq", eval_tasks="ARC-Easy", max_steps=4, lr=1e-2,
+                                  max_eval_examples=8, prior="monteclora_scaled_ab", progress=False)
+    run_commonsense(config)
+    spec = importlib.util.spec_from_file_location("predict", REPO / "experiments" / "predict_commonsense.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    ours = script.main(["--adapter", str(tmp_path / "run" / "adapter"), "--data-dir", str(data_dir),
+                        "--eval-tasks", "ARC-Easy,boolq", "--max-eval-examples", "8", "--num-samples", "2",
+                        "--export-peft", str(tmp_path / "peft"), "--lm-eval-dir", str(tmp_path / "lm_eval")])
+    assert ours["lm_eval_tasks"] == ["monteclora_arc_easy", "monteclora_boolq"]
+    results = simple_evaluate(model="hf", model_args=f"pretrained={tiny_llama},peft={tmp_path / 'peft'}",
+                              tasks=ours["lm_eval_tasks"], batch_size=4, device="cpu",
+                              task_manager=TaskManager(include_path=str(tmp_path / "lm_eval")))
+    for name, task in (("monteclora_arc_easy", "ARC-Easy"), ("monteclora_boolq", "boolq")):
+        assert results["results"][name]["acc,none"] == pytest.approx(ours[task]["mean_accuracy"]), name
