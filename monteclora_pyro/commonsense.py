@@ -222,7 +222,7 @@ class CommonsenseFamily(TaskFamily):
             per_draw.append(torch.stack([_option_distribution(module, batch, options, d) for d in draws], dim=1))
             mean.append(per_draw[-1][:, 0] if module.point_estimate
                         else _option_distribution(module, batch, options, None))
-        return {"draws": torch.cat(per_draw), "mean": torch.cat(mean), "labels": torch.cat(answers)}
+        return {"draws": _cat_padded(per_draw), "mean": _cat_padded(mean), "labels": torch.cat(answers)}
 
     @torch.no_grad()
     def generated_answers(self, module, task: str, device) -> list[str]:
@@ -281,6 +281,12 @@ class CommonsenseFamily(TaskFamily):
             evaluation.observed = torch.cat(labels)
             evaluation.log_likelihood = torch.cat(log_likelihood, dim=1)
         return evaluation
+
+
+def _cat_padded(parts: list[torch.Tensor]) -> torch.Tensor:
+    """Batches of option distributions concatenated, each padded with 0 to the most options of any."""
+    most = max(part.shape[-1] for part in parts)
+    return torch.cat([torch.nn.functional.pad(part, (0, most - part.shape[-1])) for part in parts])
 
 
 def _option_distribution(module, batch, options: torch.Tensor, factors) -> torch.Tensor:

@@ -73,7 +73,10 @@ def data_dir(tmp_path):
         (tmp_path / task).mkdir()
         for split in ("train", "test"):
             staged = DATA / task / f"{split}.json"
-            records = json.loads(staged.read_text())[:12] if staged.exists() else [WRITTEN[task]] * 6
+            records = json.loads(staged.read_text()) if staged.exists() else [WRITTEN[task]] * 6
+            if task == "ARC-Easy" and split == "test":  # with questions of 3 and 5 options
+                records = records[:10] + [records[93], records[500]]
+            records = records[:12]
             (tmp_path / task / f"{split}.json").write_text(json.dumps(records))
     return tmp_path
 
@@ -132,7 +135,7 @@ def test_token_likelihood_of_padded_batches_equals_each_sequence_alone(tiny_llam
 
 def test_option_scores_equal_normalized_full_response_likelihoods(tiny_llama, data_dir):
     config = CommonsenseRunConfig(model=tiny_llama, data_dir=str(data_dir), eval_tasks="ARC-Easy,boolq",
-                                  max_eval_examples=4, prior="map", eval_batch_size=3).resolved()
+                                  max_eval_examples=12, prior="map", eval_batch_size=3).resolved()
     family = CommonsenseFamily(config)
     model, tokenizer = family.load_backbone()
     family.load_data(tokenizer)
@@ -140,6 +143,8 @@ def test_option_scores_equal_normalized_full_response_likelihoods(tiny_llama, da
 
     module = build_method(family, model, num_data=10, device=torch.device("cpu"))
     likelihood = TokenLikelihood()
+    counts = [len(answer_options(r, "ARC-Easy")) for r in family.eval_sets["ARC-Easy"]]
+    assert {3, 4, 5} <= set(counts), counts  # batches with different numbers of options
     for task in ("ARC-Easy", "boolq"):
         scored = family.option_probabilities(module, task, torch.device("cpu"), [{}])
         for i, record in enumerate(family.eval_sets[task]):
