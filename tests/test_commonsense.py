@@ -273,3 +273,22 @@ def test_exported_adapter_scores_the_same_in_lm_evaluation_harness(tiny_llama, d
                               task_manager=TaskManager(include_path=str(tmp_path / "lm_eval")))
     for name, task in (("monteclora_arc_easy", "ARC-Easy"), ("monteclora_boolq", "boolq")):
         assert results["results"][name]["acc,none"] == pytest.approx(ours[task]["mean_accuracy"]), name
+
+
+def test_torchrun_runs_the_commonsense_runner_unchanged(tiny_llama, data_dir, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    out = tmp_path / "ddp"
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+               str(REPO / "experiments" / "svi_commonsense.py"), "--model", tiny_llama, "--data-dir", str(data_dir),
+               "--max-steps", "2", "--batch-size", "4", "--eval-tasks", "ARC-Easy,boolq", "--max-eval-examples", "4",
+               "--num-samples", "2", "--no-progress", "--output-dir", str(out)]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"})
+    assert done.returncode == 0, done.stderr[-2000:]
+    config = json.loads((out / "config.json").read_text())
+    assert (config["world_size"], config["global_batch_size"]) == (2, 4)
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["steps"] == 2 and set(metrics["eval_tasks"]) == {"ARC-Easy", "boolq"}
