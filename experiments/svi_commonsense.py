@@ -2,7 +2,7 @@
 
 With no arguments it runs the embedded default, offline: the packaged SmolLM2-135M-Instruct (GGUF,
 dequantized on load) on 64 ARC-Easy training rows from ../shared/data/commonsense (or
-$MONTECLORA_COMMONSENSE_DIR), scored on 25 test rows of every task there by the likelihood of each
+$MONTECLORA_COMMONSENSE_DIR), scored on 10 test rows of every task there by the likelihood of each
 answer option under the posterior predictive.  Writes OUT/config.json, OUT/metrics.json (each task's
 metrics under its name, and their average), OUT/posterior.nc and OUT/plots/.
 
