@@ -126,9 +126,14 @@ class RunConfig:
         return json.loads(json.dumps(dataclasses.asdict(self) | {"prior_spec": dataclasses.asdict(self.prior_spec())}))
 
     def changes_from(self, written: Mapping[str, Any]) -> list[str]:
-        """The settings that differ from an earlier run's record, apart from :data:`RESUME_IGNORED`."""
-        return [f"{k}: {written.get(k)!r} there, {v!r} now" for k, v in self.record().items()
-                if k not in RESUME_IGNORED and written.get(k) != v]
+        """The settings that differ from an earlier run's record, apart from :data:`RESUME_IGNORED`.
+
+        A setting the record lacks (added in a later version) counts as its default then, so new
+        options leave finished runs valid as long as they keep their defaults."""
+        then = _defaults(type(self)) | dict(written)
+        then["prior_spec"] = _defaults(PriorSpec) | dict(written.get("prior_spec") or {})
+        return [f"{k}: {then.get(k)!r} there, {v!r} now" for k, v in self.record().items()
+                if k not in RESUME_IGNORED and then.get(k) != v]
 
     def checkpoint_path(self) -> Path:
         """``<output_dir>.checkpoint/checkpoint.pt``: beside the run's folder, so it survives a failed run."""
@@ -145,3 +150,9 @@ class RunConfig:
         return TrainConfig(lr=self.lr, variational_lr=self.variational_lr, weight_decay=self.weight_decay,
                            warmup_ratio=self.warmup_ratio, epochs=self.epochs, max_steps=self.max_steps,
                            grad_clip=self.grad_clip, kl_anneal_steps=self.kl_anneal_steps, progress=self.progress)
+
+
+def _defaults(cls: type) -> dict[str, Any]:
+    """A dataclass's field defaults in JSON form (tuples as lists)."""
+    return json.loads(json.dumps({f.name: f.default for f in dataclasses.fields(cls)
+                                  if f.default is not dataclasses.MISSING}))

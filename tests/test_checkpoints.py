@@ -106,3 +106,17 @@ def test_a_damaged_checkpoint_is_named(tmp_path):
     module, loader = setup()
     with pytest.raises(ValueError, match=f"checkpoint {path} cannot be read"):
         train(module, loader, CONFIG, checkpoint=Checkpointer(path, resume=True))
+
+
+def test_a_record_from_before_a_new_setting_existed_still_matches_its_default():
+    """Resume and finished sweep cells compare settings: one added later counts as its default then."""
+    from monteclora_pyro.glue_tasks import GlueRunConfig
+
+    config = GlueRunConfig(task="rte", data_dir=None)
+    written = config.record()
+    del written["backbone_dtype"], written["prior_spec"]["init_posterior_scale"]  # an older version's record
+    assert config.changes_from(written) == []
+    assert GlueRunConfig(task="rte", backbone_dtype="bfloat16").changes_from(written) == [
+        "backbone_dtype: 'float32' there, 'bfloat16' now"]
+    changed = GlueRunConfig(task="rte", prior="gaussian").changes_from(written)
+    assert any(c.startswith("prior_spec:") for c in changed) and any(c.startswith("prior:") for c in changed)
