@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> dict:
     try:
         config = CommonsenseRunConfig(data_dir=args.data_dir, eval_tasks=args.eval_tasks, seed=args.seed,
                                       max_eval_examples=args.max_eval_examples, num_samples=args.num_samples,
-                                      device=args.device, model=args.model or "unused").resolved()
+                                      device=args.device, model=args.model).resolved()
     except ValueError as error:
         p.error(str(error))
     import pyro

@@ -13,39 +13,21 @@ metrics under its name, and their average), OUT/posterior.nc and OUT/plots/.
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import json
 import sys
 
 from monteclora_pyro.commonsense_tasks import CommonsenseRunConfig
-from monteclora_pyro.config_cli import add_config_arguments, config_values
+from monteclora_pyro.config_cli import add_config_arguments, config_values, resolve_or_exit, run_or_exit
 
 
 def parse_args(argv: list[str] | None = None) -> CommonsenseRunConfig:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_config_arguments(p, CommonsenseRunConfig)
-    config = CommonsenseRunConfig(**config_values(p.parse_args(argv), CommonsenseRunConfig))
-    try:
-        return config.resolved()
-    except ValueError as error:
-        p.error(str(error))
+    return resolve_or_exit(p, CommonsenseRunConfig(**config_values(p.parse_args(argv), CommonsenseRunConfig)))
 
 
 def main(argv: list[str] | None = None) -> dict:
     config = parse_args(argv)
-    import datasets  # the heavy imports wait until the arguments are known to be good
-
-    from monteclora_pyro.commonsense import run_commonsense
-
-    datasets.disable_progress_bars()
-    print("config:", json.dumps(dataclasses.asdict(config), sort_keys=True), flush=True)
-    try:
-        metrics = run_commonsense(config)
-    except (ValueError, FloatingPointError) as error:  # found once the data or model is read: one line
-        sys.exit(f"svi_commonsense.py: error: {error}")
-    except KeyboardInterrupt:
-        sys.exit(f"svi_commonsense.py: interrupted; checkpoint in {config.checkpoint_path()}: run the same command "
-                 "with --resume to continue")
+    metrics = run_or_exit(config, "svi_commonsense.py")
     if not metrics:  # another process than rank 0 of a multi-process run: rank 0 reports
         return metrics
     tasks = [*config.eval_task_list(), "average"]

@@ -10,12 +10,10 @@ OUT/metrics.json, OUT/posterior.nc and OUT/plots/.
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import json
 import sys
 from pathlib import Path
 
-from monteclora_pyro.config_cli import add_config_arguments, config_values
+from monteclora_pyro.config_cli import add_config_arguments, config_values, resolve_or_exit, run_or_exit
 from monteclora_pyro.glue_tasks import GlueRunConfig
 
 
@@ -27,28 +25,12 @@ def parse_args(argv: list[str] | None = None) -> GlueRunConfig:
     method = args.peer or args.prior.rsplit("/", 1)[-1].removesuffix(".toml")
     output_dir = args.output_dir or f"runs/{args.task}-{method}"
     config = GlueRunConfig(**(config_values(args, GlueRunConfig) | {"output_dir": output_dir}))
-    try:
-        return config.resolved()
-    except ValueError as error:
-        p.error(str(error))
+    return resolve_or_exit(p, config)
 
 
 def main(argv: list[str] | None = None) -> dict:
     config = parse_args(argv)
-    import arviz as az  # the heavy imports wait until the arguments are known to be good
-    import datasets
-
-    from monteclora_pyro.glue import run_glue
-
-    datasets.disable_progress_bars()
-    print("config:", json.dumps(dataclasses.asdict(config), sort_keys=True), flush=True)
-    try:
-        metrics = run_glue(config)
-    except (ValueError, FloatingPointError) as error:  # found once the data or model is read: one line
-        sys.exit(f"svi_glue.py: error: {error}")
-    except KeyboardInterrupt:
-        sys.exit(f"svi_glue.py: interrupted; checkpoint in {config.checkpoint_path()}: run the same command "
-                 "with --resume to continue")
+    metrics = run_or_exit(config, "svi_glue.py")
     if not metrics:  # another process than rank 0 of a multi-process run: rank 0 reports
         return metrics
     summary = {k: v for k, v in metrics.items() if not isinstance(v, dict)}
@@ -57,6 +39,8 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"{key:<{width}}  {value:.4f}" if isinstance(value, float) else f"{key:<{width}}  {value}")
     posterior = Path(config.output_dir) / "posterior.nc"
     if posterior.exists():
+        import arviz as az
+
         idata = az.from_netcdf(posterior)
         names = [v for v in ("perturbation_std", "factor_std", "factor_norm") if v in idata.posterior]
         print(az.summary(idata, var_names=names, kind="stats", round_to=6).to_string())

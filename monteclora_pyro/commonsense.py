@@ -180,7 +180,7 @@ class CommonsenseFamily(TaskFamily):
 
     def load_data(self, tokenizer):
         config = self.config
-        self.tokenizer = tokenizer
+        self.load_eval_sets(tokenizer)  # sets the tokenizer the rows are encoded with
         train = config.train_task_list()
         files = [Path(train[0])] if train[0].endswith(".json") else [task_file(config.data_dir, t, "train")
                                                                      for t in train]
@@ -188,7 +188,6 @@ class CommonsenseFamily(TaskFamily):
         records = _subset(records, config.max_train_samples, config.seed)
         train_set = records.map(self._train_row, remove_columns=records.column_names)
         train_set = train_set.add_column("idx", list(range(len(train_set))))
-        self.load_eval_sets(tokenizer)
         return train_set, LeftPaddedBatches(tokenizer.pad_token_id)
 
     def load_eval_sets(self, tokenizer) -> None:

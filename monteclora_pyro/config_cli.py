@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
+import sys
 from collections.abc import Callable, Iterable
 from typing import Any
 
-__all__ = ["add_config_arguments", "config_values", "option"]
+__all__ = ["add_config_arguments", "config_values", "option", "resolve_or_exit", "run_or_exit"]
 
 _TYPES: dict[str, Callable[[str], Any]] = {"int": int, "float": float, "str": str}
 
@@ -52,3 +54,27 @@ def config_values(args: argparse.Namespace, config_cls: type) -> dict[str, Any]:
     """The parsed values that are fields of ``config_cls``."""
     names = {f.name for f in dataclasses.fields(config_cls)}
     return {k: v for k, v in vars(args).items() if k in names}
+
+
+def resolve_or_exit(parser: argparse.ArgumentParser, config: Any) -> Any:
+    """``config.resolved()``, or the parser's usage error naming the bad value."""
+    try:
+        return config.resolved()
+    except ValueError as error:
+        parser.error(str(error))
+
+
+def run_or_exit(config: Any, script: str) -> dict[str, Any]:
+    """Run a resolved configuration for a command line: an error found once the data or model is read
+    exits with one line, Ctrl-C with how to resume.  Ranks other than 0 of a multi-process run get {}."""
+    import datasets  # the heavy imports wait until the arguments are known to be good
+
+    datasets.disable_progress_bars()
+    print("config:", json.dumps(dataclasses.asdict(config), sort_keys=True), flush=True)
+    try:
+        return config.run()
+    except (ValueError, FloatingPointError) as error:
+        sys.exit(f"{script}: error: {error}")
+    except KeyboardInterrupt:
+        sys.exit(f"{script}: interrupted; checkpoint in {config.checkpoint_path()}: run the same command "
+                 "with --resume to continue")
