@@ -43,7 +43,7 @@ import torch
 
 from monteclora_pyro.cli_types import nonnegative_int, positive_int
 
-BACKBONES = ("minilm", "roberta-base", "llama-7b", "tiny", "llama-tiny")
+BACKBONES = ("minilm", "roberta-base", "llama-7b", "tiny", "tiny-24", "llama-tiny")
 METHODS = ("peft-lora", "peft-monteclora", "map", "monteclora")
 NUM_LABELS = 2
 # the settings every worker shares, passed on its command line and recorded in the JSON
@@ -60,7 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
         choices=BACKBONES,
         default="minilm",
         help="minilm (packaged MiniLM-L6), roberta-base or llama-7b (random-initialized shapes; LLaMA in bf16 "
-        "on CUDA), tiny or llama-tiny (tests)",
+        "on CUDA), tiny (2 layers), tiny-24 (24 layers: many adapted modules) or llama-tiny (tests)",
     )
     p.add_argument("--batch-size", type=positive_int, default=32)
     p.add_argument("--seq-len", type=positive_int, default=128)
@@ -134,13 +134,13 @@ def build_backbone(name: str, seq_len: int, device: torch.device | None = None) 
 
         config = RobertaConfig(num_labels=NUM_LABELS)
         model = RobertaForSequenceClassification(config)
-    elif name == "tiny":
+    elif name in ("tiny", "tiny-24"):  # tiny-24: the same shapes 24 layers deep (many adapted modules)
         from transformers import BertConfig, BertForSequenceClassification
 
         config = BertConfig(
             vocab_size=1000,
             hidden_size=32,
-            num_hidden_layers=2,
+            num_hidden_layers=24 if name == "tiny-24" else 2,
             num_attention_heads=2,
             intermediate_size=64,
             max_position_embeddings=max(512, seq_len),

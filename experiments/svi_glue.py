@@ -44,7 +44,8 @@ def main(argv: list[str] | None = None) -> dict:
         idata = az.from_netcdf(posterior)
         names = [v for v in ("perturbation_std", "factor_std", "factor_norm") if v in idata.posterior]
         print(az.summary(idata, var_names=names, kind="stats", round_to=6).to_string())
-    print(f"accuracy: {metrics.get('accuracy', float('nan')):.4f}  (written to {config.output_dir}/metrics.json)")
+    _, metric = config.headline()  # accuracy, or CoLA's Matthews correlation, or STS-B's Pearson
+    print(f"{metric}: {metrics[metric]:.4f}  (written to {config.output_dir}/metrics.json)")
     return metrics
 
 

@@ -1,8 +1,10 @@
 """Variational families (installed as ``monteclora_pyro.guides``).
 
-Each module here defines one guide: an ``nn.Module`` built for one factor site that draws that
-site's latents with ``pyro.sample``.  Register it with :func:`register_guide`; a new guide is a new
-file in this folder, picked up automatically.
+Each module here defines one guide: an ``nn.Module`` built for one
+:class:`~monteclora_pyro.lora_sites.SiteGroup` (equally shaped factor sites) that draws the group's
+latents with ``pyro.sample`` under ``group.plate()``, with a leading layer dim on its parameters.
+Register it with :func:`register_guide`; a new guide is a new file in this folder, picked up
+automatically.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from typing import Any
 
 from torch import nn
 
-__all__ = ["GUIDES", "register_guide", "build_site_guide"]
+__all__ = ["GUIDES", "register_guide", "build_group_guide"]
 
 GUIDES: dict[str, type[nn.Module]] = {}
 
@@ -31,8 +33,8 @@ def register_guide(name: str, families: tuple[str, ...]) -> Callable[[type[nn.Mo
     return decorate
 
 
-def build_site_guide(name: str, site: Any, spec: Any, **options: Any) -> nn.Module:
-    """The guide ``name`` for one factor site, after checking it fits the prior's family."""
+def build_group_guide(name: str, group: Any, spec: Any, **options: Any) -> nn.Module:
+    """The guide ``name`` for one group of factor sites, after checking it fits the prior's family."""
     if name not in GUIDES:
         raise ValueError(f"guide {name!r} is unknown; available: {', '.join(sorted(GUIDES))}")
     cls = GUIDES[name]
@@ -41,7 +43,7 @@ def build_site_guide(name: str, site: Any, spec: Any, **options: Any) -> nn.Modu
             f"guide {name!r} fits priors of family {' or '.join(cls.families)}, "  # type: ignore[attr-defined]
             f"not {spec.family!r} (prior {spec.name or spec.family!r})"
         )
-    return cls(site, spec, **options)
+    return cls(group, spec, **options)
 
 
 for _module in pkgutil.iter_modules(__path__):

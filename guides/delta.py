@@ -14,9 +14,10 @@ from . import register_guide
 class DeltaGuide(nn.Module):
     """No parameters of its own: the PEFT factor weight is the point estimate."""
 
-    def __init__(self, site, spec) -> None:
+    def __init__(self, group, spec) -> None:
         super().__init__()
-        self.site = site
+        self.group = group
 
-    def forward(self, mean: torch.Tensor) -> None:
-        pyro.sample(self.site.name, dist.Delta(mean, event_dim=2))
+    def forward(self, means: torch.Tensor) -> None:
+        with self.group.plate():
+            pyro.sample(self.group.name, dist.Delta(means, event_dim=2))

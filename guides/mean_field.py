@@ -17,10 +17,13 @@ from . import register_guide
 class MeanFieldGuide(nn.Module):
     """Elementwise Normal around the PEFT factor weight, starting at std ``spec.init_posterior_scale``."""
 
-    def __init__(self, site, spec) -> None:
+    def __init__(self, group, spec) -> None:
         super().__init__()
-        self.site = site
-        self.raw_scale = nn.Parameter(torch.full(site.shape, math.log(math.expm1(spec.init_posterior_scale))))
+        self.group = group
+        self.raw_scale = nn.Parameter(
+            torch.full((len(group.sites), *group.shape), math.log(math.expm1(spec.init_posterior_scale)))
+        )
 
-    def forward(self, mean: torch.Tensor) -> None:
-        pyro.sample(self.site.name, dist.Normal(mean, softplus(self.raw_scale)).to_event(2))
+    def forward(self, means: torch.Tensor) -> None:
+        with self.group.plate():
+            pyro.sample(self.group.name, dist.Normal(means, softplus(self.raw_scale)).to_event(2))

@@ -1,9 +1,9 @@
 """The paper's reparameterized family: q(Sigma) Wishart, q(pi) Dirichlet, q(Z) = p(Z).
 
-Learnable per factor site: ``log_scale`` (theta in R^r, the Wishart scale is diag(exp(theta))^2)
-and ``log_concentration`` (phi in R^N); with a hyperprior on the perturbation scale, also the
-location and log-scale of q(tau) = LogNormal.  The noise ``Z`` keeps its prior N(0, I) in the guide, so
-its KL is exactly zero and the ELBO's KL is KL_Wishart + KL_Dirichlet, both in closed form.
+Learnable per factor site (rows of the group's parameters): ``log_scale`` (theta in R^r, the
+Wishart scale is diag(exp(theta))^2) and ``log_concentration`` (phi in R^N); with a hyperprior on
+the perturbation scale, also the location and log-scale of q(tau) = LogNormal.  The noise ``Z``
+keeps its prior N(0, I) in the guide, so its KL is exactly zero and the ELBO's KL is KL_Wishart + KL_Dirichlet, both in closed form.
 """
 
 from __future__ import annotations
@@ -31,31 +31,31 @@ class MonteCLoRAGuide(nn.Module):
     Initialised at the prior's mean covariance and uniform mixture weights.
     """
 
-    def __init__(self, site, spec, dirichlet_sampler: str = "exact") -> None:
+    def __init__(self, group, spec, dirichlet_sampler: str = "exact") -> None:
         super().__init__()
         if dirichlet_sampler not in DIRICHLET_SAMPLERS:
             raise ValueError(f"dirichlet_sampler = {dirichlet_sampler!r}; allowed: {', '.join(DIRICHLET_SAMPLERS)}")
-        self.site, self.df = site, spec.df
+        self.group, self.df = group, spec.df
         self.dirichlet = LaplaceBridgeDirichlet if dirichlet_sampler == "laplace" else dist.Dirichlet
+        layers = len(group.sites)
         init_log_scale = 0.5 * math.log(spec.wishart_scale / spec.df)
-        self.log_scale = nn.Parameter(torch.full((site.rank,), init_log_scale))
+        self.log_scale = nn.Parameter(torch.full((layers, group.rank), init_log_scale))
         self.log_concentration = nn.Parameter(
-            torch.full((spec.num_components,), math.log(spec.dirichlet_concentration))
+            torch.full((layers, spec.num_components), math.log(spec.dirichlet_concentration))
         )
         self.hyperprior = spec.scale_hyperprior_std is not None
         if self.hyperprior:  # q(tau) starts at the hyperprior's median with a tenth of its spread
-            self.scale_loc = nn.Parameter(torch.zeros(()))
-            self.scale_log_scale = nn.Parameter(torch.tensor(math.log(0.1 * spec.scale_hyperprior_std)))
+            self.scale_loc = nn.Parameter(torch.zeros(layers))
+            self.scale_log_scale = nn.Parameter(torch.full((layers,), math.log(0.1 * spec.scale_hyperprior_std)))
 
-    def forward(self, mean: torch.Tensor) -> None:
-        name = self.site.name
-        pyro.sample(f"{name}.sigma_tril", WishartCholesky(self.df, torch.diag(self.log_scale.exp())))
-        pyro.sample(f"{name}.weights", self.dirichlet(self.log_concentration.exp()))
-        pyro.sample(
-            f"{name}.noise",
-            dist.Normal(torch.zeros((), device=mean.device), 1.0)
-            .expand((self.site.features, self.site.rank))
-            .to_event(2),
-        )
-        if self.hyperprior:
-            pyro.sample(f"{name}.scale", dist.LogNormal(self.scale_loc, self.scale_log_scale.exp()))
+    def forward(self, means: torch.Tensor) -> None:
+        group = self.group
+        with group.plate():
+            pyro.sample(f"{group.name}.sigma_tril", WishartCholesky(self.df, torch.diag_embed(self.log_scale.exp())))
+            pyro.sample(f"{group.name}.weights", self.dirichlet(self.log_concentration.exp()))
+            pyro.sample(
+                f"{group.name}.noise",
+                dist.Normal(torch.zeros((), device=means.device), 1.0).expand((group.features, group.rank)).to_event(2),
+            )
+            if self.hyperprior:
+                pyro.sample(f"{group.name}.scale", dist.LogNormal(self.scale_loc, self.scale_log_scale.exp()))

@@ -29,7 +29,7 @@ from .likelihoods import TokenLikelihood, build_likelihood
 __all__ = ["export_merged", "export_peft", "load_adapter", "save_adapter"]
 
 META_FILE, TENSOR_FILE = "posterior.json", "posterior.safetensors"
-FORMAT = 1
+FORMAT = 2  # 2: guide parameters per group of equally shaped sites; 1: per site (read and converted)
 
 
 def save_adapter(module: BayesianLoRA, directory: str | Path, model: str, num_labels: int | None = None,
@@ -60,8 +60,8 @@ def load_adapter(directory: str | Path, device: str | torch.device = "cpu", mode
         meta = json.loads((directory / META_FILE).read_text())
     except json.JSONDecodeError as error:
         raise ValueError(f"{directory / META_FILE} cannot be read: {error}") from None
-    if meta.get("format") != FORMAT:
-        raise ValueError(f"{directory / META_FILE}: format {meta.get('format')!r}, this version reads {FORMAT}")
+    if meta.get("format") not in (1, FORMAT):
+        raise ValueError(f"{directory / META_FILE}: format {meta.get('format')!r}, this version reads 1 and {FORMAT}")
     if meta.get("kind", "classifier") == "causal_lm":
         network, tokenizer = load_causal_lm(model or meta["model"])
         likelihood = TokenLikelihood()
@@ -71,12 +71,25 @@ def load_adapter(directory: str | Path, device: str | torch.device = "cpu", mode
     module = bayesian_lora_from_model(network, PriorSpec(**meta["prior_spec"]), meta["num_data"], None,
                                       meta["guide"], meta["kl_weight"], meta["guide_options"], likelihood=likelihood)
     state = load_file(str(directory / TENSOR_FILE))
+    if meta["format"] == 1:
+        state = _group_site_tensors(state, module)
     learnable = {name for name, p in module.named_parameters() if p.requires_grad}
     if set(state) != learnable:
         raise ValueError(f"{directory / TENSOR_FILE} does not fit the declared model: missing "
                          f"{sorted(learnable - set(state))[:3]}, unexpected {sorted(set(state) - learnable)[:3]}")
     module.load_state_dict(state, strict=False)
     return module.to(device).eval(), tokenizer
+
+
+def _group_site_tensors(state: dict[str, torch.Tensor], module: BayesianLoRA) -> dict[str, torch.Tensor]:
+    """Format 1's per-site guide tensors (``site_guides.<site>.<param>``) stacked into their groups'."""
+    grouped = {name: value for name, value in state.items() if not name.startswith("site_guides.")}
+    for group in module.groups:
+        for param, _ in module.group_guides[group.key].named_parameters():
+            per_site = [state.get(f"site_guides.{site.key}.{param}") for site in group.sites]
+            if all(value is not None for value in per_site):
+                grouped[f"group_guides.{group.key}.{param}"] = torch.stack(per_site)
+    return grouped
 
 
 def export_peft(module: BayesianLoRA, directory: str | Path) -> Path:

@@ -16,6 +16,11 @@ all of them and then discards those it replaces by a closed-form KL, which on a 
 is a validated Wishart, a Dirichlet and a d x r Normal per layer, and a host sync each on CUDA.
 ``tests/test_engine.py`` checks the two give the same loss and gradients.
 
+Equally shaped factor sites are sampled as one group (:func:`~monteclora_pyro.lora_sites.group_sites`):
+one statement per latent and group under a plate over its layers, one KL per group.  Distributions
+are validated on the first step only (Pyro's validation is off after it); the training loop still
+stops on any non-finite loss or gradient.
+
 Everything learnable is an ``nn.Parameter`` of this module (PEFT's LoRA weights and task head, the
 guides' variational parameters, a learned likelihood scale): nothing lives in Pyro's global
 parameter store, so ``state_dict()`` holds the whole state and DDP can wrap the module.
@@ -29,6 +34,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import pyro
+import pyro.distributions as dist
 import torch
 from peft import PeftModel
 from pyro import poutine
@@ -37,11 +43,11 @@ from pyro.poutine.util import prune_subsample_sites
 from torch import nn
 from torch.distributions import kl_divergence
 
-from monteclora_pyro.guides import build_site_guide
+from monteclora_pyro.guides import build_group_guide
 
 from .declarations import DEFAULT_GUIDES, PriorSpec
 from .likelihoods import build_likelihood
-from .lora_sites import factor_sites, inject_lora
+from .lora_sites import factor_sites, group_sites, inject_lora
 from .priors import build_prior
 
 __all__ = ["BayesianLoRA", "DEFAULT_GUIDES", "autocast", "bayesian_lora_from_model", "paper_kl_weight"]
@@ -63,6 +69,8 @@ class BayesianLoRA(nn.Module):
     kl_weight: beta, the explicit tempering of the KL (1 = the ELBO).
     autocast_dtype: e.g. ``torch.bfloat16`` to run the backbone under autocast on CUDA; samplers
     and KLs stay in fp32.
+    group_by_shape: sample equally shaped sites together (False: one group per site, the reference
+    the grouped program is tested against).
     """
 
     def __init__(
@@ -75,6 +83,7 @@ class BayesianLoRA(nn.Module):
         kl_weight: float = 1.0,
         guide_options: Mapping[str, Any] | None = None,
         autocast_dtype: torch.dtype | None = None,
+        group_by_shape: bool = True,
     ) -> None:
         super().__init__()
         if not (isinstance(num_data, int) and num_data >= 1):
@@ -85,12 +94,14 @@ class BayesianLoRA(nn.Module):
         self.guide_name = guide or DEFAULT_GUIDES[spec.family]
         self.network = network
         self.sites = factor_sites(network, spec.stochastic)
+        self.groups = group_sites(self.sites, by_shape=group_by_shape)
         self._layers = {s.parameter: network.get_submodule(s.parameter.removesuffix(".weight")) for s in self.sites}
         self.prior = build_prior(spec)
         self.guide_options = dict(guide_options or {})
-        self.site_guides = nn.ModuleDict(
-            {s.key: build_site_guide(self.guide_name, s, spec, **self.guide_options) for s in self.sites}
+        self.group_guides = nn.ModuleDict(
+            {g.key: build_group_guide(self.guide_name, g, spec, **self.guide_options) for g in self.groups}
         )
+        self._validated = False
         self.likelihood = likelihood
         self.num_data = num_data
         self.kl_weight = float(kl_weight)
@@ -101,17 +112,22 @@ class BayesianLoRA(nn.Module):
         """Scale every latent site (model and guide alike) by beta; beta = 0 masks the KL out."""
         return poutine.scale(scale=kl_weight) if kl_weight > 0 else poutine.mask(mask=False)
 
-    def _factor_mean(self, site) -> torch.Tensor:
-        return self.network.get_parameter(site.parameter)
+    def factor_means(self, group) -> torch.Tensor:
+        """The group's PEFT factor weights (the posterior means), stacked along a leading layer dim."""
+        return torch.stack([self._layers[site.parameter].weight for site in group.sites])
 
     def sample_factors(self) -> dict[str, torch.Tensor]:
         """The model's prior statements; returns {PEFT parameter name: sampled factor}."""
-        return {site.parameter: self.prior(site, self._factor_mean(site)) for site in self.sites}
+        factors = {}
+        for group in self.groups:
+            values = self.prior(group, self.factor_means(group))
+            factors.update(zip((site.parameter for site in group.sites), values.unbind(0), strict=True))
+        return factors
 
     def sample_guide(self) -> None:
-        """The guide's statements for every factor site."""
-        for site in self.sites:
-            self.site_guides[site.key](self._factor_mean(site))
+        """The guide's statements for every group of factor sites."""
+        for group in self.groups:
+            self.group_guides[group.key](self.factor_means(group))
 
     def model(self, batch: Mapping[str, torch.Tensor], kl_weight: float | None = None) -> torch.Tensor:
         with self._tempered(self.kl_weight if kl_weight is None else kl_weight):
@@ -125,8 +141,10 @@ class BayesianLoRA(nn.Module):
 
     def forward(self, batch: Mapping[str, torch.Tensor], kl_weight: float | None = None) -> torch.Tensor:
         """-ELBO_beta / N for one minibatch (``batch["idx"]``: the rows' indices in the training set)."""
-        guide_trace = poutine.trace(self.guide).get_trace(batch, kl_weight)
-        model_trace = poutine.trace(poutine.replay(self.model, trace=guide_trace)).get_trace(batch, kl_weight)
+        with pyro.validation_enabled(not self._validated):
+            guide_trace = poutine.trace(self.guide).get_trace(batch, kl_weight)
+            model_trace = poutine.trace(poutine.replay(self.model, trace=guide_trace)).get_trace(batch, kl_weight)
+        self._validated = True
         model_trace = prune_subsample_sites(model_trace)  # the plate's subsample site is no latent
         elbo: torch.Tensor | float = 0.0
         for name, site in model_trace.nodes.items():
@@ -175,7 +193,7 @@ class BayesianLoRA(nn.Module):
         with poutine.block():
             guide_trace = poutine.trace(self.sample_guide).get_trace()
             model_trace = poutine.trace(poutine.replay(self.sample_factors, trace=guide_trace)).get_trace()
-        return guide_trace, model_trace
+        return prune_subsample_sites(guide_trace), prune_subsample_sites(model_trace)
 
     def kl_terms(self) -> dict[str, torch.Tensor]:
         """Untempered KL(q || p) of each latent site (closed form where registered, else one-sample)."""
@@ -196,7 +214,7 @@ class BayesianLoRA(nn.Module):
 
     def variational_parameters(self) -> list[nn.Parameter]:
         """The guides' own parameters (scales, concentrations), apart from the LoRA means and the head."""
-        return list(self.site_guides.parameters())
+        return list(self.group_guides.parameters())
 
     def merged_network(self) -> nn.Module:
         """The posterior-mean network with LoRA merged into W0 (zero overhead; a copy)."""
@@ -212,12 +230,15 @@ def autocast(batch: Mapping[str, torch.Tensor], dtype: torch.dtype | None):
 
 
 def _site_kl(guide_site: dict, model_site: dict) -> torch.Tensor:
-    """KL(q || p) of one latent site: closed form where registered, else log q(z) - log p(z) at the draw."""
+    """KL(q || p) of one latent site: closed form where registered, else log q(z) - log p(z) at the draw
+    (for a point mass, -log p at the point: MAP's penalty)."""
+    q, p, value = guide_site["fn"], model_site["fn"], guide_site["value"]
+    if isinstance(q, dist.Delta):  # no closed form is registered: skip the lookup's exception
+        return q.log_prob(value) - p.log_prob(value)
     try:
-        return kl_divergence(guide_site["fn"], model_site["fn"])
+        return kl_divergence(q, p)
     except NotImplementedError:
-        value = guide_site["value"]
-        return guide_site["fn"].log_prob(value) - model_site["fn"].log_prob(value)
+        return q.log_prob(value) - p.log_prob(value)
 
 
 def bayesian_lora_from_model(
@@ -230,6 +251,7 @@ def bayesian_lora_from_model(
     guide_options: Mapping[str, Any] | None = None,
     autocast_dtype: torch.dtype | None = None,
     likelihood: nn.Module | None = None,
+    group_by_shape: bool = True,
 ) -> BayesianLoRA:
     """Inject the LoRA sites ``spec`` declares into ``model`` and pair it with the task's likelihood:
     ``likelihood``, or the one of a head with ``num_labels`` outputs (:func:`build_likelihood`)."""
@@ -238,4 +260,5 @@ def bayesian_lora_from_model(
             raise ValueError("give num_labels (a classification or regression head) or a likelihood")
         likelihood = build_likelihood(num_labels)
     network = inject_lora(model, spec.targets, spec.rank, spec.alpha)
-    return BayesianLoRA(network, spec, likelihood, num_data, guide, kl_weight, guide_options, autocast_dtype)
+    return BayesianLoRA(network, spec, likelihood, num_data, guide, kl_weight, guide_options, autocast_dtype,
+                        group_by_shape)

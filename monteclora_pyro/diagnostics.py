@@ -30,31 +30,31 @@ __all__ = ["posterior_inference_data", "save_posterior"]
 
 
 def _site_summaries(module: BayesianLoRA) -> dict[str, list[torch.Tensor]]:
-    """One posterior draw reduced to {variable: [value per factor site]}."""
+    """One posterior draw reduced to {variable: [value per factor site, in ``module.sites`` order]}."""
     with poutine.block():  # the guide alone: the model's prior statements are not needed here
         nodes = poutine.trace(module.sample_guide).get_trace().nodes
-    values: dict[str, list[torch.Tensor]] = {}
-
-    def add(variable: str, value: torch.Tensor) -> None:
-        values.setdefault(variable, []).append(value.detach().float().cpu())
-
-    for site in module.sites:
+    by_site: dict[str, dict[str, torch.Tensor]] = {}
+    for group in module.groups:  # every latent has a leading layer dim (the group's plate)
+        summaries = {}
         if module.spec.family == "monteclora":
-            tril = nodes[f"{site.name}.sigma_tril"]["value"]
-            weights = nodes[f"{site.name}.weights"]["value"]
-            noise = nodes[f"{site.name}.noise"]["value"]
-            add("sigma_diag", tril.pow(2).sum(-1))  # diag(L L^T)_i = sum_j L_ij^2
-            add("mixture_weights", weights)
-            scale = nodes[f"{site.name}.scale"]["value"] if f"{site.name}.scale" in nodes else None
-            add("perturbation_std", module.prior.perturbation(site, tril, weights, noise, scale).std())
+            tril = nodes[f"{group.name}.sigma_tril"]["value"]
+            weights = nodes[f"{group.name}.weights"]["value"]
+            noise = nodes[f"{group.name}.noise"]["value"]
+            scale = nodes[f"{group.name}.scale"]["value"] if f"{group.name}.scale" in nodes else None
+            summaries["sigma_diag"] = tril.pow(2).sum(-1)  # diag(L L^T)_i = sum_j L_ij^2
+            summaries["mixture_weights"] = weights
+            perturbation = module.prior.perturbation(group, tril, weights, noise, scale)
+            summaries["perturbation_std"] = perturbation.flatten(1).std(-1)
             if scale is not None:
-                add("hyper_scale", scale)
+                summaries["hyper_scale"] = scale
         else:
-            node = nodes[site.name]
-            add("factor_norm", node["value"].norm())
+            node = nodes[group.name]
+            summaries["factor_norm"] = node["value"].flatten(1).norm(dim=-1)
             if not isinstance(node["fn"], dist.Delta):
-                add("factor_std", (node["value"] - module.network.get_parameter(site.parameter)).std())
-    return values
+                summaries["factor_std"] = (node["value"] - module.factor_means(group)).flatten(1).std(-1)
+        for i, site in enumerate(group.sites):
+            by_site[site.name] = {name: value[i].detach().float().cpu() for name, value in summaries.items()}
+    return {name: [by_site[site.name][name] for site in module.sites] for name in by_site[module.sites[0].name]}
 
 
 def posterior_inference_data(

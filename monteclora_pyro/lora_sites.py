@@ -2,8 +2,11 @@
 
 PEFT owns the injection, merging and export; this module only names the factors.  A
 :class:`FactorSite` is one LoRA factor (``lora_A`` or ``lora_B``) of one adapted layer, named by its
-full module path (``bert.encoder.layer.3.attention.self.query.lora_A``); the same name is used for
-the Pyro sample sites, the guide's parameters and the ArviZ variables.
+full module path (``bert.encoder.layer.3.attention.self.query.lora_A``); ArviZ's ``layer``
+coordinates use the same names.  A :class:`SiteGroup` is a set of equally shaped sites (every
+``lora_A`` of a LLaMA's q and v is r x 4096): the prior and the guide sample a group with one
+statement per latent under a plate over its layers, so the per-step cost grows with the number of
+shapes, not of adapted modules.
 
 Sampled factors reach the network through the factor's own ``nn.Linear``, made a
 :class:`DrawnLinear`: it multiplies by the posterior draw it holds, else by its weight (the posterior
@@ -17,12 +20,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import pyro
 import torch
 import torch.nn.functional as F
 from peft import LoraConfig, PeftModel, get_peft_model
 from torch import nn
 
-__all__ = ["DrawnLinear", "FactorSite", "inject_lora", "factor_sites", "HEAD_MODULE_NAMES"]
+__all__ = ["DrawnLinear", "FactorSite", "SiteGroup", "inject_lora", "factor_sites", "group_sites", "HEAD_MODULE_NAMES"]
 
 # Task heads that stay trainable (point estimates) when present: BERT/RoBERTa, DistilBERT, LLaMA/GPT heads.
 HEAD_MODULE_NAMES = ("classifier", "pre_classifier", "score")
@@ -61,6 +65,61 @@ class FactorSite:
 
     def from_feature_major(self, value: torch.Tensor) -> torch.Tensor:
         return value.mT if self.factor == "A" else value
+
+
+@dataclass(frozen=True)
+class SiteGroup:
+    """Equally shaped factor sites (same factor, rank and features), sampled together.
+
+    name: the Pyro name of the group's latents (``<name>.sigma_tril``, ...): ``lora_A.8x384`` for a
+    shape group, the site's own name for a group of one.  Latents carry a leading ``layer`` dim in
+    the order of ``sites``.
+    """
+
+    name: str
+    sites: tuple[FactorSite, ...]
+
+    @property
+    def factor(self) -> str:
+        return self.sites[0].factor
+
+    @property
+    def rank(self) -> int:
+        return self.sites[0].rank
+
+    @property
+    def features(self) -> int:
+        return self.sites[0].features
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.sites[0].shape
+
+    @property
+    def key(self) -> str:
+        """The name with dots replaced, usable as an ``nn.ModuleDict`` key."""
+        return self.name.replace(".", "__")
+
+    def plate(self) -> pyro.plate:
+        """The plate over the group's layers (dim -1 of every latent's batch shape)."""
+        return pyro.plate(f"{self.name}.layers", len(self.sites))
+
+    def to_feature_major(self, value: torch.Tensor) -> torch.Tensor:
+        return self.sites[0].to_feature_major(value)
+
+    def from_feature_major(self, value: torch.Tensor) -> torch.Tensor:
+        return self.sites[0].from_feature_major(value)
+
+
+def group_sites(sites: Sequence[FactorSite], by_shape: bool = True) -> list[SiteGroup]:
+    """The sites in groups of equal shape (in order of first appearance), or one group per site."""
+    if not by_shape:
+        return [SiteGroup(site.name, (site,)) for site in sites]
+    groups: dict[tuple[str, int, int], list[FactorSite]] = {}
+    for site in sites:
+        groups.setdefault((site.factor, *site.shape), []).append(site)
+    return [SiteGroup(f"lora_{factor}.{rows}x{cols}", tuple(members))
+            for (factor, rows, cols), members in groups.items()]
 
 
 class DrawnLinear(nn.Linear):

@@ -1,14 +1,17 @@
 """The Pyro model statements for each prior family (the declarations live in ``models/``).
 
-A prior module turns one :class:`~monteclora_pyro.lora_sites.FactorSite` and the factor's mean
-(the PEFT ``lora_A`` / ``lora_B`` weight) into a sampled factor, inside the model.
+A prior module turns one :class:`~monteclora_pyro.lora_sites.SiteGroup` and its factors' means
+(the PEFT ``lora_A`` / ``lora_B`` weights, stacked along a leading layer dim) into sampled factors,
+inside the model.  Each latent is one statement under the group's plate: independent per layer,
+exactly as if every site had its own statements (``tests/test_engine.py`` checks equal losses and
+gradients).
 
 MonteCLoRA, per factor (feature-major, d x r)::
 
-    L   ~ WishartCholesky(df, sqrt(scale / df) I)       site  <name>.sigma_tril   (Sigma = L L^T)
-    pi  ~ Dirichlet(c 1_N)                               site  <name>.weights
-    Z   ~ Normal(0, 1), shape d x r                      site  <name>.noise
-    tau ~ LogNormal(0, s)     (only with a hyperprior)   site  <name>.scale        (else tau = 1)
+    L   ~ WishartCholesky(df, sqrt(scale / df) I)       site  <group>.sigma_tril   (Sigma = L L^T)
+    pi  ~ Dirichlet(c 1_N)                               site  <group>.weights
+    Z   ~ Normal(0, 1), shape d x r                      site  <group>.noise
+    tau ~ LogNormal(0, s)     (only with a hyperprior)   site  <group>.scale        (else tau = 1)
     factor = mean + eps * tau * ||pi||_2 * Z L^T
 
 ``eps`` is absolute (the paper) or, with ``perturbation_relative``, in units of the factor's
@@ -30,7 +33,7 @@ from torch import nn
 
 from .declarations import PriorSpec
 from .distributions import WishartCholesky
-from .lora_sites import FactorSite
+from .lora_sites import SiteGroup
 
 __all__ = ["FactorPrior", "MonteCLoRAPrior", "build_prior"]
 
@@ -46,39 +49,40 @@ class MonteCLoRAPrior(nn.Module):
             "concentration", torch.full((spec.num_components,), spec.dirichlet_concentration), persistent=False
         )
 
-    def forward(self, site: FactorSite, mean: torch.Tensor) -> torch.Tensor:
+    def forward(self, group: SiteGroup, means: torch.Tensor) -> torch.Tensor:
         spec = self.spec
-        tril = pyro.sample(f"{site.name}.sigma_tril", WishartCholesky(spec.df, self.scale_tril))
-        weights = pyro.sample(f"{site.name}.weights", dist.Dirichlet(self.concentration))
-        noise = pyro.sample(
-            f"{site.name}.noise",
-            dist.Normal(torch.zeros((), device=mean.device), 1.0).expand((site.features, site.rank)).to_event(2),
-        )
-        scale = None
-        if spec.scale_hyperprior_std is not None:
-            scale = pyro.sample(
-                f"{site.name}.scale", dist.LogNormal(torch.zeros((), device=mean.device), spec.scale_hyperprior_std)
+        zero = torch.zeros((), device=means.device)
+        with group.plate():
+            tril = pyro.sample(f"{group.name}.sigma_tril", WishartCholesky(spec.df, self.scale_tril))
+            weights = pyro.sample(f"{group.name}.weights", dist.Dirichlet(self.concentration))
+            noise = pyro.sample(
+                f"{group.name}.noise", dist.Normal(zero, 1.0).expand((group.features, group.rank)).to_event(2)
             )
-        if spec.cooperative_weight > 0:
-            pyro.factor(f"{site.name}.cooperative", -spec.cooperative_weight * weights.pow(2).sum())
-        return mean + site.from_feature_major(self.perturbation(site, tril, weights, noise, scale))
+            scale = None
+            if spec.scale_hyperprior_std is not None:
+                scale = pyro.sample(f"{group.name}.scale", dist.LogNormal(zero, spec.scale_hyperprior_std))
+            if spec.cooperative_weight > 0:
+                pyro.factor(f"{group.name}.cooperative", -spec.cooperative_weight * weights.pow(2).sum(-1))
+        return means + group.from_feature_major(self.perturbation(group, tril, weights, noise, scale))
 
-    def eps(self, site: FactorSite) -> float:
-        """The perturbation scale of ``site``: eps, times ``1 / sqrt(3 d)`` when declared relative."""
-        relative = (3 * site.features) ** -0.5 if self.spec.perturbation_relative else 1.0
+    def eps(self, group: SiteGroup) -> float:
+        """The perturbation scale of ``group``: eps, times ``1 / sqrt(3 d)`` when declared relative."""
+        relative = (3 * group.features) ** -0.5 if self.spec.perturbation_relative else 1.0
         return self.spec.perturbation_scale * relative
 
     def perturbation(
         self,
-        site: FactorSite,
+        group: SiteGroup,
         tril: torch.Tensor,
         weights: torch.Tensor,
         noise: torch.Tensor,
         scale: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """The feature-major (d x r) perturbation ``eps * tau * ||pi||_2 * Z L^T`` of one draw."""
-        eps = self.eps(site) if scale is None else self.eps(site) * scale
-        return eps * weights.norm() * (noise @ tril.mT)
+        """The feature-major (..., d, r) perturbations ``eps * tau * ||pi||_2 * Z L^T`` (leading dims: layers)."""
+        coefficient = self.eps(group) * weights.norm(dim=-1)
+        if scale is not None:
+            coefficient = coefficient * scale
+        return coefficient[..., None, None] * (noise @ tril.mT)
 
 
 class FactorPrior(nn.Module):
@@ -88,12 +92,13 @@ class FactorPrior(nn.Module):
         super().__init__()
         self.spec = spec
 
-    def forward(self, site: FactorSite, mean: torch.Tensor) -> torch.Tensor:
+    def forward(self, group: SiteGroup, means: torch.Tensor) -> torch.Tensor:
         if self.spec.prior_scale is None:
-            prior = dist.ImproperUniform(dist.constraints.real, (), mean.shape)
+            prior = dist.ImproperUniform(dist.constraints.real, (), group.shape)
         else:
-            prior = dist.Normal(torch.zeros_like(mean), self.spec.prior_scale).to_event(2)
-        return pyro.sample(site.name, prior)
+            prior = dist.Normal(means.new_zeros(group.shape), self.spec.prior_scale).to_event(2)
+        with group.plate():
+            return pyro.sample(group.name, prior)
 
 
 _FAMILY_MODULES = {"monteclora": MonteCLoRAPrior, "gaussian": FactorPrior, "map": FactorPrior}

@@ -195,13 +195,7 @@ def train(
             start = time.perf_counter()
             batch = move_to(batch, device)
             kl_weight = beta * min(1.0, (step + 1) / config.kl_anneal_steps) if config.kl_anneal_steps else beta
-            try:
-                loss = loss_fn(module, batch, kl_weight)
-            except ValueError as error:  # Pyro's validation found a non-finite value inside the model or guide
-                if "invalid values" not in str(error):
-                    raise
-                raise FloatingPointError(f"step {step}: non-finite values in the model (lr = {config.lr}); lower "
-                                         f"the learning rate. {str(error).splitlines()[0]}") from None
+            loss = loss_fn(module, batch, kl_weight)
             loss_value = loss.item()
             if not math.isfinite(loss_value):
                 raise FloatingPointError(f"step {step}: the loss is {loss_value} (lr = {config.lr}); "

@@ -10,6 +10,7 @@ import pytest
 import torch
 from conftest import REPO
 from peft import PeftModel
+from safetensors.torch import load_file, save_file
 from transformers import AutoModelForSequenceClassification
 
 from monteclora_pyro import bayesian_lora_from_model, load_prior
@@ -27,7 +28,7 @@ def test_saved_posterior_reloads_exports_and_merges_with_equal_outputs(tmp_path,
     torch.manual_seed(0)
     with torch.no_grad():  # a trained-looking posterior: B off zero, guides off their start
         for name, param in module.named_parameters():
-            if param.requires_grad and ("lora_B" in name or "site_guides" in name or "classifier" in name):
+            if param.requires_grad and ("lora_B" in name or "group_guides" in name or "classifier" in name):
                 param.add_(0.05 * torch.randn_like(param))
     module.eval()
     batch = dict(tokenizer(["a fine film", "dull and long"], padding=True, return_tensors="pt"))
@@ -37,8 +38,8 @@ def test_saved_posterior_reloads_exports_and_merges_with_equal_outputs(tmp_path,
     with torch.no_grad():
         expected = module.network_output(batch)
         torch.testing.assert_close(loaded.network_output(batch), expected)
-    for (name, mine), (_, theirs) in zip(module.site_guides.named_parameters(),
-                                         loaded.site_guides.named_parameters(), strict=True):
+    for (name, mine), (_, theirs) in zip(module.group_guides.named_parameters(),
+                                         loaded.group_guides.named_parameters(), strict=True):
         torch.testing.assert_close(theirs, mine, msg=name)
 
     export_peft(loaded, tmp_path / "peft")
@@ -64,3 +65,30 @@ def test_saved_posterior_reloads_exports_and_merges_with_equal_outputs(tmp_path,
 def test_a_folder_that_is_no_saved_posterior_is_named(tmp_path):
     with pytest.raises(ValueError, match=r"is not a saved posterior: posterior.json is missing"):
         load_adapter(tmp_path)
+
+
+def test_a_posterior_saved_per_site_format_1_loads_into_its_groups(tmp_path):
+    """Format 1 kept one guide tensor per site; loading stacks them into the shape groups."""
+    model_path = default_model()
+    network, _ = load_classifier(model_path, 2)
+    module = bayesian_lora_from_model(network, load_prior("monteclora_scaled_ab"), num_data=100, num_labels=2)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for param in module.group_guides.parameters():
+            param.add_(torch.randn_like(param))
+    directory = save_adapter(module, tmp_path / "adapter", model_path, 2)
+    tensors = load_file(str(directory / "posterior.safetensors"))
+    per_site = {name: value for name, value in tensors.items() if not name.startswith("group_guides.")}
+    for group in module.groups:
+        for name, param in module.group_guides[group.key].named_parameters():
+            for i, site in enumerate(group.sites):
+                per_site[f"site_guides.{site.key}.{name}"] = param.detach()[i].contiguous()
+    save_file(per_site, str(directory / "posterior.safetensors"))
+    meta = json.loads((directory / "posterior.json").read_text())
+    (directory / "posterior.json").write_text(json.dumps(meta | {"format": 1}))
+
+    loaded, _ = load_adapter(directory)
+    assert len(module.groups) == 2 < len(module.sites)
+    for (name, mine), (_, theirs) in zip(module.group_guides.named_parameters(),
+                                         loaded.group_guides.named_parameters(), strict=True):
+        torch.testing.assert_close(theirs, mine, msg=name)

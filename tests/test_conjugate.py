@@ -50,7 +50,7 @@ def test_svi_matches_the_conjugate_posterior():
 
     site = module.sites[0]
     mean = network.get_parameter(site.parameter).detach().reshape(-1)
-    std = torch.nn.functional.softplus(module.site_guides[site.key].raw_scale).detach().reshape(-1)
+    std = torch.nn.functional.softplus(module.group_guides[module.groups[0].key].raw_scale).detach().reshape(-1)
     post_std = post_var.sqrt()
     assert ((mean - post_mean).abs() / post_std < 0.15).all(), (mean, post_mean, post_std)
     torch.testing.assert_close(std, post_std, rtol=0.1, atol=0.0)

@@ -31,15 +31,17 @@ def tiny_module(family: str):
 
 
 def guide_parameter(module, name: str) -> np.ndarray:
-    """A guide parameter of every factor site, stacked along the layer axis."""
-    return torch.stack([getattr(module.site_guides[s.key], name).detach() for s in module.sites]).numpy()
+    """A guide parameter of every factor site, stacked along the layer axis (one group: the sites' order)."""
+    (group,) = module.groups
+    assert group.sites == tuple(module.sites)
+    return getattr(module.group_guides[group.key], name).detach().numpy()
 
 
 @pytest.fixture(scope="module")
 def module():
     module = tiny_module("monteclora")
     with torch.no_grad():  # move the guide away from its initial (uniform) values
-        for guide in module.site_guides.values():
+        for guide in module.group_guides.values():
             guide.log_scale.add_(0.5 * torch.randn_like(guide.log_scale))
             guide.log_concentration.add_(torch.randn_like(guide.log_concentration))
     return module

@@ -10,6 +10,7 @@ import torch
 from conftest import tiny_batch, tiny_bert
 from torch.distributions import kl_divergence
 
+from monteclora_pyro.distributions import WishartCholesky
 from monteclora_pyro import (
     BayesianLoRA,
     TrainConfig,
@@ -53,7 +54,7 @@ def test_loss_is_the_tempered_elbo_and_the_papers_loss(beta):
     module.kl_weight = beta
     randomize_b(module)
     with torch.no_grad():
-        for guide in module.site_guides.values():
+        for guide in module.group_guides.values():
             guide.log_scale.add_(torch.randn_like(guide.log_scale) * 0.3)
             guide.log_concentration.add_(torch.randn_like(guide.log_concentration))
     batch = tiny_batch()
@@ -72,21 +73,22 @@ def test_loss_is_the_tempered_elbo_and_the_papers_loss(beta):
 def test_every_kl_the_objective_uses_is_a_reference_kl():
     module = make(perturbation_scale=0.05)
     with torch.no_grad():
-        for guide in module.site_guides.values():
+        for guide in module.group_guides.values():
             guide.log_scale.add_(0.4)
             guide.log_concentration.sub_(0.7)
     guide_trace, model_trace = module.latent_trace()
     terms = module.kl_terms()
-    site = module.sites[0].name
+    site = module.groups[0].name  # every latent carries a layer dim; the group's term sums the layers
     # Wishart: checked against Monte Carlo in test_distributions; here: the closed form is what is used
     wq, wp = guide_trace.nodes[f"{site}.sigma_tril"]["fn"], model_trace.nodes[f"{site}.sigma_tril"]["fn"]
-    torch.testing.assert_close(terms[f"{site}.sigma_tril"], kl_divergence(wq, wp))
+    assert wq.batch_shape == wp.batch_shape == (len(module.sites),)
+    torch.testing.assert_close(terms[f"{site}.sigma_tril"], kl_divergence(wq, wp).sum())
     dq, dp = guide_trace.nodes[f"{site}.weights"]["fn"], model_trace.nodes[f"{site}.weights"]["fn"]
     torch.testing.assert_close(terms[f"{site}.weights"], kl_divergence(
-        torch.distributions.Dirichlet(dq.concentration), torch.distributions.Dirichlet(dp.concentration)))
+        torch.distributions.Dirichlet(dq.concentration), torch.distributions.Dirichlet(dp.concentration)).sum())
     assert terms[f"{site}.noise"] == 0  # q(Z) = p(Z)
     gaussian = make("gaussian")
-    g_site = gaussian.sites[0]
+    g_site = gaussian.groups[0]
     g_guide, g_model = gaussian.latent_trace()
     q, p = g_guide.nodes[g_site.name]["fn"], g_model.nodes[g_site.name]["fn"]
     expected = kl_divergence(torch.distributions.Normal(q.base_dist.loc, q.base_dist.scale),
@@ -94,21 +96,81 @@ def test_every_kl_the_objective_uses_is_a_reference_kl():
     torch.testing.assert_close(gaussian.kl_terms()[g_site.name], expected)
     # MAP with a Normal prior: the "KL" is -log p(point estimate), i.e. weight decay
     map_module = make("gaussian", guide="delta")
-    mean = map_module.network.get_parameter(map_module.sites[0].parameter)
+    mean = map_module.factor_means(map_module.groups[0])
     expected_map = -torch.distributions.Normal(0.0, map_module.spec.prior_scale).log_prob(mean).sum()
-    torch.testing.assert_close(map_module.kl_terms()[map_module.sites[0].name], expected_map)
-    # the hyperprior on the perturbation scale: LogNormal q against the LogNormal hyperprior
+    torch.testing.assert_close(map_module.kl_terms()[map_module.groups[0].name], expected_map)
+    # the hyperprior on the perturbation scale: LogNormal q against the LogNormal hyperprior, per layer
     scaled = make("monteclora_scaled")
     with torch.no_grad():
-        for guide in scaled.site_guides.values():
+        for guide in scaled.group_guides.values():
             guide.scale_loc.fill_(-0.8)
             guide.scale_log_scale.fill_(-1.5)
-    h_site = f"{scaled.sites[0].name}.scale"
+    h_site = f"{scaled.groups[0].name}.scale"
     h_guide, h_model = scaled.latent_trace()
     expected = kl_divergence(torch.distributions.LogNormal(torch.tensor(-0.8), torch.tensor(-1.5).exp()),
                              torch.distributions.LogNormal(torch.tensor(0.0), scaled.spec.scale_hyperprior_std))
-    torch.testing.assert_close(scaled.kl_terms()[h_site], expected)
+    torch.testing.assert_close(scaled.kl_terms()[h_site], len(scaled.sites) * expected)
     assert h_guide.nodes[h_site]["fn"].has_rsample and expected > 0
+
+
+def _layer_independent(shape: torch.Size) -> torch.Tensor:
+    """A fixed 'standard draw' that depends on a value's last two dims only (so not on its layer)."""
+    if len(shape) < 2:
+        return torch.full(shape, 0.3)
+    rows, cols = shape[-2:]
+    return torch.linspace(-1.5, 1.5, rows * cols).reshape(rows, cols).expand(shape)
+
+
+@pytest.fixture
+def fixed_draws(monkeypatch):
+    """Every reparameterized draw made a deterministic, differentiable function of its parameters."""
+    def normal(self, sample_shape=torch.Size()):
+        return self.loc + self.scale * _layer_independent(self._extended_shape(sample_shape))
+
+    def dirichlet(self, sample_shape=torch.Size()):
+        return self.concentration / self.concentration.sum(-1, keepdim=True)
+
+    def wishart(self, sample_shape=torch.Size()):
+        p = self.dim
+        diag = (self.df[..., None] - torch.arange(p)).sqrt()
+        bartlett = torch.tril(_layer_independent(self.scale_tril.shape), -1) + torch.diag_embed(diag)
+        return self.scale_tril @ bartlett
+
+    monkeypatch.setattr(torch.distributions.Normal, "rsample", normal)
+    monkeypatch.setattr(torch.distributions.Dirichlet, "rsample", dirichlet)
+    monkeypatch.setattr(WishartCholesky, "rsample", wishart)
+
+
+@pytest.mark.parametrize("prior,guide", [*FAMILIES, ("monteclora_scaled_ab", None)])
+def test_grouped_sites_give_the_per_site_loss_and_gradients(prior, guide, fixed_draws):
+    """One statement per shape group under a plate is the same program as one per site."""
+    torch.manual_seed(0)
+    grouped = make(prior, guide, perturbation_scale=0.05) if prior == "monteclora" else make(prior, guide)
+    per_site = bayesian_lora_from_model(tiny_bert(), grouped.spec, 64, 2, guide, group_by_shape=False)
+    assert len(grouped.groups) < len(per_site.groups) == len(per_site.sites)
+    randomize_b(grouped)
+    with torch.no_grad():
+        for param in grouped.group_guides.parameters():  # guides off their (layer-independent) start
+            param.add_(0.3 * torch.randn_like(param))
+    per_site.network.load_state_dict(grouped.network.state_dict())
+    for group in grouped.groups:
+        for i, site in enumerate(group.sites):
+            for name, param in grouped.group_guides[group.key].named_parameters():
+                per_site.group_guides[site.key].get_parameter(name).data.copy_(param.data[i:i + 1])
+    batch = tiny_batch()
+    losses = []
+    for module in (grouped, per_site):
+        module.eval()  # no dropout
+        losses.append(module(batch))
+        losses[-1].backward()
+    torch.testing.assert_close(losses[0], losses[1])
+    for name, param in per_site.network.named_parameters():
+        if param.requires_grad:
+            torch.testing.assert_close(param.grad, grouped.network.get_parameter(name).grad, msg=name)
+    for group in grouped.groups:
+        for name, param in grouped.group_guides[group.key].named_parameters():
+            per_layer = [per_site.group_guides[site.key].get_parameter(name).grad for site in group.sites]
+            torch.testing.assert_close(torch.cat(per_layer), param.grad, msg=f"{group.name}.{name}")
 
 
 def test_likelihood_gradients_reach_every_learnable():
@@ -210,7 +272,7 @@ def test_variational_parameters_get_their_own_learning_rate():
     variational = module.variational_parameters()
     assert variational and {id(p) for p in variational} <= {id(p) for p in module.parameters() if p.requires_grad}
     config = TrainConfig(lr=1e-4, variational_lr=5e-2, max_steps=1, warmup_ratio=0.0, progress=False)
-    guide = next(iter(module.site_guides.values()))
+    guide = next(iter(module.group_guides.values()))
     start = guide.log_concentration.detach().clone()
     randomize_b(module)
     train(module, [tiny_batch(32)], config)
@@ -251,7 +313,7 @@ def test_mc_dropout_averages_passes_with_dropout_on():
 
 
 def test_divergence_stops_with_the_step_and_learning_rate():
-    with pytest.raises(FloatingPointError, match=r"step \d+: non-finite values in the model \(lr = 1000.0\)"):
+    with pytest.raises(FloatingPointError, match=r"step \d+: the loss is nan \(lr = 1000.0\); lower the learning rate"):
         train(make(num_data=64), [tiny_batch(32)], TrainConfig(lr=1e3, max_steps=30, progress=False))
     with pytest.warns(RuntimeWarning, match=r"step \d+: the loss .* is over 10 times its start .*lr = 1000.0"):
         train(make("map", num_data=64), [tiny_batch(32)], TrainConfig(lr=1e3, max_steps=30, progress=False))
@@ -259,11 +321,11 @@ def test_divergence_stops_with_the_step_and_learning_rate():
 
 def test_a_non_finite_parameter_is_named():
     module = make("monteclora_scaled", num_data=32)
-    guide = next(iter(module.site_guides.values()))
+    guide = next(iter(module.group_guides.values()))
     guide.scale_loc.register_hook(lambda grad: torch.full_like(grad, float("nan")))
     config = TrainConfig(lr=1e-3, max_steps=3, progress=False, grad_clip=float("inf"))
     before = guide.scale_loc.detach().clone()
-    with pytest.raises(FloatingPointError, match=r"step 0: the gradient of parameter site_guides\..*lora_A\."
+    with pytest.raises(FloatingPointError, match=r"step 0: the gradient of parameter group_guides\.lora_A__4x32\."
                                                  r"scale_loc is non-finite \(lr = 0.001\)"):
         train(module, [tiny_batch(32)], config)
     assert torch.equal(guide.scale_loc.detach(), before)  # stopped before the step: the parameters are intact

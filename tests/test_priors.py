@@ -7,7 +7,7 @@ import torch
 from pyro import poutine
 
 from monteclora_pyro.declarations import PriorSpec
-from monteclora_pyro.lora_sites import FactorSite
+from monteclora_pyro.lora_sites import FactorSite, SiteGroup
 from monteclora_pyro.priors import MonteCLoRAPrior
 
 
@@ -16,13 +16,14 @@ def test_one_scaled_draw_matches_the_sum_of_n_weighted_draws():
     d, r, n, eps = 3, 2, 5, 0.1
     spec = PriorSpec(family="monteclora", rank=r, num_components=n, perturbation_scale=eps)
     site = FactorSite("layer.lora_A", "layer.lora_A.default.weight", "A", r, d)
+    group = SiteGroup(site.name, (site,))
     prior = MonteCLoRAPrior(spec, r)
     tril = torch.tensor([[1.0, 0.0], [0.6, 0.5]])
     weights = torch.tensor([0.5, 0.2, 0.1, 0.1, 0.1])
     draws = 40_000
-    condition = {f"{site.name}.sigma_tril": tril, f"{site.name}.weights": weights}
+    condition = {f"{group.name}.sigma_tril": tril[None], f"{group.name}.weights": weights[None]}  # one layer
     with poutine.condition(data=condition):
-        samples = torch.stack([prior(site, torch.zeros(r, d)) for _ in range(draws // 40)])
+        samples = torch.cat([prior(group, torch.zeros(1, r, d)) for _ in range(draws // 40)])
     # vectorized reference: the paper's explicit mixture of N independent perturbations
     z = torch.randn(draws, n, d, r)
     explicit = eps * torch.einsum("n,sndr->sdr", weights, z @ tril.T)
