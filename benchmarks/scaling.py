@@ -69,6 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=positive_int, default=1)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json-out", default=None, help="also write the final JSON here (atomically)")
+    p.add_argument("--in-process", action="store_true",
+                   help="run the methods in this process (a quick smoke run: peak memories are then not their own)")
     return p
 
 
@@ -81,7 +83,7 @@ def points(args: argparse.Namespace) -> list[tuple[str, Any, dict[str, Any]]]:
 def worker_args(args: argparse.Namespace, settings: dict[str, Any]) -> argparse.Namespace:
     """``step_time.py``'s settings for one point: this run's shared ones, the point's r, N and targets."""
     worker = step_time.build_parser().parse_args([])
-    for name in ("backbone", "batch_size", "seq_len", "warmup", "repeats", "device", "threads", "seed"):
+    for name in ("backbone", "batch_size", "seq_len", "warmup", "repeats", "device", "threads", "seed", "in_process"):
         setattr(worker, name, getattr(args, name))
     vars(worker).update(settings, no_eval=True)
     return worker
@@ -105,7 +107,7 @@ def measure(args: argparse.Namespace, settings: dict[str, Any]) -> dict[str, Any
 
     def ratio(key: str, peer: str) -> float | None:
         ours, other = results["monteclora"], results[peer]
-        return ours[key] / other[key] if key in ours and key in other else None
+        return ours[key] / other[key] if key in ours and other.get(key) else None  # in-process growth may be 0
 
     return {
         **settings,

@@ -85,6 +85,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json-out", default=None, help="also write the final JSON here (atomically)")
     p.add_argument("--gradient-checkpointing", action="store_true",
                    help="recompute activations in the backward pass (every method alike)")
+    p.add_argument("--in-process", action="store_true",
+                   help="run the methods in this process, one after another (a quick smoke run: the peak "
+                        "memory of a method is then not its own)")
     p.add_argument("--no-eval", action="store_true", help=argparse.SUPPRESS)  # workers of benchmarks/scaling.py
     p.add_argument("--worker", choices=METHODS, default=None, help=argparse.SUPPRESS)
     return p
@@ -414,7 +417,14 @@ def eval_ours(module, batch, args, device) -> dict[str, Any]:
 
 # ----------------------------------------------------------------------------- driver
 def run_method(args: argparse.Namespace, method: str) -> dict[str, Any]:
-    """Run one worker subprocess and parse the JSON object on its last stdout line."""
+    """Run one worker subprocess and parse the JSON object on its last stdout line (or, with
+    ``--in-process``, the worker here, restoring the thread count it sets)."""
+    if args.in_process:
+        threads = torch.get_num_threads()
+        try:
+            return json.loads(json.dumps(run_worker(argparse.Namespace(**{**vars(args), "worker": method}))))
+        finally:
+            torch.set_num_threads(threads)
     process = subprocess.run(worker_argv(args, method), capture_output=True, text=True)
     lines = [line for line in process.stdout.splitlines() if line.strip()]
     if process.returncode != 0 or not lines:

@@ -24,7 +24,7 @@ def _read_local(task: GlueTask, data_dir: Path) -> datasets.DatasetDict:
         raise FileNotFoundError(
             f"{folder} does not exist: --data-dir must hold the GLUE folders ({task.directory}/ ...)"
         )
-    files = {"train": folder / "train.tsv", **{s: folder / f"{s}.tsv" for s in task.dev_splits}}
+    files = task.files(data_dir)
     missing = [str(p) for p in files.values() if not p.exists()]
     if missing:
         raise FileNotFoundError(f"GLUE task {task.name!r}: missing files {missing}")

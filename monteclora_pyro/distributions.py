@@ -65,6 +65,8 @@ class WishartCholesky(TorchDistribution):
 
     def expand(self, batch_shape, _instance=None):
         batch_shape = torch.Size(batch_shape)
+        if batch_shape == self.batch_shape:  # a plate re-expands every site to the shape it already has
+            return self
         return WishartCholesky(self.df.expand(batch_shape), self.scale_tril.expand(batch_shape + (self.dim,) * 2))
 
     @property

@@ -35,6 +35,11 @@ class GlueTask:
     hub_dev_splits: tuple[str, ...] = ("validation",)
     metrics: tuple[str, ...] = field(default=("accuracy",))
 
+    def files(self, data_dir: str | Path) -> dict[str, Path]:
+        """{split: TSV path} of the local copy under ``data_dir``: train and the dev splits."""
+        folder = Path(data_dir) / self.directory
+        return {"train": folder / "train.tsv", **{split: folder / f"{split}.tsv" for split in self.dev_splits}}
+
 
 GLUE_TASKS: dict[str, GlueTask] = {
     t.name: t
@@ -123,6 +128,9 @@ class GlueRunConfig(RunConfig):
         data_dir = self.data_dir if self.data_dir is not None else default_glue_dir()
         if data_dir is not None and not (Path(data_dir) / task.directory).is_dir():
             raise ValueError(f"data_dir = {str(data_dir)!r} has no {task.directory}/ folder (the GLUE layout)")
+        missing = [str(path) for path in task.files(data_dir).values() if not path.is_file()] if data_dir else []
+        if missing:
+            raise ValueError(f"data_dir = {str(data_dir)!r}: {task.name} needs {', '.join(missing)}")
         for name in ("max_train_samples", "max_eval_samples"):
             value = getattr(self, name)
             if value is not None and not (isinstance(value, int) and value >= 1):

@@ -1,4 +1,6 @@
-"""Smoke test of ``benchmarks/step_time.py`` on the tiny BERT shape: it runs, and its last line is the JSON.
+"""Smoke tests of ``benchmarks/step_time.py`` and ``scaling.py`` on the tiny BERT shape: they run, and their
+last line is the JSON.  The methods run in the test's process (``--in-process``); one test runs the real
+subprocess workers.
 
 No assertion on wall-clock values: only that every number is there, positive and finite.
 """
@@ -7,11 +9,15 @@ from __future__ import annotations
 
 import json
 import math
-import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "step_time.py"
+sys.path.insert(0, str(SCRIPT.parent))
+import scaling  # noqa: E402
+import step_time  # noqa: E402
 RATIOS = (
     "monteclora_vs_lora",
     "monteclora_vs_peft_monteclora",
@@ -27,16 +33,15 @@ def _positive_finite(value) -> bool:
     return is_number and math.isfinite(value) and value > 0
 
 
-def test_step_time_tiny(tmp_path):
+def _last_json(text: str) -> dict:
+    return json.loads(text.strip().splitlines()[-1])
+
+
+def test_step_time_tiny(tmp_path, capsys):
     json_out = tmp_path / "step_time.json"
-    command = [
-        sys.executable, str(SCRIPT), "--backbone", "tiny", "--batch-size", "4", "--seq-len", "16",
-        "--warmup", "1", "--repeats", "2", "--device", "cpu", "--threads", "1", "--json-out", str(json_out),
-    ]
-    process = subprocess.run(command, capture_output=True, text=True, timeout=600)
-    assert process.returncode == 0, process.stderr[-4000:]
-    last = process.stdout.strip().splitlines()[-1]
-    summary = json.loads(last)
+    step_time.main(["--backbone", "tiny", "--batch-size", "4", "--seq-len", "16", "--warmup", "1", "--repeats", "2",
+                    "--device", "cpu", "--threads", "1", "--json-out", str(json_out), "--in-process"])
+    summary = _last_json(capsys.readouterr().out)
 
     for key in RATIOS:
         assert _positive_finite(summary[key]), (key, summary[key])
@@ -63,13 +68,20 @@ def test_step_time_tiny(tmp_path):
     assert json.loads(json_out.read_text()) == summary
 
 
+def test_a_subprocess_worker_reports_its_method():
+    """The real driver path: one worker process per method, its JSON on the last line."""
+    args = step_time.build_parser().parse_args(["--backbone", "tiny", "--batch-size", "2", "--seq-len", "8",
+                                                "--warmup", "0", "--repeats", "1", "--threads", "1"])
+    result = step_time.run_method(args, "monteclora")
+    assert result["method"] == "monteclora" and result["adapted_modules"] == 4
+    assert _positive_finite(result["step_seconds_median"]) and _positive_finite(result["peak_growth_mib"])
+    failing = step_time.build_parser().parse_args(["--backbone", "tiny", "--targets", "q_proj"])  # not in BERT
+    with pytest.raises(RuntimeError, match=r"the map worker failed \(exit code 1\): .*q_proj"):
+        step_time.run_method(failing, "map")
+
+
 def test_worker_argv_round_trips():
     """The worker's command line carries every setting the driver was given."""
-    sys.path.insert(0, str(SCRIPT.parent))
-    try:
-        import step_time
-    finally:
-        sys.path.remove(str(SCRIPT.parent))
     args = step_time.build_parser().parse_args(["--backbone", "tiny", "--rank", "4", "--targets", "query"])
     argv = step_time.worker_argv(args, "map")
     again = step_time.build_parser().parse_args(argv[2:])
@@ -78,18 +90,13 @@ def test_worker_argv_round_trips():
         assert getattr(again, name) == getattr(args, name)
 
 
-def test_scaling_tiny(tmp_path):
+def test_scaling_tiny(tmp_path, capsys):
     """Each axis point reports every method; the adapters' sizes follow r, N and the targets."""
-    script = SCRIPT.parent / "scaling.py"
     json_out = tmp_path / "scaling.json"
-    command = [
-        sys.executable, str(script), "--backbone", "tiny", "--batch-size", "2", "--seq-len", "8",
-        "--ranks", "2", "--components", "3", "--target-sets", "query", "--warmup", "0", "--repeats", "1",
-        "--json-out", str(json_out),
-    ]
-    process = subprocess.run(command, capture_output=True, text=True, timeout=600)
-    assert process.returncode == 0, process.stderr[-4000:]
-    summary = json.loads(process.stdout.strip().splitlines()[-1])
+    argv = ["--backbone", "tiny", "--batch-size", "2", "--seq-len", "8", "--ranks", "2", "--components", "3",
+            "--target-sets", "query", "--warmup", "0", "--repeats", "1", "--json-out", str(json_out), "--in-process"]
+    scaling.main(argv)
+    summary = _last_json(capsys.readouterr().out)
     assert json.loads(json_out.read_text()) == summary
     points = {(p["axis"], p["value"]): p for p in summary["points"]}
     assert set(points) == {("rank", 2), ("num_components", 3), ("targets", "query")}
@@ -107,7 +114,7 @@ def test_scaling_tiny(tmp_path):
     assert points[("rank", 2)]["adapted_modules"] == 4  # the base targets: query, value
     assert (points[("rank", 2)]["rank"], points[("num_components", 3)]["num_components"]) == (2, 3)
 
-    again = subprocess.run(command, capture_output=True, text=True, timeout=600)  # resumes: nothing to measure
-    assert again.returncode == 0, again.stderr[-4000:]
-    assert "running" not in again.stderr
-    assert json.loads(again.stdout.strip().splitlines()[-1]) == summary
+    scaling.main(argv)  # resumes: nothing left to measure
+    again = capsys.readouterr()
+    assert "running" not in again.err
+    assert _last_json(again.out) == summary

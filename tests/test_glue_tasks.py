@@ -48,6 +48,10 @@ def test_unknown_task_and_missing_folder_are_clear_errors(tmp_path):
     assert get_task("SST-2").name == "sst2" and set(GLUE_TASKS) >= {"mnli", "qnli"}
     with pytest.raises(ValueError, match="has no MNLI/ folder"):
         GlueRunConfig(task="mnli", data_dir=str(tmp_path)).resolved()
+    (tmp_path / "QNLI").mkdir()
+    (tmp_path / "QNLI" / "dev.tsv").write_text("index\tquestion\tsentence\tlabel\n")  # train.tsv missing
+    with pytest.raises(ValueError, match=r"qnli needs .*QNLI/train.tsv$"):
+        GlueRunConfig(task="qnli", data_dir=str(tmp_path)).resolved()
 
 
 MNLI_HEADER = ["index", "promptID", "pairID", "genre", "sentence1_binary_parse", "sentence2_binary_parse",
