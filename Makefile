@@ -4,6 +4,7 @@
 PYTHON ?= python3
 VENV ?= .venv
 TORCH ?= torch==2.13.0
+TEST_WORKERS ?= 2
 BIN := $(VENV)/bin
 
 .PHONY: setup run run-commonsense test lint
@@ -29,4 +30,4 @@ lint: setup
 	$(BIN)/ruff check .
 
 test: setup lint
-	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q $(PYTEST_ARGS)
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -n $(TEST_WORKERS) $(PYTEST_ARGS)
