@@ -457,13 +457,14 @@ def summarize(args: argparse.Namespace, results: dict[str, dict[str, Any]]) -> d
     cpu = {m: r["step_cpu_seconds_median"] for m, r in results.items()}
     peak = {m: r["peak_growth_mib"] for m, r in results.items()}
     ours_eval = results["monteclora"]["eval"]
+    own_peaks = not args.in_process  # in one process, a method's peak is not its own: no memory ratios
     return {
         "monteclora_vs_lora": step["monteclora"] / step["peft-lora"],
         "monteclora_vs_peft_monteclora": step["monteclora"] / step["peft-monteclora"],
         "map_vs_lora": step["map"] / step["peft-lora"],
         "peft_monteclora_vs_lora": step["peft-monteclora"] / step["peft-lora"],
-        "memory_vs_lora": peak["monteclora"] / peak["peft-lora"],
-        "memory_vs_peft_monteclora": peak["monteclora"] / peak["peft-monteclora"],
+        "memory_vs_lora": peak["monteclora"] / peak["peft-lora"] if own_peaks else None,
+        "memory_vs_peft_monteclora": peak["monteclora"] / peak["peft-monteclora"] if own_peaks else None,
         "predictive8_vs_mean": ours_eval["predictive_seconds"] / ours_eval["mean_seconds"],
         # the predictive's cost per draw over the mean forward's (1 = no overhead beyond S forwards)
         "predictive_per_draw_vs_mean": ours_eval["predictive_seconds"]
@@ -481,6 +482,7 @@ def summarize(args: argparse.Namespace, results: dict[str, dict[str, Any]]) -> d
         "device": device_name(device),
         "torch": torch.__version__,
         "threads": args.threads or torch.get_num_threads(),
+        "in_process": args.in_process,
         "config": {k: getattr(args, k) for k in (*RUN_SETTINGS, "rounds")},
     }
 
@@ -507,7 +509,8 @@ def print_table(summary: dict[str, Any]) -> None:
             f"{r['step_seconds_median'] / lora['step_seconds_median']:>8.3f} "
             f"{1e3 * r['step_cpu_seconds_median']:>9.1f} "
             f"{r['step_cpu_seconds_median'] / lora['step_cpu_seconds_median']:>8.3f} "
-            f"{r['peak_growth_mib']:>10.1f} {r['peak_growth_mib'] / lora['peak_growth_mib']:>8.3f} "
+            f"{r['peak_growth_mib']:>10.1f} "
+            f"{'-' if summary['in_process'] else format(r['peak_growth_mib'] / lora['peak_growth_mib'], '.3f'):>8} "
             f"{r['trainable_parameters']:>10,} {r['load_average'][0]:>5.2f}"
         )
     print("(load: the machine's 1-minute load average before the steps; above 0 means other processes ran)")
@@ -529,7 +532,8 @@ def print_table(summary: dict[str, Any]) -> None:
         "predictive8_vs_mean",
     ):
         cpu = summary["cpu_time_ratios"].get(key)
-        print(f"{key:<32} {summary[key]:.3f}" + (f"   (CPU time: {cpu:.3f})" if cpu is not None else ""))
+        value = "-" if summary[key] is None else format(summary[key], ".3f")
+        print(f"{key:<32} {value}" + (f"   (CPU time: {cpu:.3f})" if cpu is not None else ""))
 
 
 def emit(summary: dict[str, Any], json_out: str | None) -> None:

@@ -3,7 +3,8 @@
 Learnable per factor site (rows of the group's parameters): ``log_scale`` (theta in R^r, the
 Wishart scale is diag(exp(theta))^2) and ``log_concentration`` (phi in R^N); with a hyperprior on
 the perturbation scale, also the location and log-scale of q(tau) = LogNormal.  The noise ``Z``
-keeps its prior N(0, I) in the guide, so its KL is exactly zero and the ELBO's KL is KL_Wishart + KL_Dirichlet, both in closed form.
+keeps its prior N(0, I) in the guide, so its KL is exactly zero and the ELBO's KL is
+KL_Wishart + KL_Dirichlet, both in closed form.
 """
 
 from __future__ import annotations

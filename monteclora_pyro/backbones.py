@@ -23,7 +23,7 @@ from transformers import (
 
 from .glue_tasks import default_model
 
-__all__ = ["check_backbone", "gguf_as_directory", "load_causal_lm", "load_classifier", "resolve_device"]
+__all__ = ["check_backbone", "gguf_as_directory", "load_causal_lm", "load_classifier", "output_layer", "resolve_device"]
 
 AUTO_CLASSES = {"classifier": AutoModelForSequenceClassification, "causal_lm": AutoModelForCausalLM}
 
@@ -97,6 +97,16 @@ def load_classifier(
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tokenizer.pad_token_id
     return model, tokenizer
+
+
+def output_layer(model: nn.Module) -> nn.Linear:
+    """The last linear map of a sequence-classification head: BERT's ``classifier``, RoBERTa's
+    ``classifier.out_proj``, LLaMA's ``score``."""
+    heads = [module for name, module in model.named_modules() if name.rsplit(".", 1)[-1] in ("classifier", "score")]
+    linears = [m for m in heads[-1].modules() if isinstance(m, nn.Linear)] if heads else []
+    if not linears:
+        raise ValueError(f"{type(model).__name__} has no linear classifier or score head")
+    return linears[-1]
 
 
 def check_backbone(name_or_path: str, targets: Sequence[str], rank: int, num_labels: int = 2,

@@ -88,6 +88,10 @@ class TaskFamily(abc.ABC):
     def load_data(self, tokenizer) -> tuple[Dataset, Callable]:
         """(training rows with ``idx``, their collate function); loads and keeps the evaluation sets."""
 
+    def prepare_model(self, model: nn.Module, train_set: Dataset) -> None:
+        """Fit the fresh backbone's head to the training rows before adapters are added (default: nothing)."""
+        return None
+
     @abc.abstractmethod
     def likelihood(self, peer: bool) -> nn.Module:
         """The observation model of ours (``peer`` False) or the readout and loss of a PEFT peer."""
@@ -159,6 +163,7 @@ def _run(family: TaskFamily, output_dir: Path | None, processes: World) -> dict[
     if config.gradient_checkpointing:  # non-reentrant: frozen inputs need no gradient, the draw is reused
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     train_set, collate = family.load_data(tokenizer)
+    family.prepare_model(model, train_set)
     train_loader = make_loader(train_set, collate, config.batch_size, shuffle=True, seed=config.seed, world=processes)
 
     # model

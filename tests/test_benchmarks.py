@@ -18,6 +18,7 @@ SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "step_time.py"
 sys.path.insert(0, str(SCRIPT.parent))
 import scaling  # noqa: E402
 import step_time  # noqa: E402
+
 RATIOS = (
     "monteclora_vs_lora",
     "monteclora_vs_peft_monteclora",
@@ -44,7 +45,10 @@ def test_step_time_tiny(tmp_path, capsys):
     summary = _last_json(capsys.readouterr().out)
 
     for key in RATIOS:
-        assert _positive_finite(summary[key]), (key, summary[key])
+        if key.startswith("memory"):  # in one process the peaks are not each method's own
+            assert summary[key] is None
+        else:
+            assert _positive_finite(summary[key]), (key, summary[key])
     assert summary["backbone"] == "tiny"
     assert summary["device"].startswith("cpu")
     assert summary["torch"]
@@ -53,8 +57,9 @@ def test_step_time_tiny(tmp_path, capsys):
         result = summary["methods"][method]
         assert result["method"] == method
         assert len(result["step_seconds"]) == 2
-        for key in ("step_seconds_median", "peak_growth_mib", "trainable_parameters"):
+        for key in ("step_seconds_median", "trainable_parameters"):
             assert _positive_finite(result[key]), (method, key, result[key])
+        assert math.isfinite(result["peak_growth_mib"]) and result["peak_growth_mib"] >= 0
         assert math.isfinite(result["final_loss"])
     ours_eval = summary["methods"]["monteclora"]["eval"]
     for key in ("mean_examples_per_second", "predictive_examples_per_second", "draw_seconds"):

@@ -10,7 +10,6 @@ import torch
 from conftest import tiny_batch, tiny_bert
 from torch.distributions import kl_divergence
 
-from monteclora_pyro.distributions import WishartCholesky
 from monteclora_pyro import (
     BayesianLoRA,
     TrainConfig,
@@ -22,6 +21,7 @@ from monteclora_pyro import (
     predict,
     train,
 )
+from monteclora_pyro.distributions import WishartCholesky
 
 FAMILIES = [("monteclora", None), ("monteclora_scaled", None), ("gaussian", None), ("gaussian", "delta"), ("map", None)]
 
@@ -124,13 +124,13 @@ def _layer_independent(shape: torch.Size) -> torch.Tensor:
 @pytest.fixture
 def fixed_draws(monkeypatch):
     """Every reparameterized draw made a deterministic, differentiable function of its parameters."""
-    def normal(self, sample_shape=torch.Size()):
+    def normal(self, sample_shape=()):
         return self.loc + self.scale * _layer_independent(self._extended_shape(sample_shape))
 
-    def dirichlet(self, sample_shape=torch.Size()):
+    def dirichlet(self, sample_shape=()):
         return self.concentration / self.concentration.sum(-1, keepdim=True)
 
-    def wishart(self, sample_shape=torch.Size()):
+    def wishart(self, sample_shape=()):
         p = self.dim
         diag = (self.df[..., None] - torch.arange(p)).sqrt()
         bartlett = torch.tril(_layer_independent(self.scale_tril.shape), -1) + torch.diag_embed(diag)

@@ -7,6 +7,7 @@ import json
 
 import pytest
 from conftest import GLUE_DIR
+from safetensors.torch import load_file
 
 from monteclora_pyro.backbones import load_classifier
 from monteclora_pyro.data import GLUE_TASKS, get_task, load_glue
@@ -103,6 +104,11 @@ def test_stsb_regression_end_to_end(tmp_path, glue_dir):
     assert -1.0 <= metrics["pearson"] <= 1.0
     assert json.loads((tmp_path / "metrics.json").read_text())["task"] == "stsb"
     assert (tmp_path / "posterior.nc").exists()
+    # the head starts at the targets' mean (STS-B's is about 2.7), not at 0, where LoRA's first steps
+    # collapse every example's output to one value
+    state = load_file(str(tmp_path / "adapter" / "posterior.safetensors"))
+    bias = next(value for name, value in state.items() if "classifier" in name and name.endswith("bias"))
+    assert 1.5 < float(bias) < 4.0
 
 
 RTE_HEADER = "index\tsentence1\tsentence2\tlabel"
