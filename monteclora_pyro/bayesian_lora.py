@@ -34,7 +34,6 @@ from collections.abc import Mapping
 from typing import Any
 
 import pyro
-import pyro.distributions as dist
 import torch
 from peft import PeftModel
 from pyro import poutine
@@ -116,34 +115,44 @@ class BayesianLoRA(nn.Module):
         """The group's PEFT factor weights (the posterior means), stacked along a leading layer dim."""
         return torch.stack([self._layers[site.parameter].weight for site in group.sites])
 
-    def sample_factors(self) -> dict[str, torch.Tensor]:
+    def stacked_means(self) -> dict[str, torch.Tensor]:
+        """{group key: :meth:`factor_means`}: stacked once per step, shared by the guide and the model."""
+        return {group.key: self.factor_means(group) for group in self.groups}
+
+    def sample_factors(self, means: Mapping[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
         """The model's prior statements; returns {PEFT parameter name: sampled factor}."""
+        means = self.stacked_means() if means is None else means
         factors = {}
         for group in self.groups:
-            values = self.prior(group, self.factor_means(group))
+            values = self.prior(group, means[group.key])
             factors.update(zip((site.parameter for site in group.sites), values.unbind(0), strict=True))
         return factors
 
-    def sample_guide(self) -> None:
+    def sample_guide(self, means: Mapping[str, torch.Tensor] | None = None) -> None:
         """The guide's statements for every group of factor sites."""
+        means = self.stacked_means() if means is None else means
         for group in self.groups:
-            self.group_guides[group.key](self.factor_means(group))
+            self.group_guides[group.key](means[group.key])
 
-    def model(self, batch: Mapping[str, torch.Tensor], kl_weight: float | None = None) -> torch.Tensor:
+    def model(self, batch: Mapping[str, torch.Tensor], kl_weight: float | None = None,
+              means: Mapping[str, torch.Tensor] | None = None) -> torch.Tensor:
         with self._tempered(self.kl_weight if kl_weight is None else kl_weight):
-            factors = self.sample_factors()
+            factors = self.sample_factors(means)
         output = self.network_output(batch, factors)
         return self.likelihood(output, batch.get("labels"), self.num_data, batch["idx"])
 
-    def guide(self, batch: Mapping[str, torch.Tensor], kl_weight: float | None = None) -> None:
+    def guide(self, batch: Mapping[str, torch.Tensor], kl_weight: float | None = None,
+              means: Mapping[str, torch.Tensor] | None = None) -> None:
         with self._tempered(self.kl_weight if kl_weight is None else kl_weight):
-            self.sample_guide()
+            self.sample_guide(means)
 
     def forward(self, batch: Mapping[str, torch.Tensor], kl_weight: float | None = None) -> torch.Tensor:
         """-ELBO_beta / N for one minibatch (``batch["idx"]``: the rows' indices in the training set)."""
+        means = self.stacked_means()
         with pyro.validation_enabled(not self._validated):
-            guide_trace = poutine.trace(self.guide).get_trace(batch, kl_weight)
-            model_trace = poutine.trace(poutine.replay(self.model, trace=guide_trace)).get_trace(batch, kl_weight)
+            guide_trace = poutine.trace(self.guide).get_trace(batch, kl_weight, means)
+            replayed = poutine.replay(self.model, trace=guide_trace)
+            model_trace = poutine.trace(replayed).get_trace(batch, kl_weight, means)
         self._validated = True
         model_trace = prune_subsample_sites(model_trace)  # the plate's subsample site is no latent
         elbo: torch.Tensor | float = 0.0
@@ -233,8 +242,6 @@ def _site_kl(guide_site: dict, model_site: dict) -> torch.Tensor:
     """KL(q || p) of one latent site: closed form where registered, else log q(z) - log p(z) at the draw
     (for a point mass, -log p at the point: MAP's penalty)."""
     q, p, value = guide_site["fn"], model_site["fn"], guide_site["value"]
-    if isinstance(q, dist.Delta):  # no closed form is registered: skip the lookup's exception
-        return q.log_prob(value) - p.log_prob(value)
     try:
         return kl_divergence(q, p)
     except NotImplementedError:
