@@ -5,7 +5,7 @@ seed; ``map`` also yields the post-hoc baselines ``map+temperature`` and ``map+m
 Resumable, and processes may share OUT if they split --seeds or --tasks.  Writes
 OUT/<task>/overfitting.csv, OUT/summary.json and OUT/plots/ece_vs_epoch_<task>.png.
 
-    python experiments/overfit_glue.py --tasks sst2,mrpc,rte --seeds 0,1,2 \
+    python experiments/overfit_glue.py --tasks sst2,mrpc,stsb --seeds 0,1,2 \
         --methods map,monteclora,monteclora_scaled,gaussian,peft-monteclora --output-dir results/overfitting
 """
 
@@ -24,7 +24,7 @@ BENCHMARK_DEFAULTS = {"max_train_samples": 1000, "holdout_fraction": 0.1, "epoch
 
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--tasks", default="sst2,mrpc,rte", help="comma-separated GLUE tasks")
+    p.add_argument("--tasks", default="sst2,mrpc,stsb", help="comma-separated GLUE tasks")
     p.add_argument("--methods", default="map,monteclora,monteclora_scaled,gaussian,peft-monteclora",
                    help="bundled prior names or .toml paths (ours) and peft-lora / peft-monteclora")
     p.add_argument("--seeds", type=number_list(int), default=[0, 1, 2])
@@ -44,10 +44,11 @@ def main(argv: list[str] | None = None) -> dict:
         p.error(str(error))
     for task, result in summary["tasks"].items():
         print(f"\n{task} ({result['metric']}; mean +- std over seeds)")
-        print(f"{'method':<20}" + "".join(f"{s:>18}" for s in ("metric", "nll", "ece", "brier")))
+        columns = [s for s in ("metric", "nll", "ece", "brier", "crps")
+                   if any(s in scores for scores in result["methods"].values())]
+        print(f"{'method':<20}" + "".join(f"{s:>18}" for s in columns))
         for method, scores in result["methods"].items():
-            cells = [f"{scores[s]['mean']:.4f} +- {scores[s]['std']:.4f}" if s in scores else "-"
-                     for s in ("metric", "nll", "ece", "brier")]
+            cells = [f"{scores[s]['mean']:.4f} +- {scores[s]['std']:.4f}" if s in scores else "-" for s in columns]
             print(f"{method:<20}" + "".join(f"{c:>18}" for c in cells))
     return summary
 

@@ -1,8 +1,10 @@
 """The GLUE task family: a sequence classifier (or regressor, STS-B) scored on the dev set.
 
 Its evaluation: the posterior-mean (``mean_*``) and S-draw predictive metrics (accuracy, NLL, ECE,
-MCE, Brier and the task's GLUE metric; correlations for regression), a temperature fitted on
-held-out training rows (``ts_*``) and MC dropout (``mcd_*``) when asked, the reliability diagram.
+MCE, Brier and the task's GLUE metric; for regression correlations, MSE, and the NLL, quantile ECE
+and CRPS of the predictive mixture, :mod:`~monteclora_pyro.regression_calibration`), the post-hoc fix
+fitted on held-out training rows (``ts_*``: temperature scaling, or for regression a refitted noise
+scale) and MC dropout (``mcd_*``) when asked, the reliability diagram.
 
 ``experiments/svi_glue.py`` is the command-line client of :func:`run_glue`; benchmarks and sweeps
 call it too.  Everything is validated before the model or data is loaded.
@@ -24,32 +26,31 @@ from .glue_tasks import GlueRunConfig
 from .likelihoods import GaussianLikelihood, build_likelihood
 from .metrics import classification_metrics, glue_metrics, regression_metrics
 from .pipeline import Evaluation, TaskFamily, make_loader, run
-from .plots import plot_reliability
+from .plots import plot_quantile_calibration, plot_reliability
 from .prediction import mc_dropout, predict
+from .regression_calibration import fit_noise_scale, probability_integral_transform, regression_calibration
 
 __all__ = ["GlueFamily", "GlueRunConfig", "run_glue"]
 
 
-def _scores(probs: torch.Tensor, labels: torch.Tensor, task: GlueTask) -> dict[str, float]:
-    """Classification metrics (accuracy, NLL, ECE, MCE, Brier) and the task's GLUE metrics; regression:
-    correlations and MSE."""
-    if task.num_labels == 1:
-        return regression_metrics(probs, labels)
-    return classification_metrics(probs, labels) | glue_metrics(task.metrics, probs, labels)
+def _scores(predictive: torch.Tensor, labels: torch.Tensor, task: GlueTask, draws: torch.Tensor | None = None,
+            scale: float | None = None) -> dict[str, float]:
+    """Classification: accuracy, NLL, ECE, MCE, Brier and the task's GLUE metrics, from class probabilities.
+    Regression: correlations and MSE of the predicted values, and with a noise ``scale`` the NLL,
+    quantile ECE and CRPS of the mixture over the ``draws`` (examples x draws)."""
+    if task.num_labels > 1:
+        return classification_metrics(predictive, labels) | glue_metrics(task.metrics, predictive, labels)
+    scores = regression_metrics(predictive, labels)
+    if scale is not None:
+        scores.update(regression_calibration(draws, labels, scale))
+    return scores
 
 
-def _report(predictions: dict[str, torch.Tensor], likelihood, task: GlueTask) -> dict[str, float]:
-    """Metrics of the posterior-mean predictions (``mean_*``) and of the predictive ones (unprefixed).
-
-    Regression NLL uses the learned Gaussian noise scale: the predictive is the mixture over draws.
-    """
-    labels = predictions["labels"]
-    report = {f"mean_{k}": v for k, v in _scores(predictions["mean"], labels, task).items()}
-    report.update(_scores(predictions["predictive"], labels, task))
-    if likelihood.regression and likelihood.learned:
-        report["mean_nll"] = likelihood.nll(predictions["mean"][:, None], labels)
-        report["nll"] = likelihood.nll(predictions["draws"], labels)
-    return report
+def _report(predictions: dict[str, torch.Tensor], task: GlueTask, scale: float | None) -> dict[str, float]:
+    """Metrics of the posterior-mean predictions (``mean_*``) and of the predictive ones (unprefixed)."""
+    labels, mean = predictions["labels"], predictions["mean"]
+    report = {f"mean_{k}": v for k, v in _scores(mean, labels, task, mean.reshape(len(mean), -1), scale).items()}
+    return report | _scores(predictions["predictive"], labels, task, predictions["draws"], scale)
 
 
 class GlueFamily(TaskFamily):
@@ -104,39 +105,68 @@ class GlueFamily(TaskFamily):
     def _predictions(self, module, device, split: str, with_mean: bool = True) -> dict[str, torch.Tensor]:
         return predict(module, self.loaders[split], self.config.num_samples, device, with_mean)
 
+    def _noise_scale(self, module, device, held_out: dict[str, torch.Tensor] | None = None) -> float | None:
+        """Regression: the likelihood's learned noise scale.  A peer trains on MSE and has none: its scale is
+        the one fitted on the held-out rows, or None (no NLL or calibration) without them."""
+        likelihood = module.likelihood
+        if not likelihood.regression:
+            return None
+        if likelihood.learned:
+            return float(likelihood.log_scale.detach().exp())
+        held_out = held_out if held_out is not None else self._held_out(module, device)
+        return fit_noise_scale(held_out["draws"], held_out["labels"]) if held_out is not None else None
+
+    def _held_out(self, module, device) -> dict[str, torch.Tensor] | None:
+        return self._predictions(module, device, "holdout", with_mean=False) if "holdout" in self.loaders else None
+
     def epoch_scores(self, module, device) -> dict[str, float]:
         predictions = self._predictions(module, device, self.task.dev_splits[0], with_mean=False)
-        return _scores(predictions["predictive"], predictions["labels"], self.task)
+        scale = self._noise_scale(module, device)
+        return _scores(predictions["predictive"], predictions["labels"], self.task, predictions["draws"], scale)
+
+    def _recalibrated_scores(self, predictions: dict[str, torch.Tensor], fitted: dict[str, Any]) -> dict[str, float]:
+        """Scores after the post-hoc fix fitted on the held-out rows: the temperature, or the noise scale."""
+        labels = predictions["labels"]
+        if self.task.num_labels > 1:
+            return _scores(apply_temperature(predictions["predictive"], fitted["temperature"]), labels, self.task)
+        scale = fitted["holdout_noise_scale"]
+        return _scores(predictions["predictive"], labels, self.task, predictions["draws"], scale)
 
     def evaluate(self, module, device, output_dir: Path) -> Evaluation:
-        """Each dev split (the first unprefixed, others as ``<split>_*``), with a temperature fitted on
-        the held-out rows and MC dropout when asked."""
+        """Each dev split (the first unprefixed, others as ``<split>_*``), recalibrated on the held-out rows
+        (``ts_*``: a temperature, or for regression a refitted noise scale) and with MC dropout when asked."""
         config, task = self.config, self.task
-        metrics: dict[str, Any] = {}
-        temperature = None
-        if "holdout" in self.loaders and task.num_labels > 1:
-            held_out = self._predictions(module, device, "holdout", with_mean=False)
-            temperature = fit_temperature(held_out["predictive"], held_out["labels"])
-            metrics.update(temperature=temperature, num_holdout=len(self.loaders["holdout"].dataset))
+        held_out = self._held_out(module, device)
+        scale = self._noise_scale(module, device, held_out)
+        metrics: dict[str, Any] = {} if scale is None else {"noise_scale": scale}
+        if held_out is not None:
+            metrics["num_holdout"] = len(self.loaders["holdout"].dataset)
+            if task.num_labels > 1:
+                metrics["temperature"] = fit_temperature(held_out["predictive"], held_out["labels"])
+            else:
+                metrics["holdout_noise_scale"] = fit_noise_scale(held_out["draws"], held_out["labels"])
         evaluation = Evaluation(metrics)
         for split in task.dev_splits:
             predictions = self._predictions(module, device, split)
-            report = _report(predictions, module.likelihood, task)
-            if temperature is not None:
-                scaled = apply_temperature(predictions["predictive"], temperature)
-                report.update({f"ts_{k}": v for k, v in _scores(scaled, predictions["labels"], task).items()})
+            report = _report(predictions, task, scale)
+            if held_out is not None:
+                report.update({f"ts_{k}": v for k, v in self._recalibrated_scores(predictions, metrics).items()})
             if config.mc_dropout_samples:
                 dropout = mc_dropout(module, self.loaders[split], config.mc_dropout_samples, device)
-                report.update({f"mcd_{k}": v for k, v in _scores(dropout["mean"], dropout["labels"], task).items()})
+                report.update({f"mcd_{k}": v for k, v in _scores(dropout["mean"], dropout["labels"], task,
+                                                                 dropout["draws"], scale).items()})
             first_split = split == task.dev_splits[0]
             metrics.update({("" if first_split else f"{split}_") + k: v for k, v in report.items()})
             if first_split:
                 labels = predictions["labels"]
-                evaluation.epoch_scores = _scores(predictions["predictive"], labels, task)
+                evaluation.epoch_scores = _scores(predictions["predictive"], labels, task, predictions["draws"], scale)
                 evaluation.observed = labels
                 evaluation.log_likelihood = module.likelihood.draw_log_likelihood(predictions["draws"], labels)
                 if task.num_labels > 1:
                     plot_reliability(predictions["predictive"], labels, output_dir / "plots" / "reliability.png")
+                elif scale is not None:
+                    pit = probability_integral_transform(predictions["draws"], labels, scale)
+                    plot_quantile_calibration(pit, output_dir / "plots" / "reliability.png")
         return evaluation
 
 

@@ -107,7 +107,7 @@ class GlueRunConfig(RunConfig):
                                            type=optional(positive_int))
     max_eval_samples: int | None = option(None, "dev rows, a seeded subset (default: all)", type=positive_int)
     holdout_fraction: float = option(0.0, "share of the training rows held out to fit a temperature "
-                                          "(reported as ts_*)", type=nonnegative_float)
+                                          "(regression: a noise scale), reported as ts_*", type=nonnegative_float)
     mc_dropout_samples: int = option(0, "> 0: also report MC dropout with this many passes (mcd_*)",
                                      type=nonnegative_int)
 
@@ -139,8 +139,5 @@ class GlueRunConfig(RunConfig):
             raise ValueError(f"holdout_fraction = {self.holdout_fraction!r} must be in [0, 1)")
         if not (isinstance(self.mc_dropout_samples, int) and self.mc_dropout_samples >= 0):
             raise ValueError(f"mc_dropout_samples = {self.mc_dropout_samples!r} must be an integer >= 0")
-        if task.num_labels == 1 and self.mc_dropout_samples:
-            raise ValueError(f"mc_dropout_samples = {self.mc_dropout_samples} is for classification; "
-                             f"{task.name} is a regression task")
         shared = RunConfig.resolved(self)
         return dataclasses.replace(shared, task=task.name, data_dir=str(data_dir) if data_dir is not None else None)

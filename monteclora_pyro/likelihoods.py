@@ -83,11 +83,6 @@ class GaussianLikelihood(nn.Module):
         """log N(y_i | draw s, sigma), (draws x examples), from each draw's prediction (examples x draws)."""
         return torch.distributions.Normal(draws, self.log_scale.exp().detach().cpu()).log_prob(labels[:, None]).T
 
-    def nll(self, draws: torch.Tensor, labels: torch.Tensor) -> float:
-        """Mean -log of the predictive density: the mixture over the draws of N(draw, sigma)."""
-        log_lik = self.draw_log_likelihood(draws, labels)
-        return -(log_lik.logsumexp(0) - math.log(log_lik.shape[0])).mean().item()
-
 
 class TokenLikelihood(nn.Module):
     """A causal LM's response given its prompt: y_i = the response tokens, each Categorical(logits) given

@@ -6,12 +6,15 @@ grid with one learning rate and one batch size (resumable, and shareable by proc
 the seeds).  Two post-hoc baselines come from the ``map`` (plain LoRA) cells without training again:
 
 * ``map+temperature``: temperature scaling (Guo et al. 2017) fitted on the held-out rows (``ts_*``);
+  for regression (STS-B) the noise scale refitted on them;
 * ``map+mc_dropout``: MC dropout, the network's dropout layers (active in training) left on at test
   and ``mc_dropout_samples`` passes averaged (``mcd_*``).
 
 Written per task: ``overfitting.csv`` (one row per method and seed), and at the top
 ``summary.json`` (mean and std over seeds of the metric, accuracy, NLL, ECE and Brier per task and
-method; the mean ECE after each epoch) and ``plots/ece_vs_epoch_<task>.png``.
+method; the mean ECE after each epoch) and ``plots/ece_vs_epoch_<task>.png``.  For regression the
+ECE is the quantile calibration error and CRPS stands in for the Brier score
+(:mod:`~monteclora_pyro.regression_calibration`).
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ from .sweep import Cell, run_sweep
 
 __all__ = ["POST_HOC", "SCORES", "overfitting_rows", "run_overfitting", "summarize"]
 
-SCORES = ("metric", "accuracy", "nll", "ece", "brier")
+SCORES = ("metric", "accuracy", "nll", "ece", "brier", "crps")  # regression: no accuracy or Brier; CRPS
 POST_HOC = {"map+temperature": "ts_", "map+mc_dropout": "mcd_"}  # derived from the map cells
 
 

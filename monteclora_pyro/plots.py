@@ -19,12 +19,14 @@ from matplotlib.ticker import MaxNLocator
 
 from .artifacts import atomic_write_bytes
 from .calibration import expected_calibration_error, reliability_bins
+from .regression_calibration import quantile_calibration_error
 
 if TYPE_CHECKING:
     import arviz as az
     import xarray as xr
 
-__all__ = ["plot_ece_vs_epoch", "plot_elbo", "plot_metric_vs_lr", "plot_posterior_spread", "plot_reliability"]
+__all__ = ["plot_ece_vs_epoch", "plot_elbo", "plot_metric_vs_lr", "plot_posterior_spread", "plot_quantile_calibration",
+           "plot_reliability"]
 
 ELBO_KEYS = ("step", "kl_per_example", "expected_log_likelihood_per_example", "kl_weight")
 
@@ -54,6 +56,27 @@ def plot_reliability(probs: torch.Tensor, labels: torch.Tensor, path: str | Path
     top.legend(loc="upper left")
     bottom.bar(left, bins.counts.numpy(), width, align="edge", color="gray", edgecolor="black")
     bottom.set(xlabel="confidence (max class probability)", ylabel="examples")
+    return _save(figure, path)
+
+
+def plot_quantile_calibration(pit: torch.Tensor, path: str | Path, num_levels: int = 15) -> Path:
+    """A regression predictive's reliability diagram: the share of targets below the predicted q-quantile
+    against q (the diagonal when calibrated; below it when intervals are too narrow in the upper tail),
+    with the histogram of the PIT values ``F_i(y_i)`` (flat when calibrated) below."""
+    pit = pit.detach().double().cpu()
+    levels = (np.arange(num_levels) + 0.5) / num_levels
+    observed = (pit.numpy()[:, None] <= levels).mean(0)
+    error = quantile_calibration_error(pit, num_levels)
+    figure = Figure(figsize=(5, 6), layout="constrained")
+    top, bottom = figure.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [3, 1]})
+    top.plot(levels, observed, "o-", label="observed share below the quantile")
+    top.fill_between(levels, levels, observed, color="tab:red", alpha=0.3, label="gap")
+    top.plot([0, 1], [0, 1], "k--", label="perfect calibration")
+    top.set(xlim=(0, 1), ylim=(0, 1), ylabel="share of targets <= predicted q-quantile",
+            title=f"Quantile calibration (ECE = {error:.4f})")
+    top.legend(loc="upper left")
+    bottom.hist(pit.numpy(), bins=num_levels, range=(0, 1), color="gray", edgecolor="black")
+    bottom.set(xlabel="quantile level q / PIT value F(y)", ylabel="examples")
     return _save(figure, path)
 
 

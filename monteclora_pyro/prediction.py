@@ -72,7 +72,8 @@ def mc_dropout(module: nn.Module, loader: Iterable, num_samples: int, device=Non
     layers left on, ``num_samples`` passes averaged.  ``module`` is ours or a PEFT peer
     (:class:`~monteclora_pyro.peers.PeftPeer`).
 
-    ``mean`` is the averaged class probabilities (the predictions to score), ``draws`` each pass's.
+    ``draws`` is each pass's prediction (class probabilities, or the value for regression) and ``mean``
+    their average.
     """
     _check_samples(num_samples)
     device = device or next(module.parameters()).device
@@ -83,8 +84,10 @@ def mc_dropout(module: nn.Module, loader: Iterable, num_samples: int, device=Non
     for layer in dropouts:
         layer.train()
 
+    readout = module.likelihood.predictive
+
     def each_pass(batch):
-        return torch.stack([module.network_output(batch).float().softmax(-1) for _ in range(num_samples)], dim=1)
+        return torch.stack([readout(module.network_output(batch)) for _ in range(num_samples)], dim=1)
 
     try:
         result = _collect(loader, device, {"draws": each_pass})

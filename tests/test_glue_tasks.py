@@ -97,18 +97,32 @@ def test_qnli_train_in_its_format(tmp_path, tokenizer):
 
 def test_stsb_regression_end_to_end(tmp_path, glue_dir):
     metrics = run_glue(GlueRunConfig(task="stsb", data_dir=str(glue_dir), output_dir=str(tmp_path), prior="monteclora",
-                                     max_steps=2, batch_size=8, num_samples=2, max_length=32, max_train_samples=16,
-                                     max_eval_samples=24, progress=False))
-    assert {"pearson", "spearman", "mean_pearson", "mse", "nll", "mean_nll"} <= set(metrics)
-    assert metrics["nll"] > 0
+                                     max_steps=2, batch_size=8, num_samples=2, max_length=32, max_train_samples=20,
+                                     max_eval_samples=24, holdout_fraction=0.2, mc_dropout_samples=2, progress=False))
+    assert {"pearson", "spearman", "mean_pearson", "mse", "nll", "mean_nll", "ece", "crps"} <= set(metrics)
+    assert {"ts_nll", "ts_ece", "mcd_nll", "mcd_crps", "noise_scale", "holdout_noise_scale"} <= set(metrics)
+    assert metrics["nll"] > 0 and 0 <= metrics["ece"] <= 0.5 and metrics["crps"] > 0
     assert -1.0 <= metrics["pearson"] <= 1.0
     assert json.loads((tmp_path / "metrics.json").read_text())["task"] == "stsb"
-    assert (tmp_path / "posterior.nc").exists()
+    assert (tmp_path / "posterior.nc").exists() and (tmp_path / "plots" / "reliability.png").exists()
     # the head starts at the targets' mean (STS-B's is about 2.7), not at 0, where LoRA's first steps
     # collapse every example's output to one value
     state = load_file(str(tmp_path / "adapter" / "posterior.safetensors"))
     bias = next(value for name, value in state.items() if "classifier" in name and name.endswith("bias"))
     assert 1.5 < float(bias) < 4.0
+
+
+def test_stsb_peer_gets_its_noise_scale_from_the_held_out_rows(tmp_path, glue_dir):
+    """A peer trains on MSE, without a noise scale: its NLL uses the one fitted on the held-out rows, so it
+    equals the recalibrated (ts_) NLL; without held-out rows it has no NLL."""
+    config = GlueRunConfig(task="stsb", data_dir=str(glue_dir), output_dir=str(tmp_path / "a"), peer="peft-lora",
+                           max_steps=2, batch_size=8, max_length=32, max_train_samples=20, max_eval_samples=24,
+                           holdout_fraction=0.2, progress=False)
+    metrics = run_glue(config)
+    assert metrics["noise_scale"] == metrics["holdout_noise_scale"] > 0
+    assert metrics["nll"] == pytest.approx(metrics["ts_nll"])
+    metrics = run_glue(dataclasses.replace(config, holdout_fraction=0.0, output_dir=str(tmp_path / "b")))
+    assert "nll" not in metrics and "ece" not in metrics and metrics["pearson"] is not None
 
 
 RTE_HEADER = "index\tsentence1\tsentence2\tlabel"

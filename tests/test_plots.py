@@ -12,7 +12,13 @@ from transformers import BertConfig, BertForSequenceClassification
 
 from monteclora_pyro import bayesian_lora_from_model, load_prior
 from monteclora_pyro.diagnostics import posterior_inference_data
-from monteclora_pyro.plots import _short_names, plot_elbo, plot_posterior_spread, plot_reliability
+from monteclora_pyro.plots import (
+    _short_names,
+    plot_elbo,
+    plot_posterior_spread,
+    plot_quantile_calibration,
+    plot_reliability,
+)
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -51,6 +57,11 @@ def test_reliability_diagram(tmp_path):
     path = plot_reliability(probs, labels, tmp_path / "figures" / "reliability.png")
     assert path == tmp_path / "figures" / "reliability.png"
     assert_png(path)
+
+
+def test_quantile_calibration_diagram(tmp_path):
+    pit = torch.rand(500, generator=torch.Generator().manual_seed(0)) ** 2  # too many targets low: not calibrated
+    assert_png(plot_quantile_calibration(pit, tmp_path / "figures" / "reliability.png"))
 
 
 def test_reliability_diagram_rejects_bad_inputs(tmp_path):
