@@ -222,8 +222,10 @@ class BayesianLoRA(nn.Module):
         return self.guide_name == "delta"
 
     def variational_parameters(self) -> list[nn.Parameter]:
-        """The guides' own parameters (scales, concentrations), apart from the LoRA means and the head."""
-        return list(self.group_guides.parameters())
+        """The guides' own parameters (scales, concentrations) and the likelihood's (a regression's noise
+        scale), apart from the LoRA means and the head: scales that must move in log space faster than
+        the LoRA weights' learning rate allows."""
+        return [*self.group_guides.parameters(), *self.likelihood.parameters()]
 
     def merged_network(self) -> nn.Module:
         """The posterior-mean network with LoRA merged into W0 (zero overhead; a copy)."""

@@ -47,7 +47,8 @@ class RunConfig:
                                               type=positive_float)
     lr: float = option(2e-3, "learning rate of the LoRA weights and the task head", type=positive_float)
     variational_lr: float | None = option(1e-2, "learning rate of the guides' own parameters (scales, "
-                                                "concentrations); 'same' for lr", type=optional(positive_float))
+                                                "concentrations) and of a regression likelihood's noise scale; "
+                                                "'same' for lr", type=optional(positive_float))
     weight_decay: float = option(0.0, "AdamW weight decay of the network parameters", type=nonnegative_float)
     warmup_ratio: float = option(0.06, "linear warm-up share of the steps", type=nonnegative_float)
     grad_clip: float = option(1.0, "gradient-norm clipping ('inf' disables it)", type=positive_float)

@@ -3,9 +3,10 @@
 The loss of a :class:`~monteclora_pyro.bayesian_lora.BayesianLoRA` is its per-example negative
 tempered ELBO; AdamW with linear warm-up and decay, gradient-norm clipping and an optional linear
 KL annealing (beta_t = beta * min(1, t / kl_anneal_steps)) drive it.  The variational parameters
-(a module's ``variational_parameters()``) form their own parameter group with learning rate
-``variational_lr``: a log-scale moves by about lr per Adam step, so at the LoRA weights' rate a
-posterior cannot leave its prior in a short run (BLoB uses 0.01-0.02 for its variances).  The same
+(a module's ``variational_parameters()``: the guides' scales and concentrations, and a regression
+likelihood's noise scale) form their own parameter group with learning rate ``variational_lr``: a
+log-scale moves by about lr per Adam step, so at the LoRA weights' rate a posterior cannot leave its
+prior in a short run (BLoB uses 0.01-0.02 for its variances), nor a noise scale reach the residuals'.  The same
 loop trains the PEFT peers (:class:`~monteclora_pyro.peers.PeftPeer`, whose forward is PEFT's loss),
 so the methods are compared under identical optimization.
 """

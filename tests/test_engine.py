@@ -22,6 +22,7 @@ from monteclora_pyro import (
     train,
 )
 from monteclora_pyro.distributions import WishartCholesky
+from monteclora_pyro.likelihoods import GaussianLikelihood
 
 FAMILIES = [("monteclora", None), ("monteclora_scaled", None), ("gaussian", None), ("gaussian", "delta"), ("map", None)]
 
@@ -281,6 +282,17 @@ def test_variational_parameters_get_their_own_learning_rate():
     assert moved == pytest.approx(5e-2, rel=0.05)
     with pytest.raises(ValueError, match=r"variational_lr = 0 must be > 0 or None"):
         TrainConfig(variational_lr=0)
+
+
+def test_a_regression_noise_scale_learns_at_the_variational_rate():
+    """At the LoRA weights' rate (1e-4) the noise scale would barely move; it is a log-scale like the guides'."""
+    module = bayesian_lora_from_model(tiny_bert(num_labels=1), load_prior("map", rank=4), num_data=32,
+                                      likelihood=GaussianLikelihood(2.0))
+    assert any(p is module.likelihood.log_scale for p in module.variational_parameters())
+    batch = tiny_batch(32) | {"labels": torch.randn(32)}
+    start = module.likelihood.log_scale.detach().clone()
+    train(module, [batch], TrainConfig(lr=1e-4, variational_lr=5e-2, max_steps=1, warmup_ratio=0.0, progress=False))
+    assert (module.likelihood.log_scale.detach() - start).abs().item() == pytest.approx(5e-2, rel=0.05)
 
 
 def test_epoch_callback_runs_after_each_pass_and_training_resumes():
