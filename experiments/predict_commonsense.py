@@ -18,7 +18,7 @@ import json
 import sys
 
 from monteclora_pyro.cli_types import optional, positive_int
-from monteclora_pyro.commonsense_tasks import CommonsenseRunConfig
+from monteclora_pyro.commonsense_tasks import ANSWER_FORMATS, CommonsenseRunConfig
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -28,6 +28,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--eval-tasks", default=None, help="comma-separated task folders (default: every one staged)")
     p.add_argument("--max-eval-examples", type=optional(positive_int), default=100, help="test rows per task")
     p.add_argument("--num-samples", type=positive_int, default=8, help="posterior draws of the predictive")
+    p.add_argument("--answer-format", choices=ANSWER_FORMATS, default="label",
+                   help="the responses the posterior was trained on (the run's --answer-format)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
     p.add_argument("--model", default=None, help="the backbone, if it moved since training")
@@ -38,7 +40,8 @@ def main(argv: list[str] | None = None) -> dict:
     try:
         config = CommonsenseRunConfig(data_dir=args.data_dir, eval_tasks=args.eval_tasks, seed=args.seed,
                                       max_eval_examples=args.max_eval_examples, num_samples=args.num_samples,
-                                      device=args.device, model=args.model).resolved()
+                                      device=args.device, model=args.model,
+                                      answer_format=args.answer_format).resolved()
     except ValueError as error:
         p.error(str(error))
     import pyro
@@ -61,7 +64,8 @@ def main(argv: list[str] | None = None) -> dict:
         export_merged(module, args.export_merged, tokenizer)
     if args.lm_eval_dir:
         metrics["lm_eval_tasks"] = [write_lm_eval_task(config.data_dir, task, args.lm_eval_dir, args.max_eval_examples,
-                                                       args.seed) for task in config.eval_task_list()]
+                                                       args.seed, args.answer_format)
+                                    for task in config.eval_task_list()]
     print(json.dumps(metrics, indent=2))
     return metrics
 

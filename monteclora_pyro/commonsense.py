@@ -3,16 +3,20 @@ response tokens only) and scored on the tasks' test files.
 
 Two evaluation protocols:
 
-- ``options``: each answer option (``answer1``..., ``true``/``false``, ...) is scored by its likelihood
-  as the response, ``p(option_k | prompt)`` normalized over the options, under each of S posterior
-  draws; the predictive averages the S distributions.  Accuracy, NLL, ECE (15 bins), Brier and a
-  reliability diagram per task, for the predictive and the posterior mean (``mean_*``).  Every
-  option shares the response's first tokens (``the correct answer is``), so when the options differ
-  in their last token only (every tokenizer tried), one forward pass scores them all.
+- ``options``: each answer option is scored by its likelihood as the response,
+  ``p(response_k | prompt)`` normalized over the options, under each of S posterior draws; the
+  predictive averages the S distributions.  Accuracy, NLL, ECE (15 bins), Brier and a reliability
+  diagram per task, for the predictive and the posterior mean (``mean_*``).  The responses share
+  their first tokens (``the correct answer is``); when the options differ in their last token only
+  (the answer words ``answer1``..., ``true``/``false`` with every tokenizer tried), one forward pass
+  scores them all, else one pass per option scores its remaining tokens.
 - ``generate``: greedy decoding with the posterior-mean adapters and the first option named in the
   text as the answer (the LLM-Adapters protocol); accuracy only.
 
-Prompts follow LLM-Adapters' template (without the indentation its code leaves in the string).
+Prompts follow LLM-Adapters' template (without the indentation its code leaves in the string).  The
+response is LLM-Adapters' (``the correct answer is answer2``), or with ``answer_format = "text"`` the
+option's own text (``the correct answer is <text of option 2>``), for training and scoring alike: a
+small model need not learn which answer word names which option.
 """
 
 from __future__ import annotations
@@ -35,7 +39,7 @@ from .pipeline import Evaluation, TaskFamily, make_loader, run
 from .plots import plot_reliability
 from .svi import move_to
 
-__all__ = ["CommonsenseFamily", "answer_options", "prompt_of", "read_records", "run_commonsense",
+__all__ = ["CommonsenseFamily", "answer_options", "option_texts", "prompt_of", "read_records", "run_commonsense",
            "write_lm_eval_task"]
 
 PROMPT = ("Below is an instruction that describes a task. Write a response that appropriately completes the "
@@ -45,6 +49,8 @@ PROMPT_WITH_INPUT = ("Below is an instruction that describes a task, paired with
                      "{instruction}\n\n### Input:\n{input}\n\n### Response:\n")
 RESPONSE = "the correct answer is {}"  # the responses of the LLM-Adapters data
 _ANSWER_FORMAT = re.compile(r"Answer format:\s*([\w/]+)\s*$")
+_OPTION_TEXT = re.compile(r"\b(?:Answer|Solution|Option|Ending)(\d+):\s*(.*?)\s*"
+                          r"(?=\b(?:Answer|Solution|Option|Ending)\d+:|Answer format:|$)", re.S)
 _FIELDS = ("instruction", "output", "answer")
 
 
@@ -64,6 +70,21 @@ def answer_options(record: dict, task: str | None = None) -> list[str]:
         return list(COMMONSENSE_TASKS[task])
     raise ValueError(f"a record of task {task!r} has no 'Answer format: ...' line and the task is not one of "
                      f"{', '.join(COMMONSENSE_TASKS)}: {record['instruction'][:80]!r}")
+
+
+def option_texts(record: dict, task: str | None = None) -> list[str]:
+    """The options' own texts, in the order of :func:`answer_options`: the instruction's ``Answer1: ...``
+    (``Solution1:``, ``Option1:``, ``Ending1:``) parts; for questions without them (BoolQ) the answer
+    words themselves."""
+    options = answer_options(record, task)
+    found = {int(m.group(1)): m.group(2) for m in _OPTION_TEXT.finditer(record["instruction"])}
+    if not found:
+        return options
+    texts = [found.get(int(number)) if (number := re.sub(r"\D", "", option)) else None for option in options]
+    if not all(texts):
+        raise ValueError(f"a record of task {task!r} does not give the text of every option {options} "
+                         f"(found {sorted(found)}): {record['instruction'][:80]!r}")
+    return texts
 
 
 def read_records(path: str | Path) -> datasets.Dataset:
@@ -150,8 +171,17 @@ class CommonsenseFamily(TaskFamily):
     def _encode(self, text: str, special: bool = False) -> list[int]:
         return self.tokenizer(text, add_special_tokens=special)["input_ids"]
 
+    def _choices(self, record: dict, task: str | None) -> list[str]:
+        """What the responses name, per option: the answer words, or the options' texts."""
+        return option_texts(record, task) if self.config.answer_format == "text" else answer_options(record, task)
+
+    def _response(self, record: dict) -> str:
+        if self.config.answer_format == "label":
+            return record["output"]
+        return RESPONSE.format(option_texts(record)[answer_options(record).index(record["answer"])])
+
     def _train_row(self, record: dict) -> dict:
-        target = self._encode(record["output"]) + [self.tokenizer.eos_token_id]
+        target = self._encode(self._response(record)) + [self.tokenizer.eos_token_id]
         room = self.config.max_length - len(target)
         if room < 1:
             raise ValueError(f"max_length = {self.config.max_length} leaves no room for the prompt of a response of "
@@ -159,20 +189,18 @@ class CommonsenseFamily(TaskFamily):
         return {"prefix": self._encode(prompt_of(record), special=True)[-room:], "target": target}
 
     def _option_row(self, record: dict, task: str) -> dict:
-        """The prompt and the shared start of the responses (``prefix``), each option's next token."""
+        """The prompt and the responses' shared first tokens (``prefix``), and each option's remaining
+        tokens (``continuations``)."""
         options = answer_options(record, task)
         if record["answer"] not in options:
             raise ValueError(f"task {task}: answer {record['answer']!r} is not one of the options {options}")
-        responses = [self._encode(RESPONSE.format(o)) for o in options]
+        responses = [self._encode(RESPONSE.format(choice)) for choice in self._choices(record, task)]
         shared = 0
         while all(len(r) > shared + 1 for r in responses) and len({r[shared] for r in responses}) == 1:
             shared += 1
-        if any(len(r) != shared + 1 for r in responses):
-            raise ValueError(f"task {task}: the options {options} differ in more than their last token for this "
-                             "tokenizer; use eval_mode generate")
         prefix = self._encode(prompt_of(record), special=True) + responses[0][:shared]
-        return {"prefix": prefix[-self.config.max_length:], "target": [], "options": [r[shared] for r in responses],
-                "answer_index": options.index(record["answer"])}
+        return {"prefix": prefix[-self.config.max_length:], "target": [],
+                "continuations": [r[shared:] for r in responses], "answer_index": options.index(record["answer"])}
 
     def _generate_row(self, record: dict, task: str) -> dict:
         prefix = self._encode(prompt_of(record), special=True)[-self.config.max_length:]
@@ -198,7 +226,10 @@ class CommonsenseFamily(TaskFamily):
             rows = _subset(read_records(task_file(config.data_dir, task, "test")), config.max_eval_examples,
                            config.seed)
             row = self._option_row if config.eval_mode == "options" else self._generate_row
-            self.eval_sets[task] = rows.map(row, fn_kwargs={"task": task}, remove_columns=["input", "output"])
+            rows = rows.map(row, fn_kwargs={"task": task}, remove_columns=["input", "output"])
+            if config.eval_mode == "options" and all(len(c) == 1 for r in rows["continuations"] for c in r):
+                rows = rows.map(lambda r: {"options": [c[0] for c in r["continuations"]]})  # one pass scores all
+            self.eval_sets[task] = rows
 
     def likelihood(self, peer: bool) -> nn.Module:
         return TokenLikelihood()
@@ -213,15 +244,47 @@ class CommonsenseFamily(TaskFamily):
         """Per example: each draw's distribution over the options (examples x draws x K, padded options 0),
         the posterior mean's (examples x K) and the answers."""
         module.eval()
-        per_draw, mean, answers = [], [], []
+        rows = self.eval_sets[task]
+        passes = [*draws] if module.point_estimate else [*draws, None]  # None: the posterior mean
+        if "options" in rows.column_names:
+            log_probs = self._next_token_log_probs(module, task, device, passes)
+        else:
+            log_probs = self._continuation_log_probs(module, task, device, passes)
+        probs = log_probs.softmax(-1)  # padded options have log-probability -inf
+        return {"draws": probs[:, :len(draws)], "mean": probs[:, -1], "labels": torch.tensor(rows["answer_index"])}
+
+    def _next_token_log_probs(self, module, task: str, device, passes: list) -> torch.Tensor:
+        """log p(option_k | prefix) of single-token options, one forward per pass: (examples x passes x K)."""
+        out = []
         for batch in self._loader(task):
             batch = move_to(batch, device)
             options = batch.pop("options")
-            answers.append(batch.pop("answer_index").cpu())
-            per_draw.append(torch.stack([_option_distribution(module, batch, options, d) for d in draws], dim=1))
-            mean.append(per_draw[-1][:, 0] if module.point_estimate
-                        else _option_distribution(module, batch, options, None))
-        return {"draws": _cat_padded(per_draw), "mean": _cat_padded(mean), "labels": torch.cat(answers)}
+            batch.pop("answer_index")
+            per_pass = []
+            for factors in passes:
+                logits = module.network_output(batch, factors)[:, -1].float().log_softmax(-1)
+                per_pass.append(logits.gather(-1, options.clamp_min(0)).masked_fill(options < 0, -torch.inf))
+            out.append(torch.stack(per_pass, dim=1).cpu())
+        most = max(part.shape[-1] for part in out)
+        return torch.cat([torch.nn.functional.pad(part, (0, most - part.shape[-1]), value=-torch.inf) for part in out])
+
+    def _continuation_log_probs(self, module, task: str, device, passes: list) -> torch.Tensor:
+        """log p(continuation_k | prefix) summed over its tokens, one row per (example, option), batched:
+        (examples x passes x K)."""
+        rows = self.eval_sets[task]
+        pairs = [(i, k, {"prefix": row["prefix"], "target": c})
+                 for i, row in enumerate(rows) for k, c in enumerate(row["continuations"])]
+        most = max(len(row["continuations"]) for row in rows)
+        out = torch.full((len(rows), len(passes), most), -torch.inf)
+        collate, size = LeftPaddedBatches(self.tokenizer.pad_token_id), self.config.eval_batch_size
+        for start in range(0, len(pairs), size):
+            chunk = pairs[start:start + size]
+            batch = move_to(collate([row for _, _, row in chunk]), device)
+            examples, options = torch.tensor([i for i, _, _ in chunk]), torch.tensor([k for _, k, _ in chunk])
+            for p, factors in enumerate(passes):
+                output = module.network_output(batch, factors)
+                out[examples, p, options] = module.likelihood.sequence_log_prob(output, batch["labels"]).float().cpu()
+        return out
 
     @torch.no_grad()
     def generated_answers(self, module, task: str, device) -> list[str]:
@@ -236,9 +299,9 @@ class CommonsenseFamily(TaskFamily):
             texts += self.tokenizer.batch_decode(out[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)
         answers = []
         for text, record in zip(texts, self.eval_sets[task], strict=True):
-            options = answer_options(record, task)
-            found = re.search("|".join(map(re.escape, sorted(options, key=len, reverse=True))), text.lower())
-            answers.append(found.group(0) if found else "")
+            choices = [c.lower() for c in self._choices(record, task)]
+            found = re.search("|".join(map(re.escape, sorted(choices, key=len, reverse=True))), text.lower())
+            answers.append(answer_options(record, task)[choices.index(found.group(0))] if found else "")
         return answers
 
     def _draws(self, module) -> list:
@@ -282,31 +345,20 @@ class CommonsenseFamily(TaskFamily):
         return evaluation
 
 
-def _cat_padded(parts: list[torch.Tensor]) -> torch.Tensor:
-    """Batches of option distributions concatenated, each padded with 0 to the most options of any."""
-    most = max(part.shape[-1] for part in parts)
-    return torch.cat([torch.nn.functional.pad(part, (0, most - part.shape[-1])) for part in parts])
-
-
-def _option_distribution(module, batch, options: torch.Tensor, factors) -> torch.Tensor:
-    """p(option_k | prompt) normalized over the options (padded ones 0), from the next-token logits."""
-    logits = module.network_output(batch, factors)[:, -1].float()
-    picked = logits.log_softmax(-1).gather(-1, options.clamp_min(0))
-    return picked.masked_fill(options < 0, -torch.inf).softmax(-1).cpu()
-
-
 def write_lm_eval_task(data_dir: str | Path, task: str, out_dir: str | Path, limit: int | None = None,
-                       seed: int = 0) -> str:
+                       seed: int = 0, answer_format: str = "label") -> str:
     """A task of ``task``'s test rows for lm-evaluation-harness (``--include_path out_dir``), scored as
     ``options`` mode scores them: context = the prompt and ``the correct answer is``, choices = the
-    answer words.  The same seeded subset as a run's ``max_eval_examples``; returns the task's name."""
+    answer words (or with ``answer_format`` "text" the options' texts).  The same seeded subset as a
+    run's ``max_eval_examples``; returns the task's name."""
     rows = _subset(read_records(task_file(data_dir, task, "test")), limit, seed)
     name = "monteclora_" + re.sub(r"\W", "_", task).lower()
     out_dir = Path(out_dir)
     lines = []
     for record in rows:
         options = answer_options(record, task)
-        lines.append(json.dumps({"context": prompt_of(record) + RESPONSE.format("").rstrip(), "choices": options,
+        choices = option_texts(record, task) if answer_format == "text" else options
+        lines.append(json.dumps({"context": prompt_of(record) + RESPONSE.format("").rstrip(), "choices": choices,
                                  "label": options.index(record["answer"])}))
     atomic_write_bytes(out_dir / f"{name}.jsonl", ("\n".join(lines) + "\n").encode())
     config = {"task": name, "dataset_path": "json", "test_split": "test", "output_type": "multiple_choice",

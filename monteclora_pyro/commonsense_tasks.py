@@ -19,7 +19,8 @@ from .cli_types import optional, positive_int
 from .config_cli import option
 from .run_config import RunConfig
 
-__all__ = ["COMMONSENSE_TASKS", "CommonsenseRunConfig", "default_commonsense_dir", "default_model", "task_file"]
+__all__ = ["ANSWER_FORMATS", "COMMONSENSE_TASKS", "CommonsenseRunConfig", "default_commonsense_dir", "default_model",
+           "task_file"]
 
 # task folder -> the answer words of its instructions (used when a record's "Answer format:" line is missing)
 COMMONSENSE_TASKS: dict[str, tuple[str, ...]] = {
@@ -34,6 +35,7 @@ COMMONSENSE_TASKS: dict[str, tuple[str, ...]] = {
 }
 HUB_DEFAULT_MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
 EVAL_MODES = ("options", "generate")
+ANSWER_FORMATS = ("label", "text")
 
 
 def default_model() -> str:
@@ -90,6 +92,10 @@ class CommonsenseRunConfig(RunConfig):
                                        "calibration); generate: greedy answer extraction (LLM-Adapters)",
                             choices=EVAL_MODES)
     max_new_tokens: int = option(32, "tokens generated per answer (eval_mode generate)", type=positive_int)
+    answer_format: str = option("label", "the response trained on and scored: label = LLM-Adapters' "
+                                         "('the correct answer is answer2'); text = the option's own text "
+                                         "('the correct answer is <its text>'), as lm-evaluation-harness scores "
+                                         "ARC or PIQA", choices=ANSWER_FORMATS)
 
     def default_model(self) -> str:
         return default_model()
@@ -116,6 +122,8 @@ class CommonsenseRunConfig(RunConfig):
                              "(boolq/, ARC-Easy/, ...) in the LLM-Adapters format")
         if self.eval_mode not in EVAL_MODES:
             raise ValueError(f"eval_mode = {self.eval_mode!r} is unknown; allowed: {', '.join(EVAL_MODES)}")
+        if self.answer_format not in ANSWER_FORMATS:
+            raise ValueError(f"answer_format = {self.answer_format!r} is unknown; allowed: {', '.join(ANSWER_FORMATS)}")
         for name in ("max_train_samples", "max_eval_examples"):
             value = getattr(self, name)
             if value is not None and not (isinstance(value, int) and value >= 1):

@@ -5,6 +5,7 @@ the runner end to end (ours, a PEFT peer, both evaluation modes)."""
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 import torch
@@ -16,6 +17,7 @@ from monteclora_pyro.commonsense import (
     CommonsenseFamily,
     LeftPaddedBatches,
     answer_options,
+    option_texts,
     prompt_of,
     read_records,
     run_commonsense,
@@ -94,6 +96,20 @@ def test_answer_options_come_from_each_format():
     assert "### Input:\nctx" in prompt_of({"instruction": "Q", "input": "ctx"})
 
 
+def test_option_texts_come_from_each_format():
+    for task in ("ARC-Easy", "piqa", "winogrande", "social_i_qa", "openbookqa", "ARC-Challenge"):
+        record = json.loads((DATA / task / "test.json").read_text())[0]
+        texts = option_texts(record, task)
+        assert len(texts) == len(answer_options(record, task)) and all(texts), (task, texts)
+        assert not any(re.search(r"(Answer|Solution|Option|Ending)\d+:|Answer format", t) for t in texts), texts
+    assert option_texts(WRITTEN["piqa"]) == ["Stuff them with newspaper.", "Stuff them with ice."]
+    assert option_texts(WRITTEN["winogrande"]) == ["the cup", "the table"]
+    assert option_texts(WRITTEN["hellaswag"])[3] == "starts pulling up roofing on a roof."
+    assert option_texts(json.loads((DATA / "boolq" / "test.json").read_text())[0], "boolq") == ["true", "false"]
+    with pytest.raises(ValueError, match=r"does not give the text of every option \['answer1', 'answer2'\]"):
+        option_texts({"instruction": "Q?\n\nAnswer1: yes\n\nAnswer format: answer1/answer2"})
+
+
 def test_bad_records_name_the_file_and_record(tmp_path):
     path = tmp_path / "bad.json"
     path.write_text(json.dumps([WRITTEN["piqa"], {**WRITTEN["piqa"], "answer": ""}]))
@@ -133,31 +149,58 @@ def test_token_likelihood_of_padded_batches_equals_each_sequence_alone(tiny_llam
             torch.testing.assert_close(together[i], alone, rtol=1e-4, atol=1e-4)
 
 
-def test_option_scores_equal_normalized_full_response_likelihoods(tiny_llama, data_dir):
+@pytest.mark.parametrize("answer_format", ["label", "text"])
+def test_option_scores_equal_normalized_full_response_likelihoods(tiny_llama, data_dir, answer_format):
+    """Single-token answer words are scored in one pass, option texts one pass per option; both equal the
+    softmax over the options of the whole response's log-likelihood."""
     config = CommonsenseRunConfig(model=tiny_llama, data_dir=str(data_dir), eval_tasks="ARC-Easy,boolq",
-                                  max_eval_examples=12, prior="map", eval_batch_size=3).resolved()
+                                  max_eval_examples=12, prior="monteclora_scaled_ab", eval_batch_size=3,
+                                  answer_format=answer_format).resolved()
     family = CommonsenseFamily(config)
     model, tokenizer = family.load_backbone()
     family.load_data(tokenizer)
     from monteclora_pyro.pipeline import build_method
 
     module = build_method(family, model, num_data=10, device=torch.device("cpu"))
+    with torch.no_grad():  # B away from 0, so that draws and the posterior mean differ
+        for name, param in module.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0, 0.1)
     likelihood = TokenLikelihood()
     counts = [len(answer_options(r, "ARC-Easy")) for r in family.eval_sets["ARC-Easy"]]
     assert {3, 4, 5} <= set(counts), counts  # batches with different numbers of options
+    assert ("options" in family.eval_sets["ARC-Easy"].column_names) == (answer_format == "label")
+    draw = module.posterior_draw()
     for task in ("ARC-Easy", "boolq"):
-        scored = family.option_probabilities(module, task, torch.device("cpu"), [{}])
+        scored = family.option_probabilities(module, task, torch.device("cpu"), [draw])
         for i, record in enumerate(family.eval_sets[task]):
             prompt = tokenizer(prompt_of(record))["input_ids"]
-            full = []
-            for option in answer_options(record, task):
-                response = tokenizer(RESPONSE.format(option), add_special_tokens=False)["input_ids"]
-                batch = LeftPaddedBatches(tokenizer.pad_token_id)([{"prefix": prompt, "target": response}])
-                with torch.no_grad():
-                    full.append(likelihood.sequence_log_prob(module.network_output(batch), batch["labels"])[0])
-            expected = torch.stack(full).softmax(0)
-            torch.testing.assert_close(scored["draws"][i, 0, :len(expected)], expected, rtol=1e-4, atol=1e-5)
+            choices = option_texts(record, task) if answer_format == "text" else answer_options(record, task)
+            for factors, got in ((draw, scored["draws"][i, 0]), ({}, scored["mean"][i])):
+                full = []
+                for choice in choices:
+                    response = tokenizer(RESPONSE.format(choice), add_special_tokens=False)["input_ids"]
+                    batch = LeftPaddedBatches(tokenizer.pad_token_id)([{"prefix": prompt, "target": response}])
+                    with torch.no_grad():
+                        output = module.network_output(batch, factors)
+                        full.append(likelihood.sequence_log_prob(output, batch["labels"])[0])
+                expected = torch.stack(full).softmax(0)
+                torch.testing.assert_close(got[:len(expected)], expected, rtol=1e-4, atol=1e-5)
             assert scored["labels"][i] == answer_options(record, task).index(record["answer"])
+    assert not torch.allclose(scored["draws"][:, 0], scored["mean"])
+
+
+def test_text_answers_train_on_the_options_text(tiny_llama, data_dir):
+    config = CommonsenseRunConfig(model=tiny_llama, data_dir=str(data_dir), train_tasks="openbookqa",
+                                  max_train_samples=3, answer_format="text").resolved()
+    family = CommonsenseFamily(config)
+    _, tokenizer = family.load_backbone()
+    train_set, _ = family.load_data(tokenizer)
+    records = json.loads((data_dir / "openbookqa" / "train.json").read_text())
+    texts = {tokenizer.decode(row["target"], skip_special_tokens=True) for row in train_set}
+    expected = {RESPONSE.format(option_texts(r)[answer_options(r).index(r["answer"])]) for r in records}
+    assert texts <= expected and len(texts) == 3
+    assert all(row["target"][-1] == tokenizer.eos_token_id for row in train_set)
 
 
 @pytest.mark.parametrize("method", [{"prior": "monteclora_scaled"}, {"peer": "peft-monteclora"}])
@@ -186,14 +229,36 @@ def test_run_writes_each_tasks_metrics_and_the_average(tiny_llama, data_dir, tmp
         assert loaded.spec.targets == ("q_proj", "k_proj", "v_proj")
 
 
-def test_generate_mode_reports_accuracy_and_unanswered(tiny_llama, data_dir, tmp_path):
+@pytest.mark.parametrize("answer_format", ["label", "text"])
+def test_generate_mode_reports_accuracy_and_unanswered(tiny_llama, data_dir, tmp_path, answer_format):
     config = CommonsenseRunConfig(model=tiny_llama, data_dir=str(data_dir), output_dir=str(tmp_path / "out"),
                                   eval_tasks="ARC-Easy,winogrande", eval_mode="generate", max_new_tokens=4,
-                                  max_steps=1, max_eval_examples=3, prior="map", progress=False)
+                                  max_steps=1, max_eval_examples=3, prior="map", progress=False,
+                                  answer_format=answer_format)
     metrics = run_commonsense(config)
     for task in ("ARC-Easy", "winogrande"):
         assert metrics[task]["examples"] == 3
         assert 0 <= metrics[task]["accuracy"] <= 1 - metrics[task]["unanswered"] + 1e-9
+
+
+@pytest.mark.parametrize("answer_format", ["label", "text"])
+def test_generated_answers_are_read_in_the_answer_format(tiny_llama, data_dir, answer_format):
+    """A model that always answers the second option, in the run's answer format, is read as answering it."""
+    config = CommonsenseRunConfig(model=tiny_llama, data_dir=str(data_dir), eval_tasks="ARC-Easy", eval_mode="generate",
+                                  max_eval_examples=4, eval_batch_size=2, answer_format=answer_format).resolved()
+    family = CommonsenseFamily(config)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_llama)
+    family.load_eval_sets(tokenizer)
+    records = iter(family.eval_sets["ARC-Easy"])
+
+    class SecondOption(torch.nn.Module):
+        def generate(self, input_ids, **kwargs):
+            replies = [RESPONSE.format(family._choices(next(records), "ARC-Easy")[1]) for _ in input_ids]
+            encoded = tokenizer(replies, add_special_tokens=False, padding=True, return_tensors="pt")["input_ids"]
+            return torch.cat([input_ids, encoded], dim=1)
+
+    answers = family.generated_answers(SecondOption(), "ARC-Easy", torch.device("cpu"))
+    assert answers == [answer_options(r, "ARC-Easy")[1] for r in family.eval_sets["ARC-Easy"]]
 
 
 def test_settings_are_checked_before_loading(tmp_path, data_dir):
@@ -273,6 +338,14 @@ def test_exported_adapter_scores_the_same_in_lm_evaluation_harness(tiny_llama, d
                               task_manager=TaskManager(include_path=str(tmp_path / "lm_eval")))
     for name, task in (("monteclora_arc_easy", "ARC-Easy"), ("monteclora_boolq", "boolq")):
         assert results["results"][name]["acc,none"] == pytest.approx(ours[task]["mean_accuracy"]), name
+    # the options' texts, several tokens each: lm-eval's log-likelihood of each choice decides as ours does
+    texts = script.main(["--adapter", str(tmp_path / "run" / "adapter"), "--data-dir", str(data_dir),
+                         "--eval-tasks", "ARC-Easy", "--max-eval-examples", "8", "--num-samples", "1",
+                         "--answer-format", "text", "--lm-eval-dir", str(tmp_path / "lm_eval_text")])
+    results = simple_evaluate(model="hf", model_args=f"pretrained={tiny_llama},peft={tmp_path / 'peft'}",
+                              tasks=texts["lm_eval_tasks"], batch_size=4, device="cpu",
+                              task_manager=TaskManager(include_path=str(tmp_path / "lm_eval_text")))
+    assert results["results"]["monteclora_arc_easy"]["acc,none"] == pytest.approx(texts["ARC-Easy"]["mean_accuracy"])
 
 
 def test_torchrun_runs_the_commonsense_runner_unchanged(tiny_llama, data_dir, tmp_path):
