@@ -91,12 +91,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--steps", type=int, default=3)
     p.add_argument("--profiler", choices=["torch", "cprofile"], default="torch")
     p.add_argument("--rows", type=int, default=30, help="rows of the printed table")
-    p.add_argument("--no-pyro-validation", action="store_true", help="pyro.enable_validation(False) first")
     args = p.parse_args(argv)
-    if args.no_pyro_validation:
-        import pyro
-
-        pyro.enable_validation(False)
     step, device = build_step(args)
     for _ in range(args.warmup):
         step()
