@@ -150,7 +150,7 @@ def test_overfitting_benchmark_script_on_real_sst2_rows(glue_dir, tmp_path):
     assert len(summary["tasks"]["sst2"]["ece_by_epoch"]["map"]) == 2
     assert (tmp_path / "plots" / "ece_vs_epoch_sst2.png").stat().st_size > 10_000
     rows = (tmp_path / "sst2" / "overfitting.csv").read_text().splitlines()
-    assert rows[0] == "task,method,seed,metric,accuracy,nll,ece,brier" and len(rows) == 1 + 4
+    assert rows[0] == "task,method,seed,metric,accuracy,nll,ece,brier,crps" and len(rows) == 1 + 4
     again = script.main([*argv, "--report-only"])
     assert again["tasks"] == summary["tasks"]
 
