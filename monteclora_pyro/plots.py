@@ -19,7 +19,7 @@ from matplotlib.ticker import MaxNLocator
 
 from .artifacts import atomic_write_bytes
 from .calibration import expected_calibration_error, reliability_bins
-from .regression_calibration import quantile_calibration_error
+from .regression_calibration import quantile_coverage
 
 if TYPE_CHECKING:
     import arviz as az
@@ -64,9 +64,8 @@ def plot_quantile_calibration(pit: torch.Tensor, path: str | Path, num_levels: i
     against q (the diagonal when calibrated; below it when intervals are too narrow in the upper tail),
     with the histogram of the PIT values ``F_i(y_i)`` (flat when calibrated) below."""
     pit = pit.detach().double().cpu()
-    levels = (np.arange(num_levels) + 0.5) / num_levels
-    observed = (pit.numpy()[:, None] <= levels).mean(0)
-    error = quantile_calibration_error(pit, num_levels)
+    levels, observed = (t.numpy() for t in quantile_coverage(pit, num_levels))
+    error = float(np.abs(observed - levels).mean())
     figure = Figure(figsize=(5, 6), layout="constrained")
     top, bottom = figure.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [3, 1]})
     top.plot(levels, observed, "o-", label="observed share below the quantile")

@@ -25,7 +25,7 @@ import math
 import torch
 
 __all__ = ["crps", "fit_noise_scale", "mixture_nll", "probability_integral_transform",
-           "quantile_calibration_error", "regression_calibration"]
+           "quantile_calibration_error", "quantile_coverage", "regression_calibration"]
 
 
 def _prepare(draws: torch.Tensor, targets: torch.Tensor, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -56,12 +56,17 @@ def probability_integral_transform(draws: torch.Tensor, targets: torch.Tensor, s
     return torch.special.ndtr((targets[:, None] - draws) / scale).mean(-1)
 
 
-def quantile_calibration_error(pit: torch.Tensor, num_levels: int = 15) -> float:
-    """Mean over the levels q_k = (k + 1/2) / num_levels of |share of PIT values <= q_k - q_k|."""
+def quantile_coverage(pit: torch.Tensor, num_levels: int = 15) -> tuple[torch.Tensor, torch.Tensor]:
+    """(the levels q_k = (k + 1/2) / num_levels, the share of PIT values <= q_k): a calibration curve."""
     if not (isinstance(num_levels, int) and num_levels >= 1):
         raise ValueError(f"num_levels = {num_levels!r} must be an integer >= 1")
     levels = (torch.arange(num_levels, dtype=torch.float64) + 0.5) / num_levels
-    observed = (pit.double()[:, None] <= levels).double().mean(0)
+    return levels, (pit.detach().double().cpu()[:, None] <= levels).double().mean(0)
+
+
+def quantile_calibration_error(pit: torch.Tensor, num_levels: int = 15) -> float:
+    """Mean over the levels q_k of |share of PIT values <= q_k - q_k| (:func:`quantile_coverage`)."""
+    levels, observed = quantile_coverage(pit, num_levels)
     return (observed - levels).abs().mean().item()
 
 
