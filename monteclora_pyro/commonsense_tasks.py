@@ -114,6 +114,9 @@ class CommonsenseRunConfig(RunConfig):
     def eval_task_list(self) -> list[str]:
         return _names(self.eval_tasks or "")
 
+    def scored_tasks(self) -> list[str]:
+        return self.eval_task_list()
+
     def resolved(self) -> CommonsenseRunConfig:
         """A copy with defaults filled in and every value and file checked; raises ValueError naming the bad one."""
         data_dir = self.data_dir if self.data_dir is not None else default_commonsense_dir()

@@ -86,6 +86,10 @@ class RunConfig:
         """(what the run is scored on, its headline metric in ``metrics.json``, or in its ``average``)."""
         raise NotImplementedError
 
+    def scored_tasks(self) -> list[str]:
+        """The tasks whose metrics ``metrics.json`` holds under their own names (none: one task, at the top level)."""
+        return []
+
     def resolved(self) -> RunConfig:
         """A copy with defaults filled in and every shared value checked; raises ValueError naming the bad one.
 

@@ -29,13 +29,17 @@ from .config_cli import add_config_arguments, config_values
 from .peers import PEERS
 from .run_config import RunConfig
 
-__all__ = ["CSV_COLUMNS", "Cell", "method_config", "robustness", "run_sweep", "sweep_main"]
+__all__ = ["CSV_COLUMNS", "Cell", "TASK_COLUMNS", "method_config", "per_task", "robustness", "run_sweep", "sweep_main"]
 
 CSV_COLUMNS = (
     "task", "method", "lr", "batch_size", "seed", "steps", "train_seconds", "median_step_seconds", "metric",
     "accuracy", "mean_accuracy", "matthews_correlation", "f1", "nll", "mean_nll", "ece", "mean_ece", "brier",
     "mean_brier", "pearson", "spearman",
 )
+
+
+TASK_METRICS = ("accuracy", "nll", "ece", "brier")
+TASK_COLUMNS = ("method", "lr", "batch_size", "seed", "task", "examples", *TASK_METRICS)
 
 
 def method_config(base: RunConfig, method: str, output_dir: str) -> RunConfig:
@@ -96,9 +100,36 @@ def _rows(base: RunConfig, output_dir: Path, cells: Iterable[Cell]) -> list[dict
     return rows
 
 
-def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
+def _task_rows(tasks: Sequence[str], output_dir: Path, cells: Iterable[Cell]) -> list[dict[str, Any]]:
+    """One row per finished cell and scored task (a family that scores several tasks, e.g. commonsense)."""
+    rows = []
+    for cell in cells:
+        path = output_dir / "cells" / cell.name / "metrics.json"
+        if not path.exists():
+            continue
+        metrics = json.loads(path.read_text())
+        for task in tasks:
+            scores = metrics.get(task, {})
+            rows.append({"method": cell.method, "lr": cell.lr, "batch_size": cell.batch_size, "seed": cell.seed,
+                         "task": task, "examples": scores.get("examples")} | {m: scores.get(m) for m in TASK_METRICS})
+    return rows
+
+
+def per_task(rows: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, float]]]:
+    """{method: {task: {metric: mean over the method's cells}}} of :func:`_task_rows`'s rows."""
+    means: dict[str, dict[str, dict[str, float]]] = {}
+    for method, task in dict.fromkeys((r["method"], r["task"]) for r in rows):
+        chosen = [r for r in rows if r["method"] == method and r["task"] == task]
+        means.setdefault(method, {})[task] = {
+            m: statistics.fmean(float(r[m]) for r in chosen) for m in TASK_METRICS
+            if all(r[m] is not None for r in chosen)
+        } | {"cells": len(chosen)}
+    return means
+
+
+def _write_csv(path: Path, rows: list[dict[str, Any]], columns: Sequence[str] = CSV_COLUMNS) -> None:
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=CSV_COLUMNS)
+    writer = csv.DictWriter(buffer, fieldnames=columns)
     writer.writeheader()
     writer.writerows(rows)
     atomic_write_bytes(path, buffer.getvalue().encode())
@@ -130,7 +161,9 @@ def run_sweep(
     method_overrides: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """Run every unfinished cell (unless ``run_missing`` is False: report on the finished ones only),
-    then write ``sweep.csv``, ``robustness.json`` and ``plots/metric_vs_lr.png``.
+    then write ``sweep.csv``, ``robustness.json`` and ``plots/metric_vs_lr.png``; a family that scores
+    several tasks also gets ``tasks.csv`` (one row per cell and task) and their means per method
+    (``robustness.json``'s ``per_task``).
 
     ``method_overrides``: settings that differ for one method, {method: {field: value}}.
     """
@@ -165,6 +198,11 @@ def run_sweep(
         "robustness": robustness(rows), "ece": robustness(rows, "ece"),
         "grid": {"methods": list(methods), "lrs": list(lrs), "batch_sizes": list(batch_sizes), "seeds": list(seeds)},
     }
+    tasks = next(iter(configs.values())).scored_tasks()
+    if tasks:
+        task_rows = _task_rows(tasks, output_dir, cells)
+        _write_csv(output_dir / "tasks.csv", task_rows, TASK_COLUMNS)
+        summary["per_task"] = per_task(task_rows)
     atomic_write_json(output_dir / "robustness.json", summary)
     plot_metric_vs_lr(rows, output_dir / "plots" / "metric_vs_lr.png", summary["metric"])
     return summary
@@ -203,4 +241,10 @@ def sweep_main(config_cls: type[RunConfig], description: str, argv: Sequence[str
         ece = summary["ece"].get(method, {}).get("mean", float("nan"))
         print(f"{method:<18} {s['mean']:>8.4f} {s['std']:>8.4f} {s['min']:>8.4f} {s['max']:>8.4f} "
               f"{s['spread']:>8.4f} {s['cells']:>6} {ece:>8.4f}")
+    if summary.get("per_task"):
+        print(f"\nper task, mean over each method's cells: {', '.join(TASK_METRICS)}")
+        for method, tasks in summary["per_task"].items():
+            for task, means in tasks.items():
+                values = " ".join(f"{means.get(m, float('nan')):>8.4f}" for m in TASK_METRICS)
+                print(f"{method:<18} {task:<16} {values}")
     return summary

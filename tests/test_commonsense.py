@@ -365,3 +365,24 @@ def test_torchrun_runs_the_commonsense_runner_unchanged(tiny_llama, data_dir, tm
     assert (config["world_size"], config["global_batch_size"]) == (2, 4)
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["steps"] == 2 and set(metrics["eval_tasks"]) == {"ARC-Easy", "boolq"}
+
+
+def test_sweep_reports_each_task_per_cell_and_per_method(tiny_llama, data_dir, tmp_path):
+    import csv
+
+    from monteclora_pyro.sweep import run_sweep
+
+    base = CommonsenseRunConfig(model=tiny_llama, data_dir=str(data_dir), output_dir="unused", train_tasks="boolq",
+                                eval_tasks="boolq,ARC-Easy", max_steps=1, max_eval_examples=4, num_samples=2,
+                                progress=False)
+    summary = run_sweep(base, ["map"], [1e-3], [4], [0, 1], tmp_path)
+    rows = list(csv.DictReader((tmp_path / "tasks.csv").open()))
+    assert [(r["seed"], r["task"]) for r in rows] == [(s, t) for s in "01" for t in ("boolq", "ARC-Easy")]
+    cells = [json.loads((tmp_path / "cells" / f"map_lr0.001_bs4_seed{s}" / "metrics.json").read_text()) for s in (0, 1)]
+    for row in rows:
+        assert float(row["ece"]) == pytest.approx(cells[int(row["seed"])][row["task"]]["ece"])
+    for task in ("boolq", "ARC-Easy"):
+        means = summary["per_task"]["map"][task]
+        assert means["cells"] == 2
+        assert means["nll"] == pytest.approx((cells[0][task]["nll"] + cells[1][task]["nll"]) / 2)
+    assert json.loads((tmp_path / "robustness.json").read_text())["per_task"] == summary["per_task"]
