@@ -54,9 +54,6 @@ class MonteCLoRAGuide(nn.Module):
         with group.plate():
             pyro.sample(f"{group.name}.sigma_tril", WishartCholesky(self.df, torch.diag_embed(self.log_scale.exp())))
             pyro.sample(f"{group.name}.weights", self.dirichlet(self.log_concentration.exp()))
-            pyro.sample(
-                f"{group.name}.noise",
-                dist.Normal(torch.zeros((), device=means.device), 1.0).expand((group.features, group.rank)).to_event(2),
-            )
+            pyro.sample(f"{group.name}.noise", group.standard_noise(means.device))
             if self.hyperprior:
                 pyro.sample(f"{group.name}.scale", dist.LogNormal(self.scale_loc, self.scale_log_scale.exp()))

@@ -26,7 +26,7 @@ from torch.distributions.kl import register_kl
 
 _NO_SHAPE = torch.Size()
 
-__all__ = ["WishartCholesky", "LaplaceBridgeDirichlet", "multivariate_digamma", "wishart_kl"]
+__all__ = ["WishartCholesky", "LaplaceBridgeDirichlet", "multivariate_digamma", "wishart_kl", "wishart_kl_same_df"]
 
 
 def multivariate_digamma(x: torch.Tensor, p: int) -> torch.Tensor:
@@ -54,10 +54,14 @@ class WishartCholesky(TorchDistribution):
         if isinstance(df, (int, float)):  # checked on the host: no device sync per draw
             if not df > p - 1:
                 raise ValueError(f"Wishart df must be > p - 1 = {p - 1} for p = {p}; got df = {df}")
-        elif bool((df <= p - 1).any()):
-            raise ValueError(f"Wishart df must be > p - 1 = {p - 1} for p = {p}; got df = {df.tolist()}")
+            self.fixed_df: float | None = float(df)  # one df for the batch, known on the host
+            batch_shape = scale_tril.shape[:-2]
+        else:
+            if bool((df <= p - 1).any()):
+                raise ValueError(f"Wishart df must be > p - 1 = {p - 1} for p = {p}; got df = {df.tolist()}")
+            self.fixed_df = None
+            batch_shape = torch.broadcast_shapes(df.shape, scale_tril.shape[:-2])
         df = torch.as_tensor(df, dtype=scale_tril.dtype, device=scale_tril.device)
-        batch_shape = torch.broadcast_shapes(df.shape, scale_tril.shape[:-2])
         self.df = df.expand(batch_shape)
         self.scale_tril = scale_tril.expand(batch_shape + (p, p))
         self.dim = p
@@ -67,7 +71,8 @@ class WishartCholesky(TorchDistribution):
         batch_shape = torch.Size(batch_shape)
         if batch_shape == self.batch_shape:  # a plate re-expands every site to the shape it already has
             return self
-        return WishartCholesky(self.df.expand(batch_shape), self.scale_tril.expand(batch_shape + (self.dim,) * 2))
+        df = self.fixed_df if self.fixed_df is not None else self.df.expand(batch_shape)
+        return WishartCholesky(df, self.scale_tril.expand(batch_shape + (self.dim,) * 2))
 
     @property
     def mean(self) -> torch.Tensor:
@@ -82,7 +87,11 @@ class WishartCholesky(TorchDistribution):
         shape = torch.Size(sample_shape) + self.batch_shape
         p = self.dim
         chi2_df = self.df.expand(shape).unsqueeze(-1) - torch.arange(p, dtype=self.df.dtype, device=self.df.device)
-        diag = torch.distributions.Chi2(chi2_df).rsample().sqrt()
+        # chi2(k) = 2 Gamma(k / 2, 1): the reparameterized sampler torch's Chi2.rsample calls, without
+        # building a distribution per draw; the clamp is Gamma.rsample's (outside the autograd graph)
+        gamma = torch._standard_gamma(chi2_df / 2)
+        gamma.detach().clamp_(min=torch.finfo(gamma.dtype).tiny)
+        diag = (2 * gamma).sqrt()
         noise = torch.randn(shape + (p, p), dtype=self.scale_tril.dtype, device=self.scale_tril.device)
         bartlett = torch.tril(noise, diagonal=-1) + torch.diag_embed(diag)
         return self.scale_tril @ bartlett
@@ -105,12 +114,9 @@ def wishart_kl(
     """KL(Wishart(df_q, V_q) || Wishart(df_p, V_p)) in closed form, V = tril @ tril^T."""
     p = tril_q.shape[-1]
     half_q, half_p = df_q / 2, df_p / 2
-    logdet_q = 2 * tril_q.diagonal(dim1=-2, dim2=-1).log().sum(-1)
-    logdet_p = 2 * tril_p.diagonal(dim1=-2, dim2=-1).log().sum(-1)
-    whitened = torch.linalg.solve_triangular(tril_p, tril_q, upper=False)
-    trace = whitened.pow(2).sum((-2, -1))
+    log_det_ratio, trace = _log_det_ratio_and_trace(tril_q, tril_p)
     return (
-        half_p * (logdet_p - logdet_q)
+        half_p * log_det_ratio
         + half_q * (trace - p)
         + torch.mvlgamma(half_p, p)
         - torch.mvlgamma(half_q, p)
@@ -118,8 +124,26 @@ def wishart_kl(
     )
 
 
+def wishart_kl_same_df(df: float, tril_q: torch.Tensor, tril_p: torch.Tensor) -> torch.Tensor:
+    """:func:`wishart_kl` for ``df_q = df_p = df``: its log-gamma and digamma terms cancel."""
+    log_det_ratio, trace = _log_det_ratio_and_trace(tril_q, tril_p)
+    return df / 2 * (log_det_ratio + trace - tril_q.shape[-1])
+
+
+def _log_det_ratio_and_trace(tril_q: torch.Tensor, tril_p: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(log det V_p - log det V_q, tr(V_p^-1 V_q)) from the Cholesky factors."""
+    def log_det(tril: torch.Tensor) -> torch.Tensor:
+        return 2 * tril.diagonal(dim1=-2, dim2=-1).log().sum(-1)
+
+    log_det_ratio = log_det(tril_p) - log_det(tril_q)
+    whitened = torch.linalg.solve_triangular(tril_p, tril_q, upper=False)
+    return log_det_ratio, whitened.pow(2).sum((-2, -1))
+
+
 @register_kl(WishartCholesky, WishartCholesky)
 def _kl_wishart_cholesky(q: WishartCholesky, p: WishartCholesky) -> torch.Tensor:
+    if q.fixed_df is not None and q.fixed_df == p.fixed_df:
+        return wishart_kl_same_df(q.fixed_df, q.scale_tril, p.scale_tril)
     return wishart_kl(q.df, q.scale_tril, p.df, p.scale_tril)
 
 

@@ -17,13 +17,16 @@ gradient checkpointing recomputes in the backward pass uses the same draw (a par
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import pyro
+import pyro.distributions as dist
 import torch
 import torch.nn.functional as F
 from peft import LoraConfig, PeftModel, get_peft_model
+from pyro import poutine
 from torch import nn
 
 __all__ = ["DrawnLinear", "FactorSite", "SiteGroup", "inject_lora", "factor_sites", "group_sites", "HEAD_MODULE_NAMES"]
@@ -101,8 +104,28 @@ class SiteGroup:
         return self.name.replace(".", "__")
 
     def plate(self) -> pyro.plate:
-        """The plate over the group's layers (dim -1 of every latent's batch shape)."""
-        return pyro.plate(f"{self.name}.layers", len(self.sites))
+        """The plate over the group's layers (dim -1 of every latent's batch shape).
+
+        Made once and re-entered by every statement: a plate's constructor sends a Pyro message of its
+        own (the subsample site, whole here), a fixed cost per group and step otherwise."""
+        return self._plate
+
+    @functools.cached_property
+    def _plate(self) -> pyro.plate:
+        with poutine.block():
+            return pyro.plate(f"{self.name}.layers", len(self.sites))
+
+    def standard_noise(self, device: torch.device) -> dist.Distribution:
+        """N(0, I) over the group's (layers, features, rank) noise: it has no parameter, so it is made once
+        per device and shared by the guide and the prior."""
+        if device not in self._noise:
+            shape = (len(self.sites), self.features, self.rank)
+            self._noise[device] = dist.Normal(torch.zeros((), device=device), 1.0).expand(shape).to_event(2)
+        return self._noise[device]
+
+    @functools.cached_property
+    def _noise(self) -> dict[torch.device, dist.Distribution]:
+        return {}
 
     def to_feature_major(self, value: torch.Tensor) -> torch.Tensor:
         return self.sites[0].to_feature_major(value)

@@ -50,17 +50,16 @@ class MonteCLoRAPrior(nn.Module):
         )
 
     def forward(self, group: SiteGroup, means: torch.Tensor) -> torch.Tensor:
-        spec = self.spec
-        zero = torch.zeros((), device=means.device)
-        with group.plate():
-            tril = pyro.sample(f"{group.name}.sigma_tril", WishartCholesky(spec.df, self.scale_tril))
-            weights = pyro.sample(f"{group.name}.weights", dist.Dirichlet(self.concentration))
-            noise = pyro.sample(
-                f"{group.name}.noise", dist.Normal(zero, 1.0).expand((group.features, group.rank)).to_event(2)
-            )
+        spec, layers = self.spec, len(group.sites)
+        with group.plate():  # laws made at the plate's batch shape (expanding the Wishart is then free)
+            wishart = WishartCholesky(spec.df, self.scale_tril.expand(layers, -1, -1))
+            tril = pyro.sample(f"{group.name}.sigma_tril", wishart)
+            weights = pyro.sample(f"{group.name}.weights", dist.Dirichlet(self.concentration.expand(layers, -1)))
+            noise = pyro.sample(f"{group.name}.noise", group.standard_noise(means.device))
             scale = None
             if spec.scale_hyperprior_std is not None:
-                scale = pyro.sample(f"{group.name}.scale", dist.LogNormal(zero, spec.scale_hyperprior_std))
+                hyperprior = dist.LogNormal(means.new_zeros(layers), spec.scale_hyperprior_std)
+                scale = pyro.sample(f"{group.name}.scale", hyperprior)
             if spec.cooperative_weight > 0:
                 pyro.factor(f"{group.name}.cooperative", -spec.cooperative_weight * weights.pow(2).sum(-1))
         return means + group.from_feature_major(self.perturbation(group, tril, weights, noise, scale))

@@ -9,7 +9,7 @@ from peft.tuners.lora.monteclora import MontecloraSampler
 from scipy import stats
 from torch.distributions import Dirichlet, Wishart, kl_divergence
 
-from monteclora_pyro.distributions import LaplaceBridgeDirichlet, WishartCholesky, wishart_kl
+from monteclora_pyro.distributions import LaplaceBridgeDirichlet, WishartCholesky, wishart_kl, wishart_kl_same_df
 
 torch.set_default_dtype(torch.float32)
 
@@ -90,6 +90,19 @@ def test_wishart_kl_matches_monte_carlo(df_q, df_p):
     mc, stderr = log_ratio.mean(), log_ratio.std() / 100_000**0.5
     assert abs(closed - mc) < 4 * stderr + 1e-3, (closed, mc, stderr)
     torch.testing.assert_close(closed, wishart_kl(q.df, q_tril, prior.df, p_tril))
+
+
+def test_wishart_kl_of_one_fixed_df_is_the_general_formula():
+    """A df given as a number (the guide's and the prior's) takes the KL without the terms that cancel."""
+    q_tril, p_tril = _scale_tril(3, 1).expand(2, 3, 3) * torch.tensor([0.7, 1.3])[:, None, None], _scale_tril(3, 2)
+    q, prior = WishartCholesky(6.5, q_tril), WishartCholesky(6.5, p_tril).expand((2,))
+    assert q.fixed_df == prior.fixed_df == 6.5 and q.batch_shape == (2,)
+    general = wishart_kl(q.df, q_tril, prior.df, prior.scale_tril)
+    torch.testing.assert_close(kl_divergence(q, prior), general)
+    torch.testing.assert_close(wishart_kl_same_df(6.5, q_tril, prior.scale_tril), general)
+    assert WishartCholesky(7.0, q_tril).fixed_df != prior.fixed_df  # other dfs: the general formula
+    torch.testing.assert_close(kl_divergence(WishartCholesky(7.0, q_tril), prior),
+                               wishart_kl(torch.tensor(7.0, dtype=q_tril.dtype), q_tril, prior.df, prior.scale_tril))
 
 
 def test_dirichlet_kl_at_peft_defaults_is_positive_and_torchs():
