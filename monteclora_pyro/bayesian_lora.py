@@ -172,10 +172,15 @@ class BayesianLoRA(nn.Module):
     ) -> torch.Tensor:
         """The network's output (logits) with the given factors in place of the PEFT weights."""
         inputs = {k: v for k, v in batch.items() if k not in BATCH_KEYS} | self.likelihood.network_kwargs(batch)
-        self.set_draws(factors or {})
-        with autocast(batch, self.autocast_dtype):
-            output = self.network(**inputs)
+        output = self.network_call(inputs, factors)
         return output.logits if hasattr(output, "logits") else output
+
+    def network_call(self, inputs: Mapping[str, Any], factors: Mapping[str, torch.Tensor] | None = None) -> Any:
+        """The network's whole output on ``inputs`` (its own keyword arguments, a tensor first) with the given
+        factors in place of the PEFT weights (none: the posterior mean)."""
+        self.set_draws(factors or {})
+        with autocast(inputs, self.autocast_dtype):
+            return self.network(**inputs)
 
     def generate(self, **inputs) -> torch.Tensor:
         """The network's ``generate`` with the posterior-mean adapters."""

@@ -21,6 +21,7 @@ small model need not learn which answer word names which option.
 
 from __future__ import annotations
 
+import inspect
 import json
 import re
 from pathlib import Path
@@ -269,21 +270,43 @@ class CommonsenseFamily(TaskFamily):
         return torch.cat([torch.nn.functional.pad(part, (0, most - part.shape[-1]), value=-torch.inf) for part in out])
 
     def _continuation_log_probs(self, module, task: str, device, passes: list) -> torch.Tensor:
-        """log p(continuation_k | prefix) summed over its tokens, one row per (example, option), batched:
-        (examples x passes x K)."""
+        """log p(continuation_k | prefix) summed over its tokens: (examples x passes x K).
+
+        Per batch of examples and pass, the prefixes run once and their key/value cache serves every
+        option's continuation (the options share the prompt, which is most of the tokens)."""
         rows = self.eval_sets[task]
-        pairs = [(i, k, {"prefix": row["prefix"], "target": c})
-                 for i, row in enumerate(rows) for k, c in enumerate(row["continuations"])]
         most = max(len(row["continuations"]) for row in rows)
         out = torch.full((len(rows), len(passes), most), -torch.inf)
-        collate, size = LeftPaddedBatches(self.tokenizer.pad_token_id), self.config.eval_batch_size
-        for start in range(0, len(pairs), size):
-            chunk = pairs[start:start + size]
-            batch = move_to(collate([row for _, _, row in chunk]), device)
-            examples, options = torch.tensor([i for i, _, _ in chunk]), torch.tensor([k for _, k, _ in chunk])
+        pad, size = self.tokenizer.pad_token_id, self.config.eval_batch_size
+        # the forward's name for a key/value cache: ``cache`` from transformers 5.x, ``past_key_values`` before
+        forward = inspect.signature(module.network.get_base_model().forward).parameters
+        cache_keyword = "cache" if "cache" in forward else "past_key_values"
+        for start in range(0, len(rows), size):
+            chunk = rows[start:start + size]
+            prefixes = move_to(LeftPaddedBatches(pad)([{"prefix": p, "target": []} for p in chunk["prefix"]]), device)
+            options = max(map(len, chunk["continuations"]))
+            continuations = [c for cs in chunk["continuations"] for c in cs + [[pad]] * (options - len(cs))]
+            width = max(map(len, continuations))
+            tokens = torch.tensor([c + [pad] * (width - len(c)) for c in continuations], device=device)
+            scored = torch.tensor([[t < len(c) for t in range(width)] for c in continuations], device=device)
+            real = torch.tensor([k < len(cs) for cs in chunk["continuations"] for k in range(options)])
+            mask = torch.cat([prefixes["attention_mask"].repeat_interleave(options, 0), scored.long()], 1)
+            positions = prefixes["attention_mask"].sum(-1, keepdim=True).repeat_interleave(options, 0)
+            positions = positions + torch.arange(width, device=device)
+            prefix_inputs = {key: prefixes[key] for key in ("input_ids", "position_ids", "attention_mask")}
             for p, factors in enumerate(passes):
-                output = module.network_output(batch, factors)
-                out[examples, p, options] = module.likelihood.sequence_log_prob(output, batch["labels"]).float().cpu()
+                prefix = module.network_call(prefix_inputs | {"use_cache": True, "logits_to_keep": 1}, factors)
+                logits = prefix.logits[:, -1:].float().repeat_interleave(options, 0)  # predicts token 0
+                if width > 1:  # tokens 1... from the continuation's own, on the repeated prefix cache
+                    cache = prefix[cache_keyword]
+                    cache.batch_repeat_interleave(options)
+                    rest = module.network_call({"input_ids": tokens[:, :-1], "position_ids": positions[:, :-1],
+                                                "attention_mask": mask[:, :-1], cache_keyword: cache,
+                                                "use_cache": False}, factors)
+                    logits = torch.cat([logits, rest.logits.float()], 1)
+                token = logits.log_softmax(-1).gather(-1, tokens[..., None]).squeeze(-1)
+                totals = (token * scored).sum(-1).cpu().masked_fill(~real, -torch.inf).view(-1, options)
+                out[start:start + len(totals), p, :options] = totals
         return out
 
     @torch.no_grad()

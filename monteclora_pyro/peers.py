@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Mapping
+from typing import Any
 
 import torch
 from peft import LoraConfig, MontecloraConfig, PeftModel, get_peft_model
@@ -71,8 +72,12 @@ class PeftPeer(nn.Module):
 
     def network_output(self, batch: Mapping[str, torch.Tensor], factors: Mapping | None = None) -> torch.Tensor:
         inputs = {k: v for k, v in batch.items() if k not in BATCH_KEYS} | self.likelihood.network_kwargs(batch)
-        with autocast(batch, self.autocast_dtype):
-            return self.network(**inputs).logits
+        return self.network_call(inputs).logits
+
+    def network_call(self, inputs: Mapping[str, Any], factors: Mapping | None = None) -> Any:
+        """The network's whole output on ``inputs`` (its own keyword arguments, a tensor first)."""
+        with autocast(inputs, self.autocast_dtype):
+            return self.network(**inputs)
 
     def generate(self, **inputs) -> torch.Tensor:
         with autocast(inputs, self.autocast_dtype):
