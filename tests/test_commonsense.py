@@ -203,7 +203,8 @@ def test_text_answers_train_on_the_options_text(tiny_llama, data_dir):
     assert all(row["target"][-1] == tokenizer.eos_token_id for row in train_set)
 
 
-@pytest.mark.parametrize("method", [{"prior": "monteclora_scaled"}, {"peer": "peft-monteclora"}])
+@pytest.mark.parametrize("method", [{"prior": "monteclora_scaled"},
+                                    {"peer": "peft-monteclora", "answer_format": "text"}])
 def test_run_writes_each_tasks_metrics_and_the_average(tiny_llama, data_dir, tmp_path, method):
     eval_tasks = "boolq,piqa,hellaswag,winogrande,ARC-Challenge"
     config = CommonsenseRunConfig(model=tiny_llama, data_dir=str(data_dir), output_dir=str(tmp_path / "out"),
