@@ -18,7 +18,7 @@ import itertools
 import json
 import math
 import statistics
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -83,15 +83,19 @@ def _finished(config: RunConfig) -> bool:
     return True
 
 
+def _finished_metrics(output_dir: Path, cells: Iterable[Cell]) -> Iterator[tuple[Cell, dict[str, Any]]]:
+    """(cell, its metrics.json) of every finished cell, in grid order."""
+    for cell in cells:
+        path = output_dir / "cells" / cell.name / "metrics.json"
+        if path.exists():
+            yield cell, json.loads(path.read_text())
+
+
 def _rows(base: RunConfig, output_dir: Path, cells: Iterable[Cell]) -> list[dict[str, Any]]:
     """One row per finished cell; a family that scores several tasks reports their ``average``."""
     rows = []
     task, key = base.headline()
-    for cell in cells:
-        path = output_dir / "cells" / cell.name / "metrics.json"
-        if not path.exists():
-            continue
-        metrics = json.loads(path.read_text())
+    for cell, metrics in _finished_metrics(output_dir, cells):
         metrics |= metrics.get("average", {})
         row = {c: metrics.get(c) for c in CSV_COLUMNS}
         row.update(task=task, method=cell.method, lr=cell.lr, batch_size=cell.batch_size, seed=cell.seed,
@@ -103,11 +107,7 @@ def _rows(base: RunConfig, output_dir: Path, cells: Iterable[Cell]) -> list[dict
 def _task_rows(tasks: Sequence[str], output_dir: Path, cells: Iterable[Cell]) -> list[dict[str, Any]]:
     """One row per finished cell and scored task (a family that scores several tasks, e.g. commonsense)."""
     rows = []
-    for cell in cells:
-        path = output_dir / "cells" / cell.name / "metrics.json"
-        if not path.exists():
-            continue
-        metrics = json.loads(path.read_text())
+    for cell, metrics in _finished_metrics(output_dir, cells):
         for task in tasks:
             scores = metrics.get(task, {})
             rows.append({"method": cell.method, "lr": cell.lr, "batch_size": cell.batch_size, "seed": cell.seed,
