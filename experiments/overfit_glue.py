@@ -1,4 +1,4 @@
-"""The overfitting benchmark: small GLUE training sets, several epochs, calibration per method.
+r"""The overfitting benchmark: small GLUE training sets, several epochs, calibration per method.
 
 Every method trains on the same seeded subset (a share held out for temperature scaling) once per
 seed; ``map`` also yields the post-hoc baselines ``map+temperature`` and ``map+mc_dropout``.

@@ -1,4 +1,4 @@
-"""Score a saved causal-LM posterior in a new process, export it, and hand it to lm-evaluation-harness.
+r"""Score a saved causal-LM posterior in a new process, export it, and hand it to lm-evaluation-harness.
 
 A run of ``svi_commonsense.py`` saves its posterior in OUT/adapter.  This script loads it, scores the
 test rows of the evaluation tasks by option likelihood (posterior mean and S-draw predictive:

@@ -1,4 +1,4 @@
-"""Predict with a saved posterior in a new process, and export it for deployment.
+r"""Predict with a saved posterior in a new process, and export it for deployment.
 
 A run of ``svi_glue.py`` saves its posterior in OUT/adapter.  This script loads it, evaluates the
 posterior-mean and the S-draw predictive on a GLUE dev set, and optionally exports the

@@ -1,4 +1,4 @@
-"""Fine-tune a causal LM on commonsense reasoning with Bayesian LoRA (SVI), score it on the eight tasks.
+r"""Fine-tune a causal LM on commonsense reasoning with Bayesian LoRA (SVI), score it on the eight tasks.
 
 With no arguments it runs the embedded default, offline: the packaged SmolLM2-135M-Instruct (GGUF,
 dequantized on load) on 64 ARC-Easy training rows from ../shared/data/commonsense (or
@@ -6,7 +6,7 @@ $MONTECLORA_COMMONSENSE_DIR), scored on 10 test rows of every task there by the 
 answer option under the posterior predictive.  Writes OUT/config.json, OUT/metrics.json (each task's
 metrics under its name, and their average), OUT/posterior.nc and OUT/plots/.
 
-    python experiments/svi_commonsense.py --train-tasks boolq,ARC-Easy,ARC-Challenge,openbookqa \\
+    python experiments/svi_commonsense.py --train-tasks boolq,ARC-Easy,ARC-Challenge,openbookqa \
         --max-train-samples all --epochs 2 --eval-tasks ARC-Challenge,ARC-Easy --max-eval-examples all
 """
 

@@ -1,4 +1,4 @@
-"""Robustness sweep over learning rates, batch sizes and seeds for several methods on commonsense reasoning.
+r"""Robustness sweep over learning rates, batch sizes and seeds for several methods on commonsense reasoning.
 
 Every setting of a single run (``svi_commonsense.py --help``) applies to all cells; the headline is
 the accuracy averaged over the evaluated tasks.  Resumable: finished cells

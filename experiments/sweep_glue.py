@@ -1,4 +1,4 @@
-"""Robustness sweep over learning rates, batch sizes and seeds for several methods on one GLUE task.
+r"""Robustness sweep over learning rates, batch sizes and seeds for several methods on one GLUE task.
 
 Every setting of a single run (``svi_glue.py --help``) applies to all cells, on the full training
 set unless --max-train-samples says otherwise.  Resumable: finished cells (OUT/cells/<cell>/metrics.json)

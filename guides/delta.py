@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import pyro
-import pyro.distributions as dist
 import torch
 from torch import nn
+
+from monteclora_pyro.distributions import Delta
 
 from . import register_guide
 
@@ -20,4 +21,4 @@ class DeltaGuide(nn.Module):
 
     def forward(self, means: torch.Tensor) -> None:
         with self.group.plate():
-            pyro.sample(self.group.name, dist.Delta(means, event_dim=2))
+            pyro.sample(self.group.name, Delta(means, event_dim=2))

@@ -10,6 +10,8 @@ import torch
 from torch import nn
 from torch.nn.functional import softplus
 
+from monteclora_pyro.distributions import Independent
+
 from . import register_guide
 
 
@@ -26,4 +28,4 @@ class MeanFieldGuide(nn.Module):
 
     def forward(self, means: torch.Tensor) -> None:
         with self.group.plate():
-            pyro.sample(self.group.name, dist.Normal(means, softplus(self.raw_scale)).to_event(2))
+            pyro.sample(self.group.name, Independent(dist.Normal(means, softplus(self.raw_scale)), 2))

@@ -16,7 +16,7 @@ import pyro.distributions as dist
 import torch
 from torch import nn
 
-from monteclora_pyro.distributions import LaplaceBridgeDirichlet, WishartCholesky
+from monteclora_pyro.distributions import Dirichlet, LaplaceBridgeDirichlet, WishartCholesky
 
 from . import register_guide
 
@@ -37,7 +37,7 @@ class MonteCLoRAGuide(nn.Module):
         if dirichlet_sampler not in DIRICHLET_SAMPLERS:
             raise ValueError(f"dirichlet_sampler = {dirichlet_sampler!r}; allowed: {', '.join(DIRICHLET_SAMPLERS)}")
         self.group, self.df = group, spec.df
-        self.dirichlet = LaplaceBridgeDirichlet if dirichlet_sampler == "laplace" else dist.Dirichlet
+        self.dirichlet = LaplaceBridgeDirichlet if dirichlet_sampler == "laplace" else Dirichlet
         layers = len(group.sites)
         init_log_scale = 0.5 * math.log(spec.wishart_scale / spec.df)
         self.log_scale = nn.Parameter(torch.full((layers, group.rank), init_log_scale))

@@ -38,7 +38,7 @@ import torch
 from peft import PeftModel
 from pyro import poutine
 from pyro.distributions.util import scale_and_mask
-from pyro.poutine.util import prune_subsample_sites
+from pyro.poutine.util import prune_subsample_sites, site_is_subsample
 from torch import nn
 from torch.distributions import kl_divergence
 
@@ -154,10 +154,9 @@ class BayesianLoRA(nn.Module):
             replayed = poutine.replay(self.model, trace=guide_trace)
             model_trace = poutine.trace(replayed).get_trace(batch, kl_weight, means)
         self._validated = True
-        model_trace = prune_subsample_sites(model_trace)  # the plate's subsample site is no latent
         elbo: torch.Tensor | float = 0.0
         for name, site in model_trace.nodes.items():
-            if site["type"] != "sample":
+            if site["type"] != "sample" or site_is_subsample(site):  # a plate's subsample site is no latent
                 continue
             if site["is_observed"]:  # the likelihood (scaled by its plate) and any pyro.factor
                 term = site["fn"].log_prob(site["value"])
@@ -246,9 +245,12 @@ def autocast(batch: Mapping[str, torch.Tensor], dtype: torch.dtype | None):
 
 
 def _site_kl(guide_site: dict, model_site: dict) -> torch.Tensor:
-    """KL(q || p) of one latent site: closed form where registered, else log q(z) - log p(z) at the draw
-    (for a point mass, -log p at the point: MAP's penalty)."""
+    """KL(q || p) of one latent site: zero where the guide keeps the prior's law (one object, such as
+    MonteCLoRA's noise), closed form where registered, else log q(z) - log p(z) at the draw (for a point
+    mass, -log p at the point: MAP's penalty)."""
     q, p, value = guide_site["fn"], model_site["fn"], guide_site["value"]
+    if q is p:
+        return value.new_zeros(q.batch_shape)
     try:
         return kl_divergence(q, p)
     except NotImplementedError:

@@ -5,6 +5,11 @@
   the model ever factorizes a matrix, and no draw is ever rejected or resampled (torch's
   ``Wishart.rsample`` resamples "singular" draws, which biases it; PEFT calls its private
   ``_bartlett_sampling``).  Written by hand because no maintained library ships it.
+* :class:`Dirichlet`, :class:`Independent`, :class:`Delta`, :class:`ImproperUniform` -- Pyro's,
+  except that ``expand`` to the batch shape a law already has returns the law itself.  A plate
+  expands every site's law at every statement; the laws here are made at the plate's shape, so that
+  expansion is a no-op (it took about 10 us a statement on a 2-core CPU), and the guide's and the model's noise
+  law stay one object, whose KL is zero.
 * :class:`LaplaceBridgeDirichlet` -- a Dirichlet whose ``rsample`` is the softmax-basis Laplace
   approximation used by the MonteCLoRA reference code.  Its density and KL are the exact
   Dirichlet ones, so only the sampler is approximate; torch's exact ``Dirichlet.rsample`` is the
@@ -17,16 +22,44 @@ Dirichlet KL is torch's own.
 
 from __future__ import annotations
 
+import functools
 import math
 
+import pyro.distributions as dist
 import torch
-from pyro.distributions import Dirichlet, TorchDistribution
+from pyro.distributions import TorchDistribution
 from torch.distributions import Wishart, constraints
 from torch.distributions.kl import register_kl
 
 _NO_SHAPE = torch.Size()
 
-__all__ = ["WishartCholesky", "LaplaceBridgeDirichlet", "multivariate_digamma", "wishart_kl", "wishart_kl_same_df"]
+__all__ = ["Delta", "Dirichlet", "ImproperUniform", "Independent", "WishartCholesky", "LaplaceBridgeDirichlet",
+           "multivariate_digamma", "wishart_kl", "wishart_kl_same_df"]
+
+
+class _SameShapeExpandIsIdentity:
+    """``expand`` to the law's own batch shape returns the law (distributions are immutable)."""
+
+    def expand(self, batch_shape, _instance=None):
+        if torch.Size(batch_shape) == self.batch_shape:
+            return self
+        return super().expand(batch_shape, _instance)
+
+
+class Dirichlet(_SameShapeExpandIsIdentity, dist.Dirichlet):
+    """Pyro's Dirichlet; expanding it to its own batch shape is free."""
+
+
+class Independent(_SameShapeExpandIsIdentity, dist.Independent):
+    """Pyro's Independent; expanding it to its own batch shape is free."""
+
+
+class Delta(_SameShapeExpandIsIdentity, dist.Delta):
+    """Pyro's Delta; expanding it to its own batch shape is free."""
+
+
+class ImproperUniform(_SameShapeExpandIsIdentity, dist.ImproperUniform):
+    """Pyro's ImproperUniform; expanding it to its own batch shape is free."""
 
 
 def multivariate_digamma(x: torch.Tensor, p: int) -> torch.Tensor:
@@ -86,10 +119,14 @@ class WishartCholesky(TorchDistribution):
     def rsample(self, sample_shape: torch.Size = _NO_SHAPE) -> torch.Tensor:
         shape = torch.Size(sample_shape) + self.batch_shape
         p = self.dim
-        chi2_df = self.df.expand(shape).unsqueeze(-1) - torch.arange(p, dtype=self.df.dtype, device=self.df.device)
+        if self.fixed_df is not None:
+            half_chi2_df = _bartlett_half_dfs(self.fixed_df, p, self.df.dtype, self.df.device).expand(shape + (p,))
+        else:
+            half_chi2_df = (self.df.expand(shape).unsqueeze(-1) - torch.arange(p, dtype=self.df.dtype,
+                                                                               device=self.df.device)) / 2
         # chi2(k) = 2 Gamma(k / 2, 1): the reparameterized sampler torch's Chi2.rsample calls, without
         # building a distribution per draw; the clamp is Gamma.rsample's (outside the autograd graph)
-        gamma = torch._standard_gamma(chi2_df / 2)
+        gamma = torch._standard_gamma(half_chi2_df)
         gamma.detach().clamp_(min=torch.finfo(gamma.dtype).tiny)
         diag = (2 * gamma).sqrt()
         noise = torch.randn(shape + (p, p), dtype=self.scale_tril.dtype, device=self.scale_tril.device)
@@ -106,6 +143,12 @@ class WishartCholesky(TorchDistribution):
         powers = torch.arange(p, 0, -1, dtype=value.dtype, device=value.device)
         log_jacobian = p * math.log(2.0) + (powers * diag.log()).sum(-1)
         return wishart.log_prob(value @ value.mT) + log_jacobian
+
+
+@functools.lru_cache(maxsize=64)
+def _bartlett_half_dfs(df: float, p: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """(df - i) / 2 for i = 0..p-1: the Gamma shapes of the Bartlett diagonal's chi-square draws."""
+    return (df - torch.arange(p, dtype=dtype, device=device)) / 2
 
 
 def wishart_kl(

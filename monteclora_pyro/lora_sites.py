@@ -29,6 +29,8 @@ from peft import LoraConfig, PeftModel, get_peft_model
 from pyro import poutine
 from torch import nn
 
+from .distributions import Independent
+
 __all__ = ["DrawnLinear", "FactorSite", "SiteGroup", "inject_lora", "factor_sites", "group_sites", "HEAD_MODULE_NAMES"]
 
 # Task heads that stay trainable (point estimates) when present: BERT/RoBERTa, DistilBERT, LLaMA/GPT heads.
@@ -117,10 +119,10 @@ class SiteGroup:
 
     def standard_noise(self, device: torch.device) -> dist.Distribution:
         """N(0, I) over the group's (layers, features, rank) noise: it has no parameter, so it is made once
-        per device and shared by the guide and the prior."""
+        per device and shared by the guide and the prior (one object in both traces: its KL is zero)."""
         if device not in self._noise:
             shape = (len(self.sites), self.features, self.rank)
-            self._noise[device] = dist.Normal(torch.zeros((), device=device), 1.0).expand(shape).to_event(2)
+            self._noise[device] = Independent(dist.Normal(torch.zeros((), device=device), 1.0).expand(shape), 2)
         return self._noise[device]
 
     @functools.cached_property

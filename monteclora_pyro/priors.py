@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 from .declarations import PriorSpec
-from .distributions import WishartCholesky
+from .distributions import Dirichlet, ImproperUniform, Independent, WishartCholesky
 from .lora_sites import SiteGroup
 
 __all__ = ["FactorPrior", "MonteCLoRAPrior", "build_prior"]
@@ -54,7 +54,7 @@ class MonteCLoRAPrior(nn.Module):
         with group.plate():  # laws made at the plate's batch shape (expanding the Wishart is then free)
             wishart = WishartCholesky(spec.df, self.scale_tril.expand(layers, -1, -1))
             tril = pyro.sample(f"{group.name}.sigma_tril", wishart)
-            weights = pyro.sample(f"{group.name}.weights", dist.Dirichlet(self.concentration.expand(layers, -1)))
+            weights = pyro.sample(f"{group.name}.weights", Dirichlet(self.concentration.expand(layers, -1)))
             noise = pyro.sample(f"{group.name}.noise", group.standard_noise(means.device))
             scale = None
             if spec.scale_hyperprior_std is not None:
@@ -92,10 +92,11 @@ class FactorPrior(nn.Module):
         self.spec = spec
 
     def forward(self, group: SiteGroup, means: torch.Tensor) -> torch.Tensor:
+        layers = means.shape[:1]  # laws made at the plate's batch shape
         if self.spec.prior_scale is None:
-            prior = dist.ImproperUniform(dist.constraints.real, (), group.shape)
+            prior = ImproperUniform(dist.constraints.real, layers, group.shape)
         else:
-            prior = dist.Normal(means.new_zeros(group.shape), self.spec.prior_scale).to_event(2)
+            prior = Independent(dist.Normal(means.new_zeros(()), self.spec.prior_scale).expand(means.shape), 2)
         with group.plate():
             return pyro.sample(group.name, prior)
 

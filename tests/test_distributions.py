@@ -3,13 +3,21 @@
 from __future__ import annotations
 
 import numpy as np
+import pyro
 import pytest
 import torch
 from peft.tuners.lora.monteclora import MontecloraSampler
+from pyro import poutine
 from scipy import stats
 from torch.distributions import Dirichlet, Wishart, kl_divergence
 
-from monteclora_pyro.distributions import LaplaceBridgeDirichlet, WishartCholesky, wishart_kl, wishart_kl_same_df
+from monteclora_pyro.distributions import (
+    Independent,
+    LaplaceBridgeDirichlet,
+    WishartCholesky,
+    wishart_kl,
+    wishart_kl_same_df,
+)
 
 torch.set_default_dtype(torch.float32)
 
@@ -103,6 +111,36 @@ def test_wishart_kl_of_one_fixed_df_is_the_general_formula():
     assert WishartCholesky(7.0, q_tril).fixed_df != prior.fixed_df  # other dfs: the general formula
     torch.testing.assert_close(kl_divergence(WishartCholesky(7.0, q_tril), prior),
                                wishart_kl(torch.tensor(7.0, dtype=q_tril.dtype), q_tril, prior.df, prior.scale_tril))
+
+
+def test_a_plate_keeps_the_laws_made_at_its_shape_and_a_number_df_draws_as_a_tensor_df():
+    """A plate expands every law at every statement: one made at the plate's shape stays itself (so the
+    guide's and the model's noise law are one object); to another shape, Pyro's own expansion."""
+    from monteclora_pyro.distributions import Delta
+    from monteclora_pyro.distributions import Dirichlet as PlateDirichlet
+
+    concentration = torch.rand(3, 4) + 0.5
+    weights, noise = PlateDirichlet(concentration), Independent(pyro.distributions.Normal(torch.zeros(3, 5, 2), 1.0), 2)
+    point = Delta(torch.ones(3, 5, 2), event_dim=2)
+
+    def model():
+        with pyro.plate("layers", 3):
+            pyro.sample("weights", weights)
+            pyro.sample("noise", noise)
+            pyro.sample("point", point)
+
+    trace = poutine.trace(model).get_trace()
+    laws = {"weights": weights, "noise": noise, "point": point}
+    assert all(trace.nodes[name]["fn"] is law for name, law in laws.items())
+    wide = weights.expand((2, 3))
+    assert wide is not weights and wide.batch_shape == (2, 3) and torch.equal(wide.concentration[1], concentration)
+    assert noise.expand((2, 3)).batch_shape == (2, 3) and noise.expand((2, 3)).event_shape == (5, 2)
+    # the Bartlett Gamma shapes of a number df are cached; the draws are those of the same df as a tensor
+    tril = _scale_tril(3).expand(2, 3, 3)
+    torch.manual_seed(0)
+    fixed = WishartCholesky(5.5, tril).rsample()
+    torch.manual_seed(0)
+    torch.testing.assert_close(fixed, WishartCholesky(torch.tensor(5.5, dtype=tril.dtype), tril).rsample())
 
 
 def test_dirichlet_kl_at_peft_defaults_is_positive_and_torchs():
