@@ -7,9 +7,9 @@
   ``_bartlett_sampling``).  Written by hand because no maintained library ships it.
 * :class:`Dirichlet`, :class:`Independent`, :class:`Delta`, :class:`ImproperUniform` -- Pyro's,
   except that ``expand`` to the batch shape a law already has returns the law itself.  A plate
-  expands every site's law at every statement; the laws here are made at the plate's shape, so that
-  expansion is a no-op (it took about 10 us a statement on a 2-core CPU), and the guide's and the model's noise
-  law stay one object, whose KL is zero.
+  expands every site's law at every statement; the laws here are made at the plate's shape, so
+  that expansion is a no-op (it took about 10 us a statement on a 2-core CPU), and the guide's and
+  the model's noise law stay one object, whose KL is zero.
 * :class:`LaplaceBridgeDirichlet` -- a Dirichlet whose ``rsample`` is the softmax-basis Laplace
   approximation used by the MonteCLoRA reference code.  Its density and KL are the exact
   Dirichlet ones, so only the sampler is approximate; torch's exact ``Dirichlet.rsample`` is the
