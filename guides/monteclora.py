@@ -52,7 +52,7 @@ class MonteCLoRAGuide(nn.Module):
     def forward(self, means: torch.Tensor) -> None:
         group = self.group
         with group.plate():
-            pyro.sample(f"{group.name}.sigma_tril", WishartCholesky(self.df, torch.diag_embed(self.log_scale.exp())))
+            pyro.sample(f"{group.name}.sigma_tril", WishartCholesky(self.df, scale_diag=self.log_scale.exp()))
             pyro.sample(f"{group.name}.weights", self.dirichlet(self.log_concentration.exp()))
             pyro.sample(f"{group.name}.noise", group.standard_noise(means.device))
             if self.hyperprior:

@@ -149,21 +149,23 @@ class BayesianLoRA(nn.Module):
     def forward(self, batch: Mapping[str, torch.Tensor], kl_weight: float | None = None) -> torch.Tensor:
         """-ELBO_beta / N for one minibatch (``batch["idx"]``: the rows' indices in the training set)."""
         means = self.stacked_means()
-        with pyro.validation_enabled(not self._validated):
+        with pyro.validation_enabled(not self._validated):  # laws and values checked on the first step
             guide_trace = poutine.trace(self.guide).get_trace(batch, kl_weight, means)
             replayed = poutine.replay(self.model, trace=guide_trace)
             model_trace = poutine.trace(replayed).get_trace(batch, kl_weight, means)
+            log_likelihood, kl = [], []
+            for name, site in model_trace.nodes.items():
+                if site["type"] != "sample" or site_is_subsample(site):  # a plate's subsample site is no latent
+                    continue
+                if site["is_observed"]:  # the likelihood (scaled by its plate) and any pyro.factor
+                    terms, term = log_likelihood, site["fn"].log_prob(site["value"])
+                elif guide_trace.nodes[name]["fn"] is site["fn"]:  # the guide keeps the prior's law: KL = 0
+                    continue
+                else:
+                    terms, term = kl, _site_kl(guide_trace.nodes[name], site)
+                terms.append(scale_and_mask(term, site["scale"], site["mask"]).sum())
         self._validated = True
-        elbo: torch.Tensor | float = 0.0
-        for name, site in model_trace.nodes.items():
-            if site["type"] != "sample" or site_is_subsample(site):  # a plate's subsample site is no latent
-                continue
-            if site["is_observed"]:  # the likelihood (scaled by its plate) and any pyro.factor
-                term = site["fn"].log_prob(site["value"])
-            else:
-                term = -_site_kl(guide_trace.nodes[name], site)
-            elbo = elbo + scale_and_mask(term, site["scale"], site["mask"]).sum()
-        return -elbo / self.num_data
+        return (_total(kl) - _total(log_likelihood)) / self.num_data
 
     # ----------------------------------------------------------------- network and posterior
     def network_output(
@@ -242,6 +244,14 @@ def autocast(batch: Mapping[str, torch.Tensor], dtype: torch.dtype | None):
     if dtype is None:
         return contextlib.nullcontext()
     return torch.autocast(next(iter(batch.values())).device.type, dtype=dtype)
+
+
+def _total(terms: list[torch.Tensor]) -> torch.Tensor | float:
+    """The sum of scalar tensors, without adding a zero first (each add is an autograd node)."""
+    total: torch.Tensor | float = terms[0] if terms else 0.0
+    for term in terms[1:]:
+        total = total + term
+    return total
 
 
 def _site_kl(guide_site: dict, model_site: dict) -> torch.Tensor:

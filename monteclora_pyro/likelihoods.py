@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .distributions import Categorical, Independent
+
 __all__ = ["CategoricalLikelihood", "GaussianLikelihood", "TokenLikelihood", "build_likelihood"]
 
 IGNORE = -100  # the label of a token that is not scored (prompt, padding), as in Hugging Face
@@ -34,7 +36,7 @@ class CategoricalLikelihood(nn.Module):
 
     def forward(self, output: torch.Tensor, labels: torch.Tensor | None, num_data: int, subsample: torch.Tensor):
         with pyro.plate("data", size=num_data, subsample=subsample):
-            return pyro.sample("obs", dist.Categorical(logits=output.float()), obs=labels)
+            return pyro.sample("obs", Categorical(output.float()), obs=labels)
 
     def predictive(self, output: torch.Tensor) -> torch.Tensor:
         """Class probabilities for one posterior draw."""
@@ -109,7 +111,7 @@ class TokenLikelihood(nn.Module):
     def forward(self, output: torch.Tensor, labels: torch.Tensor | None, num_data: int, subsample: torch.Tensor):
         logits, targets, mask = self._aligned(output, labels)
         with pyro.plate("data", size=num_data, subsample=subsample):
-            return pyro.sample("obs", dist.Categorical(logits=logits).mask(mask).to_event(1), obs=targets)
+            return pyro.sample("obs", Independent(Categorical(logits).mask(mask), 1), obs=targets)
 
     def sequence_log_prob(self, output: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """log p(response_i | prompt_i) per example."""

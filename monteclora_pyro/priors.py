@@ -44,7 +44,7 @@ class MonteCLoRAPrior(nn.Module):
     def __init__(self, spec: PriorSpec, rank: int) -> None:
         super().__init__()
         self.spec = spec
-        self.register_buffer("scale_tril", (spec.wishart_scale / spec.df) ** 0.5 * torch.eye(rank), persistent=False)
+        self.register_buffer("scale_diag", torch.full((rank,), (spec.wishart_scale / spec.df) ** 0.5), persistent=False)
         self.register_buffer(
             "concentration", torch.full((spec.num_components,), spec.dirichlet_concentration), persistent=False
         )
@@ -52,7 +52,7 @@ class MonteCLoRAPrior(nn.Module):
     def forward(self, group: SiteGroup, means: torch.Tensor) -> torch.Tensor:
         spec, layers = self.spec, len(group.sites)
         with group.plate():  # laws made at the plate's batch shape (expanding the Wishart is then free)
-            wishart = WishartCholesky(spec.df, self.scale_tril.expand(layers, -1, -1))
+            wishart = WishartCholesky(spec.df, scale_diag=self.scale_diag.expand(layers, -1))
             tril = pyro.sample(f"{group.name}.sigma_tril", wishart)
             weights = pyro.sample(f"{group.name}.weights", Dirichlet(self.concentration.expand(layers, -1)))
             noise = pyro.sample(f"{group.name}.noise", group.standard_noise(means.device))

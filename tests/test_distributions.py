@@ -12,6 +12,7 @@ from scipy import stats
 from torch.distributions import Dirichlet, Wishart, kl_divergence
 
 from monteclora_pyro.distributions import (
+    Categorical,
     Independent,
     LaplaceBridgeDirichlet,
     WishartCholesky,
@@ -111,6 +112,63 @@ def test_wishart_kl_of_one_fixed_df_is_the_general_formula():
     assert WishartCholesky(7.0, q_tril).fixed_df != prior.fixed_df  # other dfs: the general formula
     torch.testing.assert_close(kl_divergence(WishartCholesky(7.0, q_tril), prior),
                                wishart_kl(torch.tensor(7.0, dtype=q_tril.dtype), q_tril, prior.df, prior.scale_tril))
+
+
+def test_a_diagonal_scale_draws_scores_and_diverges_as_its_matrix():
+    """scale_diag (the guide's and prior's parameterization) is the law of scale_tril = diag(scale_diag):
+    the same draws from the same seed, the same density and, against full or diagonal laws, the same KL
+    as the triangular-solve formula."""
+    q_diag = torch.tensor([[0.5, 1.2, 0.9], [1.5, 0.3, 0.8]], dtype=torch.float64, requires_grad=True)
+    p_diag = torch.tensor([0.7, 0.7, 0.7], dtype=torch.float64)
+    q, q_full = WishartCholesky(4.5, scale_diag=q_diag), WishartCholesky(4.5, torch.diag_embed(q_diag))
+    prior, prior_full = WishartCholesky(4.5, scale_diag=p_diag).expand((2,)), WishartCholesky(4.5, torch.diag(p_diag))
+    assert q.batch_shape == prior.batch_shape == (2,) and q.event_shape == (3, 3)
+    torch.testing.assert_close(q.scale_tril, torch.diag_embed(q_diag))
+    torch.manual_seed(0)
+    draw = q.rsample()
+    torch.manual_seed(0)
+    torch.testing.assert_close(draw, q_full.rsample())
+    torch.testing.assert_close(q.log_prob(draw.detach()), q_full.log_prob(draw.detach()))
+    closed = kl_divergence(q, prior)
+    torch.testing.assert_close(closed, wishart_kl_same_df(4.5, q_full.scale_tril, prior_full.scale_tril))
+    torch.testing.assert_close(kl_divergence(q, prior_full.expand((2,))), closed)  # one diagonal, one full
+    other_df = WishartCholesky(6.0, scale_diag=p_diag)
+    torch.testing.assert_close(kl_divergence(q, other_df),
+                               wishart_kl(q.df, q.scale_tril, other_df.df, other_df.scale_tril))
+    grad, = torch.autograd.grad(closed.sum(), q_diag)  # differentiable in the diagonal
+    assert torch.isfinite(grad).all() and grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="exactly one of scale_tril"):
+        WishartCholesky(4.5, torch.eye(3), scale_diag=p_diag)
+    with pytest.raises(ValueError, match="p - 1 = 2"):
+        WishartCholesky(1.5, scale_diag=p_diag)
+    with pytest.raises(ValueError, match="scale_diag"):  # validated like the matrix
+        WishartCholesky(4.5, scale_diag=-p_diag, validate_args=True)
+
+
+def test_categorical_scores_as_pyros_and_normalizes_only_when_asked():
+    """The likelihood's law: log_prob (one fused kernel), its gradient, probs, logits, sampling and
+    expansion agree with Pyro's Categorical."""
+    torch.manual_seed(0)
+    raw = (3 * torch.randn(5, 4, 7)).requires_grad_(True)
+    labels = torch.randint(0, 7, (5, 4))
+    ours, pyros = Categorical(raw), pyro.distributions.Categorical(logits=raw)
+    assert ours.batch_shape == pyros.batch_shape and ours.event_shape == pyros.event_shape
+    assert "logits" not in vars(ours)  # not normalized at construction
+    torch.testing.assert_close(ours.log_prob(labels), pyros.log_prob(labels))
+    ours_grad, = torch.autograd.grad(ours.log_prob(labels).sum(), raw)
+    pyros_grad, = torch.autograd.grad(pyros.log_prob(labels).sum(), raw)
+    torch.testing.assert_close(ours_grad, pyros_grad)
+    torch.testing.assert_close(ours.logits, pyros.logits)
+    torch.testing.assert_close(ours.probs, pyros.probs)
+    torch.testing.assert_close(ours.entropy(), pyros.entropy())
+    every_label = torch.arange(7)[:, None, None].expand(7, 5, 4)  # a value with more dims: the parent's way
+    torch.testing.assert_close(ours.log_prob(every_label), pyros.log_prob(every_label))
+    wide = ours.expand((2, 5, 4))
+    assert ours.expand((5, 4)) is ours and wide.batch_shape == (2, 5, 4)
+    torch.testing.assert_close(wide.log_prob(labels.expand(2, 5, 4)), pyros.log_prob(labels).expand(2, 5, 4))
+    assert ours.sample((3,)).shape == (3, 5, 4)
+    with pytest.raises(ValueError, match="support"):
+        Categorical(raw, validate_args=True).log_prob(torch.full((5, 4), 7))
 
 
 def test_a_plate_keeps_the_laws_made_at_its_shape_and_a_number_df_draws_as_a_tensor_df():
