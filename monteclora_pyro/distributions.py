@@ -39,7 +39,7 @@ from torch.distributions.utils import lazy_property
 _NO_SHAPE = torch.Size()
 
 __all__ = ["Categorical", "Delta", "Dirichlet", "ImproperUniform", "Independent", "WishartCholesky",
-           "LaplaceBridgeDirichlet", "multivariate_digamma", "wishart_kl", "wishart_kl_same_df"]
+           "LaplaceBridgeDirichlet", "multivariate_digamma", "wishart_kl"]
 
 
 class _SameShapeExpandIsIdentity:
@@ -235,14 +235,10 @@ def wishart_kl(
     return _wishart_kl(df_q, df_p, tril_q.shape[-1], *_log_det_ratio_and_trace(tril_q, tril_p))
 
 
-def wishart_kl_same_df(df: float, tril_q: torch.Tensor, tril_p: torch.Tensor) -> torch.Tensor:
-    """:func:`wishart_kl` for ``df_q = df_p = df``: its log-gamma and digamma terms cancel."""
-    return _wishart_kl_same_df(df, tril_q.shape[-1], *_log_det_ratio_and_trace(tril_q, tril_p))
-
-
 def _wishart_kl(
     df_q: torch.Tensor, df_p: torch.Tensor, p: int, log_det_ratio: torch.Tensor, trace: torch.Tensor
 ) -> torch.Tensor:
+    """The Wishart KL from ``log det V_p - log det V_q`` and ``tr(V_p^-1 V_q)`` (full or diagonal scales)."""
     half_q, half_p = df_q / 2, df_p / 2
     return (
         half_p * log_det_ratio
@@ -254,6 +250,7 @@ def _wishart_kl(
 
 
 def _wishart_kl_same_df(df: float, p: int, log_det_ratio: torch.Tensor, trace: torch.Tensor) -> torch.Tensor:
+    """:func:`_wishart_kl` for ``df_q = df_p = df``: its log-gamma and digamma terms cancel."""
     return df / 2 * (log_det_ratio + trace - p)
 
 
