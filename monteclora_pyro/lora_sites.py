@@ -18,6 +18,7 @@ gradient checkpointing recomputes in the backward pass uses the same draw (a par
 from __future__ import annotations
 
 import functools
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -31,7 +32,8 @@ from torch import nn
 
 from .distributions import Independent
 
-__all__ = ["DrawnLinear", "FactorSite", "SiteGroup", "inject_lora", "factor_sites", "group_sites", "HEAD_MODULE_NAMES"]
+__all__ = ["DrawnLinear", "FactorSite", "SiteGroup", "inject_lora", "factor_sites", "group_sites", "peft_model",
+           "HEAD_MODULE_NAMES"]
 
 # Task heads that stay trainable (point estimates) when present: BERT/RoBERTa, DistilBERT, LLaMA/GPT heads.
 HEAD_MODULE_NAMES = ("classifier", "pre_classifier", "score")
@@ -190,11 +192,19 @@ def inject_lora(
         lora_dropout=0.0,
         modules_to_save=list(trainable_modules) or None,
     )
-    network = get_peft_model(model, config)
+    network = peft_model(model, config)
     for name, module in network.named_modules():
         if name.endswith((f".lora_A.{_ADAPTER}", f".lora_B.{_ADAPTER}")) and type(module) is nn.Linear:
             module.__class__ = DrawnLinear  # same parameters and names: PEFT saves and merges it as before
     return network
+
+
+def peft_model(model: nn.Module, config: LoraConfig) -> PeftModel:
+    """``get_peft_model``, without the FutureWarning PEFT raises on every call by reading transformers'
+    deprecated ``is_gradient_checkpointing`` (nothing a user can act on)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+        return get_peft_model(model, config)
 
 
 def factor_sites(network: PeftModel, stochastic: Sequence[str]) -> list[FactorSite]:

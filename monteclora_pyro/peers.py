@@ -15,12 +15,12 @@ from collections.abc import Mapping
 from typing import Any
 
 import torch
-from peft import LoraConfig, MontecloraConfig, PeftModel, get_peft_model
+from peft import LoraConfig, MontecloraConfig, PeftModel
 from torch import nn
 
 from .bayesian_lora import BATCH_KEYS, autocast
 from .declarations import PriorSpec
-from .lora_sites import HEAD_MODULE_NAMES
+from .lora_sites import HEAD_MODULE_NAMES, peft_model
 from .run_config import PEERS
 
 __all__ = ["PEERS", "PeftPeer", "peft_peer"]
@@ -48,7 +48,7 @@ def peft_peer(model: nn.Module, peer: str, spec: PriorSpec, kl_loss_weight: floa
         modules_to_save=[h for h in HEAD_MODULE_NAMES if h in leaf_names] or None,
         monteclora_config=monteclora,
     )
-    return get_peft_model(model, config)
+    return peft_model(model, config)
 
 
 class PeftPeer(nn.Module):
