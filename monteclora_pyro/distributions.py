@@ -67,7 +67,7 @@ class ImproperUniform(_SameShapeExpandIsIdentity, dist.ImproperUniform):
     """Pyro's ImproperUniform; expanding it to its own batch shape is free."""
 
 
-class Categorical(_SameShapeExpandIsIdentity, dist.Categorical):
+class Categorical(dist.Categorical):
     """Pyro's Categorical over ``logits`` (unnormalized, last dim the categories); ``log_prob`` of a value
     shaped like the batch is ``-cross_entropy``, one fused kernel and its backward, where the parent
     normalizes the logits at construction and gathers (about five times the CPU time on a small head).
@@ -90,7 +90,7 @@ class Categorical(_SameShapeExpandIsIdentity, dist.Categorical):
     def probs(self) -> torch.Tensor:
         return self.unnormalized_logits.softmax(-1)
 
-    def expand(self, batch_shape, _instance=None):
+    def expand(self, batch_shape, _instance=None):  # the parent's would copy normalized logits it has not got
         batch_shape = torch.Size(batch_shape)
         if batch_shape == self.batch_shape:
             return self
