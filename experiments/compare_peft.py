@@ -15,9 +15,10 @@ import sys
 import datasets
 
 from monteclora_pyro.artifacts import atomic_write_json
-from monteclora_pyro.config_cli import add_config_arguments, config_values
-from monteclora_pyro.glue import GlueRunConfig, run_glue
-from monteclora_pyro.sweep import method_config
+from monteclora_pyro.runner.options import add_config_arguments, config_values
+from monteclora_pyro.runner.sweep import method_config
+from monteclora_pyro.tasks.glue.family import run_glue
+from monteclora_pyro.tasks.glue.settings import GlueRunConfig
 
 METHODS = ("monteclora", "monteclora_scaled", "map", "gaussian", "peft-monteclora", "peft-lora")
 
@@ -33,10 +34,9 @@ def main(argv: list[str] | None = None) -> dict:
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
         p.error(f"--methods: unknown {unknown}; allowed: {', '.join(METHODS)}")
-    base = GlueRunConfig(**config_values(args, GlueRunConfig))
-    configs = {m: method_config(base, m, f"{args.output_dir}/{m}") for m in methods}
     try:
-        configs = {m: c.resolved() for m, c in configs.items()}  # every value checked before any training
+        base = GlueRunConfig(**config_values(args, GlueRunConfig))
+        configs = {m: method_config(base, m, f"{args.output_dir}/{m}").resolved() for m in methods}  # all checked
     except ValueError as error:
         p.error(str(error))
     datasets.disable_progress_bars()

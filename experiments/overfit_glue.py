@@ -14,9 +14,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from monteclora_pyro.cli_types import number_list
-from monteclora_pyro.config_cli import add_config_arguments, config_values
-from monteclora_pyro.glue import GlueRunConfig
+from monteclora_pyro.runner.options import add_config_arguments, config_values, integer, number_list
+from monteclora_pyro.tasks.glue.settings import GlueRunConfig
 
 BENCHMARK_DEFAULTS = {"max_train_samples": 1000, "holdout_fraction": 0.1, "epochs": 6, "mc_dropout_samples": 8,
                       "max_eval_samples": 500, "progress": False}
@@ -27,18 +26,18 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--tasks", default="sst2,mrpc,stsb", help="comma-separated GLUE tasks")
     p.add_argument("--methods", default="map,monteclora,monteclora_scaled,gaussian,peft-monteclora",
                    help="bundled prior names or .toml paths (ours) and peft-lora / peft-monteclora")
-    p.add_argument("--seeds", type=number_list(int), default=[0, 1, 2])
+    p.add_argument("--seeds", type=number_list(integer), default=[0, 1, 2])
     p.add_argument("--output-dir", default="runs/overfitting")
     p.add_argument("--report-only", action="store_true", help="run nothing: summarize the finished cells")
     add_config_arguments(p, GlueRunConfig, skip=("task", "output_dir", "prior", "guide", "peer", "seed",
                                                  "eval_each_epoch"))
     p.set_defaults(**BENCHMARK_DEFAULTS)
     args = p.parse_args(argv)
-    from monteclora_pyro.overfitting import run_overfitting
+    from monteclora_pyro.tasks.glue.overfitting import run_overfitting
 
-    base = GlueRunConfig(**config_values(args, GlueRunConfig))
     split = [t.strip() for t in args.tasks.split(",") if t.strip()], [m.strip() for m in args.methods.split(",")]
     try:
+        base = GlueRunConfig(**config_values(args, GlueRunConfig))
         summary = run_overfitting(base, *split, args.seeds, args.output_dir, run_missing=not args.report_only)
     except ValueError as error:
         p.error(str(error))

@@ -14,47 +14,46 @@ import argparse
 import json
 import sys
 
-from monteclora_pyro.cli_types import positive_int
-from monteclora_pyro.glue_tasks import get_task
+from monteclora_pyro.runner.options import add_config_arguments, config_values
+from monteclora_pyro.tasks.glue.settings import GlueRunConfig, default_glue_dir, get_task
+
+SETTINGS = ("task", "data_dir", "model", "num_samples", "max_eval_samples", "max_length", "eval_batch_size", "seed",
+            "device")  # the run settings that apply to predicting, as a run declares them
 
 
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--adapter", required=True, help="a saved posterior (a run's OUT/adapter folder)")
-    p.add_argument("--task", required=True, help="GLUE task of the dev set to predict")
-    p.add_argument("--data-dir", default=None, help="GLUE directory (default: ../shared/data/glue, else the hub)")
-    p.add_argument("--model", default=None, help="the backbone, if it moved since training")
-    p.add_argument("--num-samples", type=positive_int, default=8, help="posterior draws of the predictive")
-    p.add_argument("--max-eval-samples", type=positive_int, default=None)
-    p.add_argument("--max-length", type=positive_int, default=128)
-    p.add_argument("--batch-size", type=positive_int, default=64)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="cpu")
     p.add_argument("--export-peft", default=None, help="write the posterior-mean adapter here (PEFT format)")
     p.add_argument("--export-merged", default=None, help="write the backbone with the adapter merged here")
+    add_config_arguments(p, GlueRunConfig, only=SETTINGS)
     args = p.parse_args(argv)
     try:
-        task = get_task(args.task)
+        config = GlueRunConfig(**config_values(args, GlueRunConfig))
+        task = get_task(config.task)
     except ValueError as error:
         p.error(str(error))
     import pyro
     from transformers import DataCollatorWithPadding
 
     from monteclora_pyro.adapters import export_merged, export_peft, load_adapter
-    from monteclora_pyro.data import default_glue_dir, load_glue
+    from monteclora_pyro.backbones import resolve_device
     from monteclora_pyro.metrics import classification_metrics
-    from monteclora_pyro.pipeline import make_loader
     from monteclora_pyro.prediction import predict
+    from monteclora_pyro.runner.pipeline import make_loader
+    from monteclora_pyro.tasks.glue.data import load_glue
 
     try:
-        module, tokenizer = load_adapter(args.adapter, args.device, args.model)
+        device = resolve_device(config.device)
+        module, tokenizer = load_adapter(args.adapter, device, config.model)
     except ValueError as error:
         sys.exit(f"predict_glue.py: error: {error}")
-    pyro.set_rng_seed(args.seed)
-    data = load_glue(task, args.data_dir or default_glue_dir(), tokenizer, args.max_length, 1,
-                     args.max_eval_samples, args.seed)
-    loader = make_loader(data[task.dev_splits[0]], DataCollatorWithPadding(tokenizer), args.batch_size, shuffle=False)
-    predictions = predict(module, loader, args.num_samples, args.device)
+    pyro.set_rng_seed(config.seed)
+    data = load_glue(task, config.data_dir or default_glue_dir(), tokenizer, config.max_length, 1,
+                     config.max_eval_samples, config.seed)
+    loader = make_loader(data[task.dev_splits[0]], DataCollatorWithPadding(tokenizer), config.eval_batch_size,
+                         shuffle=False)
+    predictions = predict(module, loader, config.num_samples, device)
     labels = predictions["labels"]
     if task.num_labels > 1:
         report = {f"mean_{k}": v for k, v in classification_metrics(predictions["mean"], labels).items()}
@@ -66,7 +65,7 @@ def main(argv: list[str] | None = None) -> dict:
         export_peft(module, args.export_peft)
     if args.export_merged:
         export_merged(module, args.export_merged, tokenizer)
-    print(json.dumps(report | {"examples": len(labels), "num_samples": args.num_samples}, indent=2))
+    print(json.dumps(report | {"examples": len(labels), "num_samples": config.num_samples}, indent=2))
     return report
 
 

@@ -15,19 +15,22 @@ from __future__ import annotations
 import argparse
 import sys
 
-from monteclora_pyro.commonsense_tasks import CommonsenseRunConfig
-from monteclora_pyro.config_cli import add_config_arguments, config_values, resolve_or_exit, run_or_exit
+from monteclora_pyro.runner.options import add_config_arguments, config_values, resolve_or_exit
+from monteclora_pyro.tasks.commonsense.settings import CommonsenseRunConfig
 
 
 def parse_args(argv: list[str] | None = None) -> CommonsenseRunConfig:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_config_arguments(p, CommonsenseRunConfig)
-    return resolve_or_exit(p, CommonsenseRunConfig(**config_values(p.parse_args(argv), CommonsenseRunConfig)))
+    return resolve_or_exit(p, CommonsenseRunConfig, config_values(p.parse_args(argv), CommonsenseRunConfig))
 
 
 def main(argv: list[str] | None = None) -> dict:
     config = parse_args(argv)
-    metrics = run_or_exit(config, "svi_commonsense.py")
+    from monteclora_pyro.runner.pipeline import run_or_exit  # torch and the rest load once the arguments are good
+    from monteclora_pyro.tasks.commonsense.family import CommonsenseFamily
+
+    metrics = run_or_exit(CommonsenseFamily(config), "svi_commonsense.py")
     if not metrics:  # another process than rank 0 of a multi-process run: rank 0 reports
         return metrics
     tasks = [*config.eval_task_list(), "average"]

@@ -13,8 +13,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from monteclora_pyro.config_cli import add_config_arguments, config_values, resolve_or_exit, run_or_exit
-from monteclora_pyro.glue_tasks import GlueRunConfig
+from monteclora_pyro.runner.options import add_config_arguments, config_values, resolve_or_exit
+from monteclora_pyro.tasks.glue.settings import GlueRunConfig
 
 
 def parse_args(argv: list[str] | None = None) -> GlueRunConfig:
@@ -24,13 +24,15 @@ def parse_args(argv: list[str] | None = None) -> GlueRunConfig:
     args = p.parse_args(argv)
     method = args.peer or args.prior.rsplit("/", 1)[-1].removesuffix(".toml")
     output_dir = args.output_dir or f"runs/{args.task}-{method}"
-    config = GlueRunConfig(**(config_values(args, GlueRunConfig) | {"output_dir": output_dir}))
-    return resolve_or_exit(p, config)
+    return resolve_or_exit(p, GlueRunConfig, config_values(args, GlueRunConfig) | {"output_dir": output_dir})
 
 
 def main(argv: list[str] | None = None) -> dict:
     config = parse_args(argv)
-    metrics = run_or_exit(config, "svi_glue.py")
+    from monteclora_pyro.runner.pipeline import run_or_exit  # torch and the rest load once the arguments are good
+    from monteclora_pyro.tasks.glue.family import GlueFamily
+
+    metrics = run_or_exit(GlueFamily(config), "svi_glue.py")
     if not metrics:  # another process than rank 0 of a multi-process run: rank 0 reports
         return metrics
     summary = {k: v for k, v in metrics.items() if not isinstance(v, dict)}
@@ -41,8 +43,8 @@ def main(argv: list[str] | None = None) -> dict:
     if posterior.exists():
         import arviz as az
 
-        idata = az.from_netcdf(posterior)
-        names = [v for v in ("perturbation_std", "factor_std", "factor_norm") if v in idata.posterior]
+        idata = az.from_netcdf(posterior)  # the summaries with one number per layer and draw
+        names = [v for v, values in idata.posterior.items() if values.dims == ("chain", "draw", "layer")]
         print(az.summary(idata, var_names=names, kind="stats", round_to=6).to_string())
     _, metric = config.headline()  # accuracy, or CoLA's Matthews correlation, or STS-B's Pearson
     print(f"{metric}: {metrics[metric]:.4f}  (written to {config.output_dir}/metrics.json)")

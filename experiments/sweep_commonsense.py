@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import sys
 
-from monteclora_pyro.commonsense_tasks import CommonsenseRunConfig
-from monteclora_pyro.sweep import sweep_main
+from monteclora_pyro.runner.sweep import sweep_main
+from monteclora_pyro.tasks.commonsense.family import CommonsenseFamily
 
 
 def main(argv: list[str] | None = None) -> dict:
-    return sweep_main(CommonsenseRunConfig, __doc__, argv, lrs=[1e-4, 3e-4, 1e-3], batch_sizes=[8],
+    return sweep_main(CommonsenseFamily, __doc__, argv, lrs=[1e-4, 3e-4, 1e-3], batch_sizes=[8],
                       progress=False)
 
 

@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import sys
 
-from monteclora_pyro.glue_tasks import GlueRunConfig
-from monteclora_pyro.sweep import sweep_main
+from monteclora_pyro.runner.sweep import sweep_main
+from monteclora_pyro.tasks.glue.family import GlueFamily
 
 
 def main(argv: list[str] | None = None) -> dict:
-    return sweep_main(GlueRunConfig, __doc__, argv, task="mrpc", max_train_samples=None)
+    return sweep_main(GlueFamily, __doc__, argv, task="mrpc", max_train_samples=None)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,9 @@
 """monteclora-pyro: robust Bayesian LoRA fine-tuning (MonteCLoRA) as a Pyro probabilistic program.
 
-The public names load their modules on first use (PEP 562), so a command line can parse and
-validate its arguments before torch, pyro, peft or transformers are imported.
+The package is layered, each layer importing only those below it: the library (this folder's modules,
+``priors/``, ``guides/``, ``models/``), the runner (``runner/``), the task families (``tasks/``) and the
+benchmarks (``benchmarks/``).  The public names here load their modules on first use (PEP 562), so a
+command line can parse and validate its arguments before torch, pyro, peft or transformers load.
 """
 
 from __future__ import annotations
@@ -12,14 +14,17 @@ from typing import Any
 _EXPORTS = {
     "bayesian_lora": ("BayesianLoRA", "bayesian_lora_from_model", "paper_kl_weight"),
     "calibration": ("brier_score", "expected_calibration_error", "maximum_calibration_error"),
-    "declarations": ("DEFAULT_GUIDES", "PriorSpec", "available_priors", "load_prior"),
+    "declarations": ("PriorSpec", "available_priors", "load_prior"),
     "diagnostics": ("posterior_inference_data", "save_posterior"),
     "distributions": ("LaplaceBridgeDirichlet", "WishartCholesky"),
     "likelihoods": ("CategoricalLikelihood", "GaussianLikelihood", "build_likelihood"),
+    "lora_method": ("LoRAMethod",),
     "lora_sites": ("FactorSite", "factor_sites", "inject_lora"),
+    "methods": ("build_method",),
     "prediction": ("mc_dropout", "predict"),
-    "svi": ("TrainHistory", "train"),
-    "train_config": ("TrainConfig",),
+    "priors": ("PRIOR_FAMILIES", "PriorFamily", "register_prior"),
+    "runner.settings": ("RunConfig", "TrainConfig"),
+    "runner.training": ("TrainHistory", "train"),
 }
 _MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
 

@@ -1,8 +1,8 @@
 """Trained posteriors users keep and deploy: save one, load it in a new process, export it to PEFT.
 
 A saved posterior is a folder with ``posterior.json`` (the backbone and its kind, a classifier with its
-number of labels or a causal LM, the prior
-declaration, the guide and its options, N and beta: everything that rebuilds the model) and
+number of labels or a causal LM, the prior declaration, the guide and its options, N and beta:
+everything that rebuilds the model) and
 ``posterior.safetensors`` (every learnable tensor: LoRA means, task head, variational parameters, a
 learned likelihood scale).  :func:`load_adapter` rebuilds the same :class:`BayesianLoRA`, ready for
 the posterior-mean or the S-draw predictive.  The posterior mean is PEFT's own LoRA weights, so
@@ -12,7 +12,6 @@ the posterior-mean or the S-draw predictive.  The posterior mean is PEFT's own L
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -42,7 +41,7 @@ def save_adapter(module: BayesianLoRA, directory: str | Path, model: str, num_la
     meta: dict[str, Any] = {
         "format": FORMAT, "model": model, "kind": kind, "num_labels": num_labels, "num_data": module.num_data,
         "guide": module.guide_name, "guide_options": module.guide_options, "kl_weight": module.kl_weight,
-        "prior_spec": dataclasses.asdict(module.spec),
+        "prior_spec": module.spec.record(),
     }
     with atomic_output(directory / TENSOR_FILE) as tmp:
         save_file(tensors, str(tmp))
@@ -68,7 +67,7 @@ def load_adapter(directory: str | Path, device: str | torch.device = "cpu", mode
     else:
         network, tokenizer = load_classifier(model or meta["model"], meta["num_labels"])
         likelihood = build_likelihood(meta["num_labels"])
-    module = bayesian_lora_from_model(network, PriorSpec(**meta["prior_spec"]), meta["num_data"], None,
+    module = bayesian_lora_from_model(network, PriorSpec.from_record(meta["prior_spec"]), meta["num_data"], None,
                                       meta["guide"], meta["kl_weight"], meta["guide_options"], likelihood=likelihood)
     state = load_file(str(directory / TENSOR_FILE))
     if meta["format"] == 1:

@@ -4,15 +4,17 @@ a run's folder is built beside the old one and swapped in only when the run has 
 from __future__ import annotations
 
 import contextlib
+import csv
+import io
 import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["atomic_output", "atomic_run_dir", "atomic_write_bytes", "atomic_write_json"]
+__all__ = ["atomic_output", "atomic_run_dir", "atomic_write_bytes", "atomic_write_csv", "atomic_write_json"]
 
 
 @contextlib.contextmanager
@@ -45,6 +47,15 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
 
 def atomic_write_json(path: str | Path, obj: Any) -> Path:
     return atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
+
+
+def atomic_write_csv(path: str | Path, rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> Path:
+    """Write ``rows`` as a CSV with a header of ``columns`` atomically."""
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(columns))
+    writer.writeheader()
+    writer.writerows(rows)
+    return atomic_write_bytes(path, buffer.getvalue().encode())
 
 
 @contextlib.contextmanager

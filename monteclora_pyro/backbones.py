@@ -21,8 +21,6 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
-from .glue_tasks import default_model
-
 __all__ = ["check_backbone", "gguf_as_directory", "load_causal_lm", "load_classifier", "output_layer", "resolve_device"]
 
 AUTO_CLASSES = {"classifier": AutoModelForSequenceClassification, "causal_lm": AutoModelForCausalLM}
@@ -88,10 +86,9 @@ def load_causal_lm(
 
 
 def load_classifier(
-    name_or_path: str | None, num_labels: int, dtype: torch.dtype = torch.float32
+    name_or_path: str, num_labels: int, dtype: torch.dtype = torch.float32
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """A sequence-classification model (new head of ``num_labels`` outputs) and its tokenizer."""
-    name_or_path = name_or_path or default_model()
     tokenizer = AutoTokenizer.from_pretrained(name_or_path)
     model = AutoModelForSequenceClassification.from_pretrained(name_or_path, num_labels=num_labels, dtype=dtype)
     if model.config.pad_token_id is None:

@@ -5,31 +5,18 @@ Objective (per training example, what :meth:`BayesianLoRA.forward` returns)::
     loss = -ELBO_beta / N,   ELBO_beta = sum_i E_q[log p(y_i | x_i, theta)] - beta * KL(q || p)
 
 with N the training-set size (the likelihood's plate scales the minibatch to N) and ``beta`` the
-explicit tempering (``kl_weight``; beta = 1 is the true ELBO).  The paper's loss,
-``mean cross-entropy + lambda * KL``, is the same objective with ``beta = lambda * N``
-(:func:`paper_kl_weight`).  The KL terms are analytic.
+explicit tempering (``kl_weight``; beta = 1 is the ELBO).  The paper's loss, ``mean cross-entropy +
+lambda * KL``, is this objective with ``beta = lambda * N`` (:func:`paper_kl_weight`).
 
-The estimator is Pyro's ``TraceMeanField_ELBO`` (one particle) computed from the same Pyro traces
-(``poutine.trace`` of the guide, ``poutine.replay`` of the model, plate and scale handlers), but
-without evaluating the log density of every latent site first: ``TraceMeanField_ELBO`` computes
-all of them and then discards those it replaces by a closed-form KL, which on a MonteCLoRA model
-is a validated Wishart, a Dirichlet and a d x r Normal per layer, and a host sync each on CUDA.
-``tests/test_engine.py`` checks the two give the same loss and gradients.
-
-Equally shaped factor sites are sampled as one group (:func:`~monteclora_pyro.lora_sites.group_sites`):
-one statement per latent and group under a plate over its layers, one KL per group.  Distributions
-are validated on the first step only (Pyro's validation is off after it); the training loop still
-stops on any non-finite loss or gradient.
-
-Everything learnable is an ``nn.Parameter`` of this module (PEFT's LoRA weights and task head, the
-guides' variational parameters, a learned likelihood scale): nothing lives in Pyro's global
-parameter store, so ``state_dict()`` holds the whole state and DDP can wrap the module.
+The estimator is Pyro's ``TraceMeanField_ELBO`` (one particle, analytic KLs) computed from the same
+traces, without first evaluating the log density of every latent site that a closed-form KL then
+replaces (``tests/test_engine.py`` checks equal losses and gradients).  Everything learnable is an
+``nn.Parameter`` of this module (no Pyro param store), so ``state_dict()`` holds the whole state and
+DDP can wrap it.
 """
 
 from __future__ import annotations
 
-import contextlib
-import copy
 from collections.abc import Mapping
 from typing import Any
 
@@ -42,16 +29,14 @@ from pyro.poutine.util import prune_subsample_sites, site_is_subsample
 from torch import nn
 from torch.distributions import kl_divergence
 
-from monteclora_pyro.guides import build_group_guide
-
-from .declarations import DEFAULT_GUIDES, PriorSpec
+from .declarations import PriorSpec
+from .guides import GUIDES, build_group_guide
 from .likelihoods import build_likelihood
+from .lora_method import LoRAMethod
 from .lora_sites import factor_sites, group_sites, inject_lora
 from .priors import build_prior
 
-__all__ = ["BayesianLoRA", "DEFAULT_GUIDES", "autocast", "bayesian_lora_from_model", "paper_kl_weight"]
-
-BATCH_KEYS = ("labels", "idx")  # batch entries that are not network inputs
+__all__ = ["BayesianLoRA", "bayesian_lora_from_model", "paper_kl_weight"]
 
 
 def paper_kl_weight(paper_lambda: float, num_data: int) -> float:
@@ -59,7 +44,7 @@ def paper_kl_weight(paper_lambda: float, num_data: int) -> float:
     return paper_lambda * num_data
 
 
-class BayesianLoRA(nn.Module):
+class BayesianLoRA(LoRAMethod):
     """A frozen network with LoRA sites whose factors follow ``spec``, and its variational posterior.
 
     network: a PEFT-injected model (:func:`~monteclora_pyro.lora_sites.inject_lora`).
@@ -84,14 +69,13 @@ class BayesianLoRA(nn.Module):
         autocast_dtype: torch.dtype | None = None,
         group_by_shape: bool = True,
     ) -> None:
-        super().__init__()
+        super().__init__(network, likelihood, autocast_dtype)
         if not (isinstance(num_data, int) and num_data >= 1):
             raise ValueError(f"num_data = {num_data!r} must be a positive integer (the training-set size)")
         if not kl_weight >= 0:
             raise ValueError(f"kl_weight = {kl_weight!r} must be >= 0")
         self.spec = spec
-        self.guide_name = guide or DEFAULT_GUIDES[spec.family]
-        self.network = network
+        self.guide_name = guide or spec.default_guide
         self.sites = factor_sites(network, spec.stochastic)
         self.groups = group_sites(self.sites, by_shape=group_by_shape)
         self._layers = {s.parameter: network.get_submodule(s.parameter.removesuffix(".weight")) for s in self.sites}
@@ -101,10 +85,8 @@ class BayesianLoRA(nn.Module):
             {g.key: build_group_guide(self.guide_name, g, spec, **self.guide_options) for g in self.groups}
         )
         self._validated = False
-        self.likelihood = likelihood
         self.num_data = num_data
         self.kl_weight = float(kl_weight)
-        self.autocast_dtype = autocast_dtype
 
     # ----------------------------------------------------------------- the probabilistic program
     def _tempered(self, kl_weight: float):
@@ -168,27 +150,6 @@ class BayesianLoRA(nn.Module):
         return (_total(kl) - _total(log_likelihood)) / self.num_data
 
     # ----------------------------------------------------------------- network and posterior
-    def network_output(
-        self, batch: Mapping[str, torch.Tensor], factors: Mapping[str, torch.Tensor] | None = None
-    ) -> torch.Tensor:
-        """The network's output (logits) with the given factors in place of the PEFT weights."""
-        inputs = {k: v for k, v in batch.items() if k not in BATCH_KEYS} | self.likelihood.network_kwargs(batch)
-        output = self.network_call(inputs, factors)
-        return output.logits if hasattr(output, "logits") else output
-
-    def network_call(self, inputs: Mapping[str, Any], factors: Mapping[str, torch.Tensor] | None = None) -> Any:
-        """The network's whole output on ``inputs`` (its own keyword arguments, a tensor first) with the given
-        factors in place of the PEFT weights (none: the posterior mean)."""
-        self.set_draws(factors or {})
-        with autocast(inputs, self.autocast_dtype):
-            return self.network(**inputs)
-
-    def generate(self, **inputs) -> torch.Tensor:
-        """The network's ``generate`` with the posterior-mean adapters."""
-        self.set_draws({})
-        with autocast(inputs, self.autocast_dtype):
-            return self.network.generate(**inputs)
-
     def set_draws(self, factors: Mapping[str, torch.Tensor]) -> None:
         """Put ``factors`` ({PEFT parameter name: value}) in place of the PEFT weights; the others (and all
         of them, for ``{}``) are the posterior mean.  They stay until the next call, so a recomputed
@@ -220,30 +181,22 @@ class BayesianLoRA(nn.Module):
             terms[name] = _site_kl(guide_site, model_trace.nodes[name]).sum()
         return terms
 
+    def kl_divergence(self) -> torch.Tensor:
+        """The untempered KL(q || p) of every latent site together."""
+        return sum(self.kl_terms().values())
+
     has_posterior = True  # a guide whose draws posterior.nc describes (a PEFT peer has none)
 
     @property
     def point_estimate(self) -> bool:
         """Whether the guide is a point mass (``delta``): every posterior draw is the same."""
-        return self.guide_name == "delta"
+        return GUIDES[self.guide_name].point_mass
 
     def variational_parameters(self) -> list[nn.Parameter]:
         """The guides' own parameters (scales, concentrations) and the likelihood's (a regression's noise
         scale), apart from the LoRA means and the head: scales that must move in log space faster than
         the LoRA weights' learning rate allows."""
         return [*self.group_guides.parameters(), *self.likelihood.parameters()]
-
-    def merged_network(self) -> nn.Module:
-        """The posterior-mean network with LoRA merged into W0 (zero overhead; a copy)."""
-        self.set_draws({})
-        return copy.deepcopy(self.network).merge_and_unload()
-
-
-def autocast(batch: Mapping[str, torch.Tensor], dtype: torch.dtype | None):
-    """``torch.autocast`` to ``dtype`` on the batch's device, or nothing when ``dtype`` is None."""
-    if dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(next(iter(batch.values())).device.type, dtype=dtype)
 
 
 def _total(terms: list[torch.Tensor]) -> torch.Tensor | float:

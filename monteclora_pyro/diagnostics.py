@@ -1,16 +1,10 @@
 """The variational posterior as an ArviZ ``InferenceData``: per-layer hyper-latents, ready to summarize.
 
-:func:`posterior_inference_data` draws the latent sites from the guide (no network run) and reduces
-each factor site to a few interpretable numbers, stacked along a ``layer`` dim whose coordinates are
-the site names (``bert.encoder.layer.0.attention.self.query.lora_A``).  One chain.
-
-* ``monteclora`` family: ``sigma_diag[chain, draw, layer, rank]`` (diagonal of Sigma = L L^T),
-  ``mixture_weights[chain, draw, layer, component]`` (pi) and ``perturbation_std[chain, draw, layer]``
-  (standard deviation of the factor's perturbation ``eps tau ||pi||_2 Z L^T`` over its entries) and,
-  with a hyperprior on the perturbation scale, ``hyper_scale[chain, draw, layer]`` (tau).
-* factor-latent families (``gaussian``, ``map``): ``factor_norm[chain, draw, layer]`` (Frobenius
-  norm of the drawn factor) and, unless the guide is a point mass, ``factor_std[chain, draw, layer]``
-  (standard deviation of the drawn factor minus its mean).
+:func:`posterior_inference_data` draws the latent sites from the guide (no network run) and lets the
+prior family reduce each draw to a few interpretable numbers per factor site
+(:meth:`~monteclora_pyro.priors.PriorFamily.summaries`: e.g. MonteCLoRA's ``sigma_diag``,
+``mixture_weights`` and ``perturbation_std``), stacked along a ``layer`` dim whose coordinates are the
+site names.  One chain.
 """
 
 from __future__ import annotations
@@ -19,7 +13,6 @@ from pathlib import Path
 
 import arviz as az
 import numpy as np
-import pyro.distributions as dist
 import torch
 from pyro import poutine
 
@@ -35,23 +28,7 @@ def _site_summaries(module: BayesianLoRA) -> dict[str, list[torch.Tensor]]:
         nodes = poutine.trace(module.sample_guide).get_trace().nodes
     by_site: dict[str, dict[str, torch.Tensor]] = {}
     for group in module.groups:  # every latent has a leading layer dim (the group's plate)
-        summaries = {}
-        if module.spec.family == "monteclora":
-            tril = nodes[f"{group.name}.sigma_tril"]["value"]
-            weights = nodes[f"{group.name}.weights"]["value"]
-            noise = nodes[f"{group.name}.noise"]["value"]
-            scale = nodes[f"{group.name}.scale"]["value"] if f"{group.name}.scale" in nodes else None
-            summaries["sigma_diag"] = tril.pow(2).sum(-1)  # diag(L L^T)_i = sum_j L_ij^2
-            summaries["mixture_weights"] = weights
-            perturbation = module.prior.perturbation(group, tril, weights, noise, scale)
-            summaries["perturbation_std"] = perturbation.flatten(1).std(-1)
-            if scale is not None:
-                summaries["hyper_scale"] = scale
-        else:
-            node = nodes[group.name]
-            summaries["factor_norm"] = node["value"].flatten(1).norm(dim=-1)
-            if not isinstance(node["fn"], dist.Delta):
-                summaries["factor_std"] = (node["value"] - module.factor_means(group)).flatten(1).std(-1)
+        summaries = module.prior.summaries(group, nodes, module.factor_means(group))
         for i, site in enumerate(group.sites):
             by_site[site.name] = {name: value[i].detach().float().cpu() for name, value in summaries.items()}
     return {name: [by_site[site.name][name] for site in module.sites] for name in by_site[module.sites[0].name]}
@@ -84,8 +61,8 @@ def posterior_inference_data(
     with torch.no_grad():
         draws = [_site_summaries(module) for _ in range(num_draws)]
     posterior = {name: torch.stack([torch.stack(d[name]) for d in draws])[None].numpy() for name in draws[0]}
-    layer_dims = {"sigma_diag": ["rank"], "mixture_weights": ["component"]}
-    dims = {name: ["layer", *layer_dims.get(name, [])] for name in posterior} | {"y": ["example"]}
+    extra_dims = module.prior.summary_dims
+    dims = {name: ["layer", *extra_dims.get(name, ())] for name in posterior} | {"y": ["example"]}
     return az.from_dict(
         posterior=posterior,
         observed_data=None if y is None else {"y": y},
@@ -93,7 +70,7 @@ def posterior_inference_data(
         coords={"layer": [site.name for site in module.sites]},
         dims=dims,
         posterior_attrs={"inference_library": "pyro", "prior": module.spec.name or module.spec.family,
-                         "guide": module.guide_name},
+                         "family": module.spec.family, "guide": module.guide_name},
     )
 
 

@@ -16,9 +16,16 @@ from torch import nn
 
 from .distributions import Categorical, Independent
 
-__all__ = ["CategoricalLikelihood", "GaussianLikelihood", "TokenLikelihood", "build_likelihood"]
+__all__ = ["CategoricalLikelihood", "GaussianLikelihood", "TokenLikelihood", "build_likelihood",
+           "categorical_draw_log_likelihood"]
 
 IGNORE = -100  # the label of a token that is not scored (prompt, padding), as in Hugging Face
+
+
+def categorical_draw_log_likelihood(draws: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """log p(y_i | draw s), (draws x examples), from each draw's class probabilities (examples x draws x C)."""
+    picked = draws.gather(-1, labels.long()[:, None, None].expand(-1, draws.shape[1], 1)).squeeze(-1)
+    return picked.clamp_min(1e-12).log().T
 
 
 class CategoricalLikelihood(nn.Module):
@@ -44,8 +51,7 @@ class CategoricalLikelihood(nn.Module):
 
     def draw_log_likelihood(self, draws: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """log p(y_i | draw s), (draws x examples), from each draw's probabilities (examples x draws x C)."""
-        picked = draws.gather(-1, labels.long()[:, None, None].expand(-1, draws.shape[1], 1)).squeeze(-1)
-        return picked.clamp_min(1e-12).log().T
+        return categorical_draw_log_likelihood(draws, labels)
 
 
 class GaussianLikelihood(nn.Module):

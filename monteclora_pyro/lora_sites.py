@@ -1,18 +1,14 @@
 """LoRA sites on any Hugging Face (or plain torch) model, injected with PEFT.
 
-PEFT owns the injection, merging and export; this module only names the factors.  A
-:class:`FactorSite` is one LoRA factor (``lora_A`` or ``lora_B``) of one adapted layer, named by its
-full module path (``bert.encoder.layer.3.attention.self.query.lora_A``); ArviZ's ``layer``
-coordinates use the same names.  A :class:`SiteGroup` is a set of equally shaped sites (every
-``lora_A`` of a LLaMA's q and v is r x 4096): the prior and the guide sample a group with one
-statement per latent under a plate over its layers, so the per-step cost grows with the number of
-shapes, not of adapted modules.
+PEFT owns the injection, merging and export; this module names the factors.  A :class:`FactorSite`
+is one LoRA factor (``lora_A`` or ``lora_B``) of one adapted layer, named by its full module path
+(the ``layer`` coordinates of ``posterior.nc``).  A :class:`SiteGroup` is a set of equally shaped
+sites, sampled with one statement per latent under a plate over its layers, so a step costs a few
+statements per shape, not per adapted module.
 
-Sampled factors reach the network through the factor's own ``nn.Linear``, made a
-:class:`DrawnLinear`: it multiplies by the posterior draw it holds, else by its weight (the posterior
-mean, which PEFT saves and merges).  The draw stays set until the next one is, so a forward that
-gradient checkpointing recomputes in the backward pass uses the same draw (a parameter swap such as
-``torch.func.functional_call`` is undone by then, and the recomputation would see the mean).
+A sampled factor reaches the network through the factor's own linear map, a :class:`DrawnLinear`
+holding the draw until the next one, so a forward that gradient checkpointing recomputes in the
+backward pass sees the same draw.
 """
 
 from __future__ import annotations
@@ -32,8 +28,8 @@ from torch import nn
 
 from .distributions import Independent
 
-__all__ = ["DrawnLinear", "FactorSite", "SiteGroup", "inject_lora", "factor_sites", "group_sites", "peft_model",
-           "HEAD_MODULE_NAMES"]
+__all__ = ["DrawnLinear", "FactorSite", "HEAD_MODULE_NAMES", "SiteGroup", "factor_sites", "group_sites", "inject_lora",
+           "lora_config", "peft_model"]
 
 # Task heads that stay trainable (point estimates) when present: BERT/RoBERTa, DistilBERT, LLaMA/GPT heads.
 HEAD_MODULE_NAMES = ("classifier", "pre_classifier", "score")
@@ -162,6 +158,28 @@ def _linear_leaf_names(model: nn.Module) -> list[str]:
     return sorted({name.rsplit(".", 1)[-1] for name, m in model.named_modules() if isinstance(m, nn.Linear) and name})
 
 
+def lora_config(model: nn.Module, targets: Sequence[str], rank: int, alpha: float,
+                trainable_modules: Sequence[str] | None = None, **options) -> LoraConfig:
+    """PEFT's ``LoraConfig`` for ``model``: LoRA (rank, alpha) at every linear module whose name ends in a
+    target, no LoRA dropout, and the task heads of :data:`HEAD_MODULE_NAMES` present in the model trained
+    (unless ``trainable_modules`` says otherwise); ``options`` go to ``LoraConfig`` as they are.
+
+    An unknown target raises ``ValueError`` listing the linear modules that exist.
+    """
+    names = [name for name, _ in model.named_modules()]
+    missing = [t for t in targets if not any(n == t or n.endswith("." + t) for n in names)]
+    if missing:
+        raise ValueError(
+            f"target modules {missing} not found in {type(model).__name__}; "
+            f"its linear modules are: {', '.join(_linear_leaf_names(model))}"
+        )
+    if trainable_modules is None:
+        leaf_names = {n.rsplit(".", 1)[-1] for n in names}
+        trainable_modules = [h for h in HEAD_MODULE_NAMES if h in leaf_names]
+    return LoraConfig(r=rank, lora_alpha=alpha, target_modules=list(targets), lora_dropout=0.0,
+                      modules_to_save=list(trainable_modules) or None, **options)
+
+
 def inject_lora(
     model: nn.Module,
     targets: Sequence[str],
@@ -169,30 +187,8 @@ def inject_lora(
     alpha: float,
     trainable_modules: Sequence[str] | None = None,
 ) -> PeftModel:
-    """Freeze ``model``, add LoRA (rank, alpha) at every linear module whose name ends in a target.
-
-    ``trainable_modules`` default to the task heads in :data:`HEAD_MODULE_NAMES` present in the model.
-    An unknown target raises ``ValueError`` listing the linear modules that exist.
-    """
-    names = [name for name, _ in model.named_modules()]
-    linear_names = _linear_leaf_names(model)
-    missing = [t for t in targets if not any(n == t or n.endswith("." + t) for n in names)]
-    if missing:
-        raise ValueError(
-            f"target modules {missing} not found in {type(model).__name__}; "
-            f"its linear modules are: {', '.join(linear_names)}"
-        )
-    if trainable_modules is None:
-        leaf_names = {n.rsplit(".", 1)[-1] for n in names}
-        trainable_modules = [h for h in HEAD_MODULE_NAMES if h in leaf_names]
-    config = LoraConfig(
-        r=rank,
-        lora_alpha=alpha,
-        target_modules=list(targets),
-        lora_dropout=0.0,
-        modules_to_save=list(trainable_modules) or None,
-    )
-    network = peft_model(model, config)
+    """Freeze ``model`` and add LoRA (:func:`lora_config`) whose factors can hold a posterior draw."""
+    network = peft_model(model, lora_config(model, targets, rank, alpha, trainable_modules))
     for name, module in network.named_modules():
         if name.endswith((f".lora_A.{_ADAPTER}", f".lora_B.{_ADAPTER}")) and type(module) is nn.Linear:
             module.__class__ = DrawnLinear  # same parameters and names: PEFT saves and merges it as before

@@ -12,12 +12,33 @@ from collections.abc import Callable, Iterable, Mapping
 import torch
 from torch import nn
 
-from .bayesian_lora import BayesianLoRA
-from .svi import move_to
+from .lora_method import LoRAMethod
 
-__all__ = ["Predictions", "mc_dropout", "predict"]
+__all__ = ["Predictions", "draw_outputs", "mc_dropout", "move_to", "posterior_draws", "predict"]
 
 Predictions = dict[str, torch.Tensor]
+
+
+def move_to(batch: Mapping[str, torch.Tensor], device: torch.device | str) -> dict[str, torch.Tensor]:
+    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+
+
+def _check_samples(num_samples: int) -> None:
+    if not (isinstance(num_samples, int) and num_samples >= 1):
+        raise ValueError(f"num_samples = {num_samples!r} must be an integer >= 1")
+
+
+def posterior_draws(module: LoRAMethod, num_samples: int) -> list[dict[str, torch.Tensor]]:
+    """``num_samples`` posterior draws of the adapters, taken once and shared by every batch (one draw for a
+    point estimate, whose draws are all the same)."""
+    _check_samples(num_samples)
+    return [module.posterior_draw() for _ in range(1 if module.point_estimate else num_samples)]
+
+
+def draw_outputs(module: LoRAMethod, batch: Mapping[str, torch.Tensor], draws: list) -> torch.Tensor:
+    """The likelihood's prediction on ``batch`` under each draw: (examples x draws x ...)."""
+    readout = module.likelihood.predictive
+    return torch.stack([readout(module.network_output(batch, draw)) for draw in draws], dim=1)
 
 
 @torch.no_grad()
@@ -32,12 +53,7 @@ def _collect(loader: Iterable, device: torch.device, heads: Mapping[str, Callabl
     return {"labels": torch.cat(labels), **{name: torch.cat(v) for name, v in outputs.items()}}
 
 
-def _check_samples(num_samples: int) -> None:
-    if not (isinstance(num_samples, int) and num_samples >= 1):
-        raise ValueError(f"num_samples = {num_samples!r} must be an integer >= 1")
-
-
-def predict(module: BayesianLoRA | nn.Module, loader: Iterable, num_samples: int = 8, device=None,
+def predict(module: LoRAMethod, loader: Iterable, num_samples: int, device=None,
             with_mean: bool = True) -> Predictions:
     """``mean``: predictions with the posterior-mean adapters; ``predictive``: averaged over draws;
     ``draws``: each draw's predictions (examples x draws x ...).  ``with_mean=False`` skips the
@@ -47,17 +63,15 @@ def predict(module: BayesianLoRA | nn.Module, loader: Iterable, num_samples: int
     is then the mean over draws and ``predictive_var`` the spread of the draws).  A point-mass guide
     (``delta``) has one distinct draw, so it is drawn once whatever ``num_samples`` says.
     """
-    _check_samples(num_samples)
     device = device or next(module.parameters()).device
     module.eval()
-    draws = [module.posterior_draw() for _ in range(1 if module.point_estimate else num_samples)]
-    readout = module.likelihood.predictive
+    draws = posterior_draws(module, num_samples)
 
     def mean(batch):
-        return readout(module.network_output(batch))
+        return module.likelihood.predictive(module.network_output(batch))
 
     def each_draw(batch):
-        return torch.stack([readout(module.network_output(batch, draw)) for draw in draws], dim=1)
+        return draw_outputs(module, batch, draws)
 
     result = _collect(loader, device, {"mean": mean, "draws": each_draw} if with_mean else {"draws": each_draw})
     stacked = result["draws"]  # (examples, draws, ...)
@@ -67,10 +81,9 @@ def predict(module: BayesianLoRA | nn.Module, loader: Iterable, num_samples: int
     return result
 
 
-def mc_dropout(module: nn.Module, loader: Iterable, num_samples: int, device=None) -> Predictions:
+def mc_dropout(module: LoRAMethod, loader: Iterable, num_samples: int, device=None) -> Predictions:
     """MC dropout (Gal and Ghahramani 2016): the posterior-mean weights with the network's dropout
-    layers left on, ``num_samples`` passes averaged.  ``module`` is ours or a PEFT peer
-    (:class:`~monteclora_pyro.peers.PeftPeer`).
+    layers left on, ``num_samples`` passes averaged; ours or a PEFT peer.
 
     ``draws`` is each pass's prediction (class probabilities, or the value for regression) and ``mean``
     their average.

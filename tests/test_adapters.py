@@ -16,7 +16,7 @@ from transformers import AutoModelForSequenceClassification
 from monteclora_pyro import bayesian_lora_from_model, load_prior
 from monteclora_pyro.adapters import export_merged, export_peft, load_adapter, save_adapter
 from monteclora_pyro.backbones import load_classifier
-from monteclora_pyro.glue_tasks import default_model
+from monteclora_pyro.tasks.glue.settings import default_model
 
 pytestmark = pytest.mark.integration
 

@@ -1,4 +1,4 @@
-"""Smoke tests of ``benchmarks/step_time.py`` and ``scaling.py`` on the tiny BERT shape: they run, and their
+"""Smoke tests of the ``step_time`` and ``scaling`` benchmarks on the tiny BERT shape: they run, and their
 last line is the JSON.  The methods run in the test's process (``--in-process``); one test runs the real
 subprocess workers.
 
@@ -9,15 +9,10 @@ from __future__ import annotations
 
 import json
 import math
-import sys
-from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "step_time.py"
-sys.path.insert(0, str(SCRIPT.parent))
-import scaling  # noqa: E402
-import step_time  # noqa: E402
+from monteclora_pyro.benchmarks import scaling, step_time
 
 RATIOS = (
     "monteclora_vs_lora",
@@ -89,7 +84,7 @@ def test_worker_argv_round_trips():
     """The worker's command line carries every setting the driver was given."""
     args = step_time.build_parser().parse_args(["--backbone", "tiny", "--rank", "4", "--targets", "query"])
     argv = step_time.worker_argv(args, "map")
-    again = step_time.build_parser().parse_args(argv[2:])
+    again = step_time.build_parser().parse_args(argv[3:])
     assert again.worker == "map"
     for name in ("backbone", "rank", "targets", "batch_size", "seq_len", "num_components", "seed", "device"):
         assert getattr(again, name) == getattr(args, name)

@@ -12,7 +12,8 @@ import torch
 from conftest import REPO
 from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-from monteclora_pyro.commonsense import (
+from monteclora_pyro.likelihoods import IGNORE, TokenLikelihood
+from monteclora_pyro.tasks.commonsense.family import (
     RESPONSE,
     CommonsenseFamily,
     LeftPaddedBatches,
@@ -22,8 +23,7 @@ from monteclora_pyro.commonsense import (
     read_records,
     run_commonsense,
 )
-from monteclora_pyro.commonsense_tasks import COMMONSENSE_TASKS, CommonsenseRunConfig, default_model
-from monteclora_pyro.likelihoods import IGNORE, TokenLikelihood
+from monteclora_pyro.tasks.commonsense.settings import COMMONSENSE_TASKS, CommonsenseRunConfig, default_model
 
 DATA = REPO.parent / "shared" / "data" / "commonsense"
 
@@ -159,9 +159,9 @@ def test_option_scores_equal_normalized_full_response_likelihoods(tiny_llama, da
     family = CommonsenseFamily(config)
     model, tokenizer = family.load_backbone()
     family.load_data(tokenizer)
-    from monteclora_pyro.pipeline import build_method
+    from monteclora_pyro import build_method
 
-    module = build_method(family, model, num_data=10, device=torch.device("cpu"))
+    module = build_method(model, config.prior_spec(), family.likelihood(peer=False), num_data=10)
     with torch.no_grad():  # B away from 0, so that draws and the posterior mean differ
         for name, param in module.named_parameters():
             if "lora_B" in name:
@@ -371,12 +371,12 @@ def test_torchrun_runs_the_commonsense_runner_unchanged(tiny_llama, data_dir, tm
 def test_sweep_reports_each_task_per_cell_and_per_method(tiny_llama, data_dir, tmp_path):
     import csv
 
-    from monteclora_pyro.sweep import run_sweep
+    from monteclora_pyro.runner.sweep import run_sweep
 
     base = CommonsenseRunConfig(model=tiny_llama, data_dir=str(data_dir), output_dir="unused", train_tasks="boolq",
                                 eval_tasks="boolq,ARC-Easy", max_steps=1, max_eval_examples=4, num_samples=2,
                                 progress=False)
-    summary = run_sweep(base, ["map"], [1e-3], [4], [0, 1], tmp_path)
+    summary = run_sweep(CommonsenseFamily, base, ["map"], [1e-3], [4], [0, 1], tmp_path)
     rows = list(csv.DictReader((tmp_path / "tasks.csv").open()))
     assert [(r["seed"], r["task"]) for r in rows] == [(s, t) for s in "01" for t in ("boolq", "ARC-Easy")]
     cells = [json.loads((tmp_path / "cells" / f"map_lr0.001_bs4_seed{s}" / "metrics.json").read_text()) for s in (0, 1)]

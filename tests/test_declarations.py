@@ -32,7 +32,7 @@ def test_overrides_are_validated_again():
 @pytest.mark.parametrize(
     "fields,message",
     [
-        ({"family": "laplace"}, r"family = 'laplace' is unknown; allowed: monteclora, gaussian, map"),
+        ({"family": "laplace"}, r"family = 'laplace' is unknown; allowed: gaussian, map, monteclora"),
         ({"rank": 0}, r"rank = 0 must be an integer >= 1"),
         ({"num_components": 0}, r"num_components = 0 must be an integer >= 1"),
         ({"rank": 8, "wishart_df": 7}, r"wishart_df = 7.0 must be > rank - 1 = 7"),
@@ -46,7 +46,9 @@ def test_overrides_are_validated_again():
         ({"alpha": "16"}, r"alpha = '16' must be a number"),
         ({"scale_hyperprior_std": 0.0}, r"scale_hyperprior_std = 0.0 must be > 0 \(or omitted for a fixed eps\)"),
         ({"perturbation_relative": 1}, r"perturbation_relative = 1 must be true or false"),
-        ({"init_posterior_scale": -0.1}, r"init_posterior_scale = -0.1 must be > 0"),
+        ({"family": "gaussian", "prior_scale": 0.2, "init_posterior_scale": -0.1},
+         r"init_posterior_scale = -0.1 must be > 0"),
+        ({"family": "map", "num_components": 4}, r"unknown keys \['num_components'\]; family 'map' allows"),
     ],
 )
 def test_bad_declarations_fail_with_the_value_and_the_allowed_range(tmp_path, fields, message):

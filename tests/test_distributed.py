@@ -13,7 +13,7 @@ from conftest import tiny_batch
 from transformers import BertConfig, BertForSequenceClassification
 
 from monteclora_pyro import TrainConfig, bayesian_lora_from_model, load_prior, train
-from monteclora_pyro.distributed import World, sharded_loader, unwrap
+from monteclora_pyro.runner.distributed import World, sharded_loader, unwrap
 
 CONFIG = TrainConfig(lr=5e-3, epochs=2, progress=False, log_every=3)
 GLOBAL_BATCH, ROWS = 8, 32

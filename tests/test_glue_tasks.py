@@ -10,8 +10,9 @@ from conftest import GLUE_DIR
 from safetensors.torch import load_file
 
 from monteclora_pyro.backbones import load_classifier
-from monteclora_pyro.data import GLUE_TASKS, get_task, load_glue
-from monteclora_pyro.glue import GlueRunConfig, run_glue
+from monteclora_pyro.tasks.glue.data import load_glue
+from monteclora_pyro.tasks.glue.family import run_glue
+from monteclora_pyro.tasks.glue.settings import GLUE_TASKS, GlueRunConfig, default_model, get_task
 
 pytestmark = pytest.mark.integration
 
@@ -20,7 +21,7 @@ STAGED = ["cola", "sst2", "mrpc", "stsb", "rte", "wnli"]
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    return load_classifier(None, 2)[1]
+    return load_classifier(default_model(), 2)[1]
 
 
 @pytest.mark.parametrize("name", STAGED)

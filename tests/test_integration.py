@@ -17,8 +17,9 @@ from transformers import DataCollatorWithPadding
 
 from monteclora_pyro import TrainConfig, bayesian_lora_from_model, load_prior, train
 from monteclora_pyro.backbones import load_classifier
-from monteclora_pyro.data import get_task, load_glue
-from monteclora_pyro.pipeline import make_loader
+from monteclora_pyro.runner.pipeline import make_loader
+from monteclora_pyro.tasks.glue.data import load_glue
+from monteclora_pyro.tasks.glue.settings import default_model, get_task
 
 pytestmark = pytest.mark.integration
 
@@ -32,7 +33,7 @@ def load_script(name: str):
 
 def test_elbo_falls_on_64_real_rte_rows_with_minilm(glue_dir):
     task = get_task("rte")
-    model, tokenizer = load_classifier(None, task.num_labels)
+    model, tokenizer = load_classifier(default_model(), task.num_labels)
     data = load_glue(task, glue_dir, tokenizer, max_length=64, max_train_samples=64, max_eval_samples=8)
     assert len(data["train"]) == 64 and set(data["train"]["labels"]) == {0, 1}
     loader = make_loader(data["train"], DataCollatorWithPadding(tokenizer), batch_size=16, shuffle=True)
@@ -70,10 +71,10 @@ def test_svi_glue_script_end_to_end(glue_dir, tmp_path):
         (["--batch-size", "0"], "argument --batch-size: 0 must be an integer >= 1"),
         (["--task", "squad"], "task 'squad' is unknown; GLUE tasks: cola, sst2"),
         (["--prior", "nonexistent"], "prior 'nonexistent' is neither a bundled prior"),
-        (["--prior", "map", "--guide", "monteclora"], "guide = 'monteclora' does not fit prior family 'map'"),
+        (["--prior", "map", "--guide", "monteclora"], "guide = 'monteclora' fits priors of family monteclora"),
         (["--data-dir", "/nonexistent"], "data_dir = '/nonexistent' has no SST-2/ folder"),
         (["--rank", "0"], "argument --rank: 0 must be an integer >= 1"),
-        (["--kl-weight", "-2"], "kl_weight = -2.0 must be >= 0"),
+        (["--kl-weight", "-2"], "argument --kl-weight: -2.0 must be >= 0"),
     ],
 )
 def test_bad_cli_values_fail_before_any_work(argv, message, capsys):

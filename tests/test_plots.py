@@ -12,7 +12,7 @@ from transformers import BertConfig, BertForSequenceClassification
 
 from monteclora_pyro import bayesian_lora_from_model, load_prior
 from monteclora_pyro.diagnostics import posterior_inference_data
-from monteclora_pyro.plots import (
+from monteclora_pyro.runner.plots import (
     _short_names,
     plot_elbo,
     plot_posterior_spread,

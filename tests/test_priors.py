@@ -8,7 +8,7 @@ from pyro import poutine
 
 from monteclora_pyro.declarations import PriorSpec
 from monteclora_pyro.lora_sites import FactorSite, SiteGroup
-from monteclora_pyro.priors import MonteCLoRAPrior
+from monteclora_pyro.priors.monteclora import MonteCLoRAPrior
 
 
 def test_one_scaled_draw_matches_the_sum_of_n_weighted_draws():
@@ -17,7 +17,7 @@ def test_one_scaled_draw_matches_the_sum_of_n_weighted_draws():
     spec = PriorSpec(family="monteclora", rank=r, num_components=n, perturbation_scale=eps)
     site = FactorSite("layer.lora_A", "layer.lora_A.default.weight", "A", r, d)
     group = SiteGroup(site.name, (site,))
-    prior = MonteCLoRAPrior(spec, r)
+    prior = MonteCLoRAPrior(spec)
     tril = torch.tensor([[1.0, 0.0], [0.6, 0.5]])
     weights = torch.tensor([0.5, 0.2, 0.1, 0.1, 0.1])
     draws = 40_000

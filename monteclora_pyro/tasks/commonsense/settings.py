@@ -1,6 +1,6 @@
-"""The commonsense family's light half: the eight tasks of the LLM-Adapters benchmark, where their files
+"""Commonsense reasoning's settings: the eight tasks of the LLM-Adapters benchmark, where their files
 are, and the run settings (:class:`CommonsenseRunConfig`).  No heavy imports, so the command line
-validates before torch or ``datasets`` load.
+validates before torch loads.
 
 Data are in the LLM-Adapters format: a JSON list of ``{"instruction", "input", "output", "answer"}``
 records, one folder per task (``boolq/train.json``, ``boolq/test.json``, ...), or one combined training
@@ -15,9 +15,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from .cli_types import optional, positive_int
-from .config_cli import option
-from .run_config import RunConfig
+from ...runner.options import option, optional, positive_int, redefault
+from ...runner.settings import RunConfig
 
 __all__ = ["ANSWER_FORMATS", "COMMONSENSE_TASKS", "CommonsenseRunConfig", "default_commonsense_dir", "default_model",
            "task_file"]
@@ -51,7 +50,7 @@ def default_commonsense_dir() -> Path | None:
     env = os.environ.get("MONTECLORA_COMMONSENSE_DIR")
     if env:
         return Path(env)
-    candidate = Path(__file__).resolve().parents[2] / "shared" / "data" / "commonsense"
+    candidate = Path(__file__).resolve().parents[4] / "shared" / "data" / "commonsense"
     return candidate if candidate.is_dir() else None
 
 
@@ -75,23 +74,22 @@ class CommonsenseRunConfig(RunConfig):
                                           "the path of one combined JSON file (e.g. commonsense_170k.json)")
     eval_tasks: str | None = option(None, "comma-separated task folders whose test.json to score "
                                           "(default: every one of the eight with a test.json)")
-    output_dir: str = option("runs/svi_commonsense", "where config.json, metrics.json, posterior.nc and plots go")
-    targets: str | None = option("q_proj,k_proj,v_proj", "comma-separated module names to adapt "
-                                                         "('none': the prior's)", type=optional(str))
-    lr: float = option(3e-4, "learning rate of the LoRA weights")
-    batch_size: int = option(4, "training batch size", type=positive_int)
-    eval_batch_size: int = option(8, "evaluation batch size", type=positive_int)
-    epochs: int = option(1, "passes over the training rows", type=positive_int)
-    num_samples: int = option(4, "posterior draws averaged by the predictive", type=positive_int)
-    max_length: int = option(256, "tokens per example (the prompt is cut from the left)", type=positive_int)
+    output_dir: str = redefault(RunConfig, "output_dir", "runs/svi_commonsense")
+    targets: str | None = redefault(RunConfig, "targets", "q_proj,k_proj,v_proj")
+    lr: float = redefault(RunConfig, "lr", 3e-4)
+    batch_size: int = redefault(RunConfig, "batch_size", 4)
+    eval_batch_size: int = redefault(RunConfig, "eval_batch_size", 8)
+    epochs: int = redefault(RunConfig, "epochs", 1)
+    num_samples: int = redefault(RunConfig, "num_samples", 4)
+    max_length: int = redefault(RunConfig, "max_length", 256)  # the prompt is cut from the left
     max_train_samples: int | None = option(64, "training rows, a seeded subset; 'all' for every row",
-                                           type=optional(positive_int))
+                                           optional(positive_int))
     max_eval_examples: int | None = option(10, "test rows per task, a seeded subset; 'all' for every row",
-                                           type=optional(positive_int))
+                                           optional(positive_int))
     eval_mode: str = option("options", "options: score each answer option by likelihood (posterior predictive, "
                                        "calibration); generate: greedy answer extraction (LLM-Adapters)",
                             choices=EVAL_MODES)
-    max_new_tokens: int = option(32, "tokens generated per answer (eval_mode generate)", type=positive_int)
+    max_new_tokens: int = option(32, "tokens generated per answer (eval_mode generate)", positive_int)
     answer_format: str = option("label", "the response trained on and scored: label = LLM-Adapters' "
                                          "('the correct answer is answer2'); text = the option's own text "
                                          "('the correct answer is <its text>'), as lm-evaluation-harness scores "
@@ -99,11 +97,6 @@ class CommonsenseRunConfig(RunConfig):
 
     def default_model(self) -> str:
         return default_model()
-
-    def run(self) -> dict:
-        from .commonsense import run_commonsense
-
-        return run_commonsense(self)
 
     def headline(self) -> tuple[str, str]:
         return "commonsense", "accuracy"
@@ -118,19 +111,13 @@ class CommonsenseRunConfig(RunConfig):
         return self.eval_task_list()
 
     def resolved(self) -> CommonsenseRunConfig:
-        """A copy with defaults filled in and every value and file checked; raises ValueError naming the bad one."""
+        """A copy with defaults filled in and the task files checked; raises ValueError naming the bad one."""
+        if self.__dict__.get("_resolved"):
+            return self
         data_dir = self.data_dir if self.data_dir is not None else default_commonsense_dir()
         if data_dir is None or not Path(data_dir).is_dir():
             raise ValueError(f"data_dir = {str(data_dir)!r} is not a folder; give the folder of the task folders "
                              "(boolq/, ARC-Easy/, ...) in the LLM-Adapters format")
-        if self.eval_mode not in EVAL_MODES:
-            raise ValueError(f"eval_mode = {self.eval_mode!r} is unknown; allowed: {', '.join(EVAL_MODES)}")
-        if self.answer_format not in ANSWER_FORMATS:
-            raise ValueError(f"answer_format = {self.answer_format!r} is unknown; allowed: {', '.join(ANSWER_FORMATS)}")
-        for name in ("max_train_samples", "max_eval_examples"):
-            value = getattr(self, name)
-            if value is not None and not (isinstance(value, int) and value >= 1):
-                raise ValueError(f"{name} = {value!r} must be an integer >= 1 or None")
         train = self.train_task_list()
         if not train:
             raise ValueError("train_tasks is empty: name task folders or a JSON file")
@@ -149,8 +136,7 @@ class CommonsenseRunConfig(RunConfig):
             if not evaluated:
                 raise ValueError("eval_tasks is empty: name task folders")
             self._check_tasks("eval_tasks", evaluated, data_dir, "test")
-        shared = RunConfig.resolved(self)
-        return dataclasses.replace(shared, data_dir=str(data_dir), eval_tasks=",".join(evaluated))
+        return RunConfig.resolved(dataclasses.replace(self, data_dir=str(data_dir), eval_tasks=",".join(evaluated)))
 
     @staticmethod
     def _check_tasks(field: str, tasks: list[str], data_dir: str | Path, split: str) -> None:

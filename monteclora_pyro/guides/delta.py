@@ -6,12 +6,11 @@ import pyro
 import torch
 from torch import nn
 
-from monteclora_pyro.distributions import Delta
-
+from ..distributions import Delta
 from . import register_guide
 
 
-@register_guide("delta", families=("map", "gaussian"))
+@register_guide("delta", families=("map", "gaussian"), point_mass=True)
 class DeltaGuide(nn.Module):
     """No parameters of its own: the PEFT factor weight is the point estimate."""
 

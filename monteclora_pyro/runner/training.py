@@ -1,14 +1,10 @@
 """SVI as an ordinary PyTorch training loop (as in Pyro's ``examples/svi_torch.py``).
 
-The loss of a :class:`~monteclora_pyro.bayesian_lora.BayesianLoRA` is its per-example negative
-tempered ELBO; AdamW with linear warm-up and decay, gradient-norm clipping and an optional linear
-KL annealing (beta_t = beta * min(1, t / kl_anneal_steps)) drive it.  The variational parameters
-(a module's ``variational_parameters()``: the guides' scales and concentrations, and a regression
-likelihood's noise scale) form their own parameter group with learning rate ``variational_lr``: a
-log-scale moves by about lr per Adam step, so at the LoRA weights' rate a posterior cannot leave its
-prior in a short run (BLoB uses 0.01-0.02 for its variances), nor a noise scale reach the residuals'.  The same
-loop trains the PEFT peers (:class:`~monteclora_pyro.peers.PeftPeer`, whose forward is PEFT's loss),
-so the methods are compared under identical optimization.
+The loss of a :class:`~monteclora_pyro.lora_method.LoRAMethod` (ours: the per-example negative
+tempered ELBO; a PEFT peer: its own objective) is driven by AdamW with linear warm-up and decay,
+gradient-norm clipping and an optional linear KL annealing (beta_t = beta * min(1, t / kl_anneal_steps)).
+The variational parameters form their own parameter group at ``variational_lr``: a log-scale moves by
+about lr per Adam step, so at the LoRA weights' rate a posterior cannot leave its prior in a short run.
 """
 
 from __future__ import annotations
@@ -30,11 +26,13 @@ from torch import nn
 from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 
+from ..lora_method import LoRAMethod
+from ..prediction import move_to
 from .checkpoints import Checkpointer, learnable_state, load_learnable, restore_rng, rng_state
 from .distributed import unwrap
-from .train_config import TrainConfig
+from .settings import TrainConfig
 
-__all__ = ["TrainConfig", "TrainHistory", "train", "move_to"]
+__all__ = ["TrainHistory", "train"]
 
 LossFn = Callable[[nn.Module, Mapping[str, torch.Tensor], float], torch.Tensor]
 
@@ -65,18 +63,14 @@ class TrainHistory:
         return statistics.median(times)
 
 
-def move_to(batch: Mapping[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
-    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-
-
-def elbo_loss(module: nn.Module, batch: Mapping[str, torch.Tensor], kl_weight: float) -> torch.Tensor:
-    """Default loss: the BayesianLoRA's per-example negative tempered ELBO."""
+def method_loss(module: nn.Module, batch: Mapping[str, torch.Tensor], kl_weight: float) -> torch.Tensor:
+    """Default loss: the method's own (ours: the per-example negative tempered ELBO)."""
     return module(batch, kl_weight=kl_weight)
 
 
-def _parameter_groups(module: nn.Module, params: list[nn.Parameter], config: TrainConfig) -> list[dict]:
+def _parameter_groups(method: LoRAMethod, params: list[nn.Parameter], config: TrainConfig) -> list[dict]:
     """The network's parameters at ``lr``; the variational ones at ``variational_lr``, without weight decay."""
-    variational = {id(p) for p in getattr(unwrap(module), "variational_parameters", list)()}
+    variational = {id(p) for p in method.variational_parameters()}
     if config.variational_lr is None or not variational:
         return [{"params": params}]
     return [{"params": [p for p in params if id(p) not in variational]},
@@ -145,12 +139,13 @@ def train(
     module: nn.Module,
     loader: Iterable,
     config: TrainConfig,
-    loss_fn: LossFn = elbo_loss,
+    loss_fn: LossFn = method_loss,
     device: torch.device | str | None = None,
     on_epoch_end: Callable[[int], None] | None = None,
     checkpoint: Checkpointer | None = None,
 ) -> TrainHistory:
-    """Optimize ``loss_fn`` over the trainable parameters of ``module``; returns the history.
+    """Optimize ``loss_fn`` over the trainable parameters of ``module`` (a :class:`LoRAMethod`, or one in a
+    DDP wrapper); returns the history.
 
     ``on_epoch_end(epoch)`` (epochs counted from 1) runs after each full pass over ``loader``, e.g. to
     evaluate; the module is put back in training mode after it.  With ``checkpoint``, the state is
@@ -162,13 +157,12 @@ def train(
     params = [p for p in module.parameters() if p.requires_grad]
     if not params:
         raise ValueError("the module has no trainable parameters")
+    method: LoRAMethod = unwrap(module)  # attributes live on the module inside a DDP wrapper
     total = config.total_steps(len(loader))  # type: ignore[arg-type]
-    optimizer = torch.optim.AdamW(_parameter_groups(module, params, config), lr=config.lr,
+    optimizer = torch.optim.AdamW(_parameter_groups(method, params, config), lr=config.lr,
                                   weight_decay=config.weight_decay)
     schedule = get_linear_schedule_with_warmup(optimizer, int(config.warmup_ratio * total), total)
-    inner = unwrap(module)  # attributes live on the module inside a DDP wrapper
-    beta = float(getattr(inner, "kl_weight", 0.0))
-    num_data = getattr(inner, "num_data", None)
+    beta = method.kl_weight
     history = TrainHistory()
     names = {id(p): n for n, p in module.named_parameters()}
     start_step, epoch_rng = 0, None
@@ -216,13 +210,15 @@ def train(
                 warnings.warn(f"step {step}: the loss {loss_value:.4g} is over 10 times its start "
                               f"({history.loss[0]:.4g}); the learning rate (lr = {config.lr}) may be too high",
                               RuntimeWarning, stacklevel=2)
-            if (step % config.log_every == 0 or step == total - 1) and hasattr(inner, "kl_terms") and num_data:
+            if step % config.log_every == 0 or step == total - 1:
                 with torch.no_grad():
-                    kl = float(sum(inner.kl_terms().values())) / num_data
-                history.logged_steps.append(step)
-                history.kl.append(kl)
-                history.kl_weight.append(kl_weight)
-                history.expected_log_likelihood.append(-(loss_value - kl_weight * kl))
+                    kl_total = method.kl_divergence()
+                if kl_total is not None:  # a method with a KL: the ELBO's terms per example
+                    kl = float(kl_total) / method.num_data
+                    history.logged_steps.append(step)
+                    history.kl.append(kl)
+                    history.kl_weight.append(kl_weight)
+                    history.expected_log_likelihood.append(-(loss_value - kl_weight * kl))
             bar.update(1)
             bar.set_postfix(loss=f"{loss_value:.4f}")
             if on_epoch_end is not None and (step + 1) % len(loader) == 0:  # type: ignore[arg-type]

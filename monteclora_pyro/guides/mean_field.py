@@ -10,8 +10,7 @@ import torch
 from torch import nn
 from torch.nn.functional import softplus
 
-from monteclora_pyro.distributions import Independent
-
+from ..distributions import Independent
 from . import register_guide
 
 

@@ -11,9 +11,7 @@ metric against the learning rate are written.  :func:`sweep_main` is the command
 from __future__ import annotations
 
 import argparse
-import csv
 import dataclasses
-import io
 import itertools
 import json
 import math
@@ -23,11 +21,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .artifacts import atomic_write_bytes, atomic_write_json
-from .cli_types import number_list, positive_float, positive_int
-from .config_cli import add_config_arguments, config_values
-from .peers import PEERS
-from .run_config import RunConfig
+from ..artifacts import atomic_write_csv, atomic_write_json
+from ..declarations import PEERS
+from .options import add_config_arguments, config_values, integer, number_list, positive_float, positive_int
+from .pipeline import TaskFamily, run
+from .plots import plot_metric_vs_lr
+from .settings import RunConfig
 
 __all__ = ["CSV_COLUMNS", "Cell", "TASK_COLUMNS", "method_config", "per_task", "robustness", "run_sweep", "sweep_main"]
 
@@ -127,14 +126,6 @@ def per_task(rows: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, float]
     return means
 
 
-def _write_csv(path: Path, rows: list[dict[str, Any]], columns: Sequence[str] = CSV_COLUMNS) -> None:
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=columns)
-    writer.writeheader()
-    writer.writerows(rows)
-    atomic_write_bytes(path, buffer.getvalue().encode())
-
-
 def robustness(rows: list[dict[str, Any]], column: str = "metric") -> dict[str, dict[str, float]]:
     """Per method: mean, std, min, max and spread (max - min) of ``column`` across the grid."""
     stats: dict[str, dict[str, float]] = {}
@@ -151,6 +142,7 @@ def robustness(rows: list[dict[str, Any]], column: str = "metric") -> dict[str, 
 
 
 def run_sweep(
+    family: type[TaskFamily],
     base: RunConfig,
     methods: Sequence[str],
     lrs: Sequence[float],
@@ -160,15 +152,13 @@ def run_sweep(
     run_missing: bool = True,
     method_overrides: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> dict[str, Any]:
-    """Run every unfinished cell (unless ``run_missing`` is False: report on the finished ones only),
+    """Run every unfinished cell of ``family`` (unless ``run_missing`` is False: report on the finished ones only),
     then write ``sweep.csv``, ``robustness.json`` and ``plots/metric_vs_lr.png``; a family that scores
     several tasks also gets ``tasks.csv`` (one row per cell and task) and their means per method
     (``robustness.json``'s ``per_task``).
 
     ``method_overrides``: settings that differ for one method, {method: {field: value}}.
     """
-    from .plots import plot_metric_vs_lr
-
     output_dir = Path(output_dir)
     cells = _grid(methods, lrs, batch_sizes, seeds)
     configs = {
@@ -188,10 +178,10 @@ def run_sweep(
         if not run_missing:
             continue
         print(f"[{index}/{len(cells)}] {cell.name}", flush=True)
-        config.run()
-        _write_csv(csv_path, _rows(base, output_dir, cells))
+        run(family(config))
+        atomic_write_csv(csv_path, _rows(base, output_dir, cells), CSV_COLUMNS)
     rows = _rows(base, output_dir, cells)
-    _write_csv(csv_path, rows)
+    atomic_write_csv(csv_path, rows, CSV_COLUMNS)
     summary = {
         "task": base.headline()[0], "metric": base.headline()[1],
         "finished_cells": len(rows), "grid_cells": len(cells),
@@ -201,36 +191,37 @@ def run_sweep(
     tasks = next(iter(configs.values())).scored_tasks()
     if tasks:
         task_rows = _task_rows(tasks, output_dir, cells)
-        _write_csv(output_dir / "tasks.csv", task_rows, TASK_COLUMNS)
+        atomic_write_csv(output_dir / "tasks.csv", task_rows, TASK_COLUMNS)
         summary["per_task"] = per_task(task_rows)
     atomic_write_json(output_dir / "robustness.json", summary)
     plot_metric_vs_lr(rows, output_dir / "plots" / "metric_vs_lr.png", summary["metric"])
     return summary
 
 
-def sweep_main(config_cls: type[RunConfig], description: str, argv: Sequence[str] | None = None,
+def sweep_main(family: type[TaskFamily], description: str, argv: Sequence[str] | None = None,
                **defaults: Any) -> dict[str, Any]:
-    """The command line of a sweep over ``config_cls`` runs: the grid's options, and every setting of a
-    single run applied to all cells (``defaults`` change the run's defaults)."""
+    """The command line of a sweep over runs of ``family``: the grid's options, and every setting of a single
+    run (its settings class's) applied to all cells (``defaults`` change the run's defaults)."""
     import datasets
 
+    settings = family.settings
     p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--output-dir", required=True, help="the sweep's folder (cells/, sweep.csv, robustness.json)")
     p.add_argument("--methods", default="map,monteclora,peft-monteclora",
                    help="bundled prior names or .toml paths (ours) and peft-lora / peft-monteclora")
     p.add_argument("--lrs", type=number_list(positive_float), default=[1e-4, 3e-4, 1e-3, 3e-3])
     p.add_argument("--batch-sizes", type=number_list(positive_int), default=[16, 32])
-    p.add_argument("--seeds", type=number_list(int), default=[0, 1])
+    p.add_argument("--seeds", type=number_list(integer), default=[0, 1])
     p.add_argument("--report-only", action="store_true",
                    help="run nothing: write the CSV, statistics and plot of the cells finished so far")
-    add_config_arguments(p, config_cls, skip=("output_dir", "prior", "guide", "peer", "lr", "batch_size", "seed"))
+    add_config_arguments(p, settings, skip=("output_dir", "prior", "guide", "peer", "lr", "batch_size", "seed"))
     p.set_defaults(**defaults)
     args = p.parse_args(argv)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    base = config_cls(**config_values(args, config_cls))
     datasets.disable_progress_bars()
     try:
-        summary = run_sweep(base, methods, args.lrs, args.batch_sizes, args.seeds, args.output_dir,
+        base = settings(**config_values(args, settings))
+        summary = run_sweep(family, base, methods, args.lrs, args.batch_sizes, args.seeds, args.output_dir,
                             run_missing=not args.report_only)
     except ValueError as error:
         p.error(str(error))

@@ -2,12 +2,9 @@
 
 Its evaluation: the posterior-mean (``mean_*``) and S-draw predictive metrics (accuracy, NLL, ECE,
 MCE, Brier and the task's GLUE metric; for regression correlations, MSE, and the NLL, quantile ECE
-and CRPS of the predictive mixture, :mod:`~monteclora_pyro.regression_calibration`), the post-hoc fix
-fitted on held-out training rows (``ts_*``: temperature scaling, or for regression a refitted noise
-scale) and MC dropout (``mcd_*``) when asked, the reliability diagram.
-
-``experiments/svi_glue.py`` is the command-line client of :func:`run_glue`; benchmarks and sweeps
-call it too.  Everything is validated before the model or data is loaded.
+and CRPS of the predictive mixture), the post-hoc fix fitted on held-out training rows (``ts_*``:
+temperature scaling, or for regression a refitted noise scale), MC dropout (``mcd_*``) when asked,
+and the reliability diagram.
 """
 
 from __future__ import annotations
@@ -19,18 +16,18 @@ import torch
 from torch import nn
 from transformers import DataCollatorWithPadding
 
-from .backbones import load_classifier, output_layer
-from .calibration import apply_temperature, fit_temperature
-from .data import GlueTask, get_task, load_glue
-from .glue_tasks import GlueRunConfig
-from .likelihoods import GaussianLikelihood, build_likelihood
-from .metrics import classification_metrics, glue_metrics, regression_metrics
-from .pipeline import Evaluation, TaskFamily, make_loader, run
-from .plots import plot_quantile_calibration, plot_reliability
-from .prediction import mc_dropout, predict
-from .regression_calibration import fit_noise_scale, probability_integral_transform, regression_calibration
+from ...backbones import load_classifier, output_layer
+from ...calibration import apply_temperature, fit_temperature
+from ...likelihoods import GaussianLikelihood, build_likelihood
+from ...metrics import classification_metrics, glue_metrics, regression_metrics
+from ...prediction import mc_dropout, predict
+from ...regression_calibration import fit_noise_scale, probability_integral_transform, regression_calibration
+from ...runner.pipeline import Evaluation, TaskFamily, make_loader, run
+from ...runner.plots import plot_quantile_calibration, plot_reliability
+from .data import load_glue
+from .settings import GlueRunConfig, GlueTask, get_task
 
-__all__ = ["GlueFamily", "GlueRunConfig", "run_glue"]
+__all__ = ["GlueFamily", "run_glue"]
 
 
 def _scores(predictive: torch.Tensor, labels: torch.Tensor, task: GlueTask, draws: torch.Tensor | None = None,
@@ -57,10 +54,11 @@ class GlueFamily(TaskFamily):
     """One GLUE task: its dev splits, a held-out part of the training rows when asked."""
 
     kind = "classifier"
+    settings = GlueRunConfig
 
     def __init__(self, config: GlueRunConfig) -> None:
         super().__init__(config)
-        self.task = get_task(config.task)
+        self.task = get_task(self.config.task)
         self.loaders: dict[str, Any] = {}
         self.target_scale = 1.0  # regression: the training targets' standard deviation (prepare_model)
 
@@ -86,7 +84,7 @@ class GlueFamily(TaskFamily):
     def prepare_model(self, model, train_set) -> None:
         """Regression: the head starts at the targets' mean, and the noise scale at their standard deviation.
         From a zero mean, the first steps of LoRA push every example's output up alike and the
-        representation collapses (STS-B: dev Pearson 0.02 against 0.79 after 100 steps)."""
+        representation collapses (``results/README.md``)."""
         if self.task.num_labels != 1:
             return
         labels = torch.tensor(train_set["labels"], dtype=torch.float64)
@@ -171,5 +169,5 @@ class GlueFamily(TaskFamily):
 
 
 def run_glue(config: GlueRunConfig) -> dict[str, Any]:
-    """Train and evaluate one GLUE configuration (see :func:`~monteclora_pyro.pipeline.run`)."""
-    return run(GlueFamily(config.resolved()))
+    """Train and evaluate one GLUE configuration (see :func:`~monteclora_pyro.runner.pipeline.run`)."""
+    return run(GlueFamily(config))

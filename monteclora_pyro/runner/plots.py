@@ -17,13 +17,13 @@ import torch
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from .artifacts import atomic_write_bytes
-from .calibration import expected_calibration_error, reliability_bins
-from .regression_calibration import quantile_coverage
+from ..artifacts import atomic_write_bytes
+from ..calibration import expected_calibration_error, reliability_bins
+from ..priors import PRIOR_FAMILIES
+from ..regression_calibration import quantile_coverage
 
 if TYPE_CHECKING:
     import arviz as az
-    import xarray as xr
 
 __all__ = ["plot_ece_vs_epoch", "plot_elbo", "plot_metric_vs_lr", "plot_posterior_spread", "plot_quantile_calibration",
            "plot_reliability"]
@@ -88,43 +88,26 @@ def _short_names(names: Sequence[str]) -> list[str]:
     return list(names)
 
 
-def _entropy(weights: xr.DataArray) -> xr.DataArray:
-    return -(weights * np.log(weights.clip(min=1e-30))).sum("component")
-
-
-# (variable, panel title, reduction to one number per chain, draw and layer), in panel order
-SPREAD_PANELS = (
-    ("sigma_diag", "mean of diag(Sigma) over rank", lambda v: v.mean("rank")),
-    ("perturbation_std", "perturbation std", lambda v: v),
-    ("mixture_weights", "entropy of the mixture weights", _entropy),
-    ("factor_std", "factor std around its mean", lambda v: v),
-    ("factor_norm", "factor norm", lambda v: v),
-)
-
-
 def plot_posterior_spread(idata: az.InferenceData, path: str | Path) -> Path:
-    """Per-layer box plots (over draws) of the posterior's summaries from :mod:`.diagnostics`.
-
-    MonteCLoRA: the mean of diag(Sigma) over the rank, the perturbation's std, and the entropy of the
-    mixture weights (the dotted line is log N, uniform weights).  Factor-latent families: the
-    factor's std around its mean and its norm.
-    """
+    """Per-layer box plots (over draws) of the posterior's summaries, one panel per summary a prior family
+    declares (:attr:`~monteclora_pyro.priors.PriorFamily.panels`) that ``idata`` holds."""
     posterior = idata.posterior
-    panels = [(name, title, fn(posterior[name])) for name, title, fn in SPREAD_PANELS if name in posterior]
+    declared = {panel.variable: panel for family in PRIOR_FAMILIES.values() for panel in family.panels}
+    panels = [(panel, panel.reduce(posterior[name])) for name, panel in declared.items() if name in posterior]
     if not panels:
         raise ValueError(f"idata.posterior has no diagnostics variable; it has {list(posterior.data_vars)}")
     layers = _short_names(posterior["layer"].values.tolist())
     figure = Figure(figsize=(3.6 * len(panels) + 1.5, 1.6 + 0.35 * len(layers)), layout="constrained")
     axes = figure.subplots(1, len(panels), sharey=True, squeeze=False)[0]
-    for axis, (name, title, values) in zip(axes, panels, strict=True):
+    for axis, (panel, values) in zip(axes, panels, strict=True):
         draws = values.transpose("chain", "draw", "layer").values.reshape(-1, len(layers))  # chains pooled
         axis.boxplot(draws, orientation="horizontal", showfliers=False)
-        axis.set_title(title, fontsize=10)
+        axis.set_title(panel.title, fontsize=10)
         axis.grid(axis="x", alpha=0.3)
         axis.xaxis.set_major_locator(MaxNLocator(5))
         axis.ticklabel_format(axis="x", style="sci", scilimits=(-2, 3))
-        if name == "mixture_weights":
-            axis.axvline(np.log(posterior.sizes["component"]), color="gray", linestyle=":")
+        if panel.reference is not None:
+            axis.axvline(panel.reference(posterior), color="gray", linestyle=":")
     axes[0].set_yticks(range(1, len(layers) + 1), layers)
     axes[0].invert_yaxis()  # first layer at the top
     figure.suptitle(f"Posterior spread across adapted layers ({posterior.sizes['draw']} draws)")

@@ -1,10 +1,8 @@
 """One run pipeline for every task family: validate, load, train (ours or a PEFT peer), evaluate, write.
 
-A task family (:class:`TaskFamily`: GLUE in :mod:`~monteclora_pyro.glue`, commonsense reasoning in
-:mod:`~monteclora_pyro.commonsense`) supplies what differs: its backbone kind, data, likelihood and
-evaluation protocol.  The pipeline does the rest the same way for every family, and reads top to
-bottom: configuration, data, model, train, evaluate, write.  Ours and the PEFT peers share one
-interface (:class:`~monteclora_pyro.peers.PeftPeer`), so nothing below branches on the method.
+A task family (:class:`TaskFamily`, in ``monteclora_pyro.tasks``) supplies what differs: its settings,
+backbone kind, data, likelihood and evaluation protocol.  The pipeline does the rest the same way for
+every family, and reads top to bottom: configuration, data, model, train, evaluate, write.
 
 Everything that can be checked is checked before the model or data load; the run's files go to a
 staging folder that replaces ``output_dir`` only when the run has finished (a failed run leaves
@@ -14,9 +12,12 @@ staging folder that replaces ``output_dir`` only when the run has finished (a fa
 from __future__ import annotations
 
 import abc
+import dataclasses
+import json
 import math
 import os
 import shutil
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -28,19 +29,19 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from .adapters import save_adapter
-from .artifacts import atomic_run_dir, atomic_write_json
-from .backbones import check_backbone, resolve_device
-from .bayesian_lora import bayesian_lora_from_model
+from ..adapters import save_adapter
+from ..artifacts import atomic_run_dir, atomic_write_json
+from ..backbones import check_backbone, resolve_device
+from ..diagnostics import posterior_inference_data, save_posterior
+from ..lora_method import LoRAMethod
+from ..methods import build_method
 from .checkpoints import Checkpointer
-from .diagnostics import posterior_inference_data, save_posterior
 from .distributed import World, sharded_loader, world
-from .peers import PeftPeer, peft_peer
 from .plots import plot_elbo, plot_posterior_spread
-from .run_config import RunConfig
-from .svi import train
+from .settings import RunConfig
+from .training import train
 
-__all__ = ["Evaluation", "TaskFamily", "make_loader", "run"]
+__all__ = ["Evaluation", "TaskFamily", "make_loader", "run", "run_or_exit"]
 
 
 @dataclass
@@ -63,14 +64,16 @@ class TaskFamily(abc.ABC):
     """A task family: what the pipeline needs to know of the tasks, their data and how they are scored.
 
     ``kind`` is the backbone's (``classifier``: a sequence-classification head of ``num_labels``
-    outputs, or ``causal_lm``).  A family loads its evaluation sets in :meth:`load_data` and keeps them
-    for :meth:`evaluate`.
+    outputs, or ``causal_lm``).  A family is made for a configuration of its ``settings`` class (a
+    :class:`~monteclora_pyro.runner.settings.RunConfig`), which it resolves; it loads its evaluation sets
+    in :meth:`load_data` and keeps them for :meth:`evaluate`.
     """
 
     kind: str = "classifier"
+    settings: type[RunConfig] = RunConfig
 
     def __init__(self, config: RunConfig) -> None:
-        self.config = config
+        self.config = config.resolved()
 
     @property
     def num_labels(self) -> int | None:
@@ -97,11 +100,11 @@ class TaskFamily(abc.ABC):
         """The observation model of ours (``peer`` False) or the readout and loss of a PEFT peer."""
 
     @abc.abstractmethod
-    def evaluate(self, module: nn.Module, device: torch.device, output_dir: Path) -> Evaluation:
+    def evaluate(self, module: LoRAMethod, device: torch.device, output_dir: Path | None) -> Evaluation:
         """The final evaluation: metrics, and the family's plots written into ``output_dir``."""
 
     @abc.abstractmethod
-    def epoch_scores(self, module: nn.Module, device: torch.device) -> dict[str, float]:
+    def epoch_scores(self, module: LoRAMethod, device: torch.device) -> dict[str, float]:
         """The headline scores after an epoch (``eval_each_epoch``)."""
 
 
@@ -118,8 +121,8 @@ def make_loader(dataset: Dataset, collate: Callable, batch_size: int, shuffle: b
 
 
 def run(family: TaskFamily) -> dict[str, Any]:
-    """Train and evaluate one configuration of ``family`` (its config resolved); writes ``config.json``,
-    ``metrics.json``, ``posterior.nc``, ``adapter/``, ``checkpoint.pt`` and ``plots/``."""
+    """Train and evaluate ``family``'s configuration; writes ``config.json``, ``metrics.json``,
+    ``posterior.nc``, ``adapter/``, ``checkpoint.pt`` and ``plots/``."""
     config = family.config
     spec = config.prior_spec()
     resolve_device(config.device)
@@ -133,17 +136,30 @@ def run(family: TaskFamily) -> dict[str, Any]:
         return _run(family, staging, processes)
 
 
-def build_method(family: TaskFamily, model: nn.Module, num_data: int, device: torch.device) -> nn.Module:
-    """Ours (a :class:`BayesianLoRA`) or a PEFT peer (a :class:`PeftPeer`): one interface for what follows."""
-    config, spec = family.config, family.config.prior_spec()
-    autocast_dtype = torch.bfloat16 if device.type == "cuda" else None
-    if config.peer is not None:
-        network = peft_peer(model, config.peer, spec, config.peft_kl_loss_weight)
-        return PeftPeer(network, family.likelihood(peer=True), autocast_dtype).to(device)
+def run_or_exit(family: TaskFamily, script: str) -> dict[str, Any]:
+    """:func:`run` for a command line: an error found once the data or model is read exits with one line,
+    Ctrl-C with how to resume.  Ranks other than 0 of a multi-process run get {}."""
+    import datasets
+
+    datasets.disable_progress_bars()
+    print("config:", json.dumps(dataclasses.asdict(family.config), sort_keys=True), flush=True)
+    try:
+        return run(family)
+    except (ValueError, FloatingPointError) as error:
+        sys.exit(f"{script}: error: {error}")
+    except KeyboardInterrupt:
+        sys.exit(f"{script}: interrupted; checkpoint in {family.config.checkpoint_path()}: run the same command "
+                 "with --resume to continue")
+
+
+def _method(family: TaskFamily, model: nn.Module, num_data: int, device: torch.device) -> LoRAMethod:
+    """Ours or a PEFT peer, as the configuration says, on ``device``."""
+    config = family.config
     guide_options = {"dirichlet_sampler": config.dirichlet_sampler} if config.guide == "monteclora" else None
-    return bayesian_lora_from_model(model, spec, num_data, guide=config.guide, kl_weight=config.kl_weight,
-                                    guide_options=guide_options, autocast_dtype=autocast_dtype,
-                                    likelihood=family.likelihood(peer=False)).to(device)
+    return build_method(model, config.prior_spec(), family.likelihood(peer=config.peer is not None), num_data,
+                        peer=config.peer, guide=config.guide, kl_weight=config.kl_weight,
+                        guide_options=guide_options, peft_kl_loss_weight=config.peft_kl_loss_weight,
+                        autocast_dtype=torch.bfloat16 if device.type == "cuda" else None).to(device)
 
 
 def _run(family: TaskFamily, output_dir: Path | None, processes: World) -> dict[str, Any]:
@@ -167,11 +183,10 @@ def _run(family: TaskFamily, output_dir: Path | None, processes: World) -> dict[
     train_loader = make_loader(train_set, collate, config.batch_size, shuffle=True, seed=config.seed, world=processes)
 
     # model
-    module = build_method(family, model, len(train_set), device)
+    module = _method(family, model, len(train_set), device)
 
     # train, with the scores after each epoch when asked (by rank 0)
-    train_config = config.train_config()
-    total_epochs = math.ceil(train_config.total_steps(len(train_loader)) / len(train_loader))
+    total_epochs = math.ceil(config.total_steps(len(train_loader)) / len(train_loader))
     checkpoint = Checkpointer(config.checkpoint_path(), config.checkpoint_every, resume=config.resume,
                               extra={"config": config.record(), "epochs": []},
                               compare=lambda saved: config.changes_from(saved["config"]))
@@ -181,7 +196,7 @@ def _run(family: TaskFamily, output_dir: Path | None, processes: World) -> dict[
             checkpoint.extra["epochs"].append({"epoch": epoch} | family.epoch_scores(module, device))
 
     start = time.perf_counter()
-    history = train(processes.wrap(module, device), train_loader, train_config, device=device,
+    history = train(processes.wrap(module, device), train_loader, config, device=device,
                     checkpoint=checkpoint if processes.is_main else None,
                     on_epoch_end=evaluate_epoch if config.eval_each_epoch else None)
     if not processes.is_main:
@@ -214,7 +229,7 @@ def _run(family: TaskFamily, output_dir: Path | None, processes: World) -> dict[
     return metrics
 
 
-def _write_posterior(output_dir: Path, family: TaskFamily, module: nn.Module, evaluation: Evaluation) -> None:
+def _write_posterior(output_dir: Path, family: TaskFamily, module: LoRAMethod, evaluation: Evaluation) -> None:
     """The saved posterior (``adapter/``), ``posterior.nc`` and its plot."""
     save_adapter(module, output_dir / "adapter", family.config.model, family.num_labels, family.kind)
     idata = posterior_inference_data(module, num_draws=200, observed=evaluation.observed,

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .artifacts import atomic_output
+from ..artifacts import atomic_output
 
 __all__ = ["Checkpointer", "restore_rng", "rng_state"]
 
@@ -42,7 +42,7 @@ def restore_rng(state: dict[str, Any]) -> None:
 
 @dataclass
 class Checkpointer:
-    """Where and how often :func:`~monteclora_pyro.svi.train` writes checkpoints.
+    """Where and how often :func:`~monteclora_pyro.runner.training.train` writes checkpoints.
 
     path: the checkpoint file.  every: write after every ``every`` steps (0: only at the end and when
     interrupted).  extra: the caller's own state, saved and restored (in place) with the checkpoint.

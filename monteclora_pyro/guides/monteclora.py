@@ -16,8 +16,7 @@ import pyro.distributions as dist
 import torch
 from torch import nn
 
-from monteclora_pyro.distributions import Dirichlet, LaplaceBridgeDirichlet, WishartCholesky
-
+from ..distributions import Dirichlet, LaplaceBridgeDirichlet, WishartCholesky
 from . import register_guide
 
 DIRICHLET_SAMPLERS = ("exact", "laplace")

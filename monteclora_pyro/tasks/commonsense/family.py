@@ -31,14 +31,14 @@ import datasets
 import torch
 from torch import nn
 
-from .artifacts import atomic_write_bytes
-from .backbones import load_causal_lm
-from .commonsense_tasks import COMMONSENSE_TASKS, CommonsenseRunConfig, task_file
-from .likelihoods import IGNORE, TokenLikelihood
-from .metrics import classification_metrics
-from .pipeline import Evaluation, TaskFamily, make_loader, run
-from .plots import plot_reliability
-from .svi import move_to
+from ...artifacts import atomic_write_bytes
+from ...backbones import load_causal_lm
+from ...likelihoods import IGNORE, TokenLikelihood, categorical_draw_log_likelihood
+from ...metrics import classification_metrics
+from ...prediction import move_to, posterior_draws
+from ...runner.pipeline import Evaluation, TaskFamily, make_loader, run
+from ...runner.plots import plot_reliability
+from .settings import COMMONSENSE_TASKS, CommonsenseRunConfig, task_file
 
 __all__ = ["CommonsenseFamily", "answer_options", "option_texts", "prompt_of", "read_records", "run_commonsense",
            "write_lm_eval_task"]
@@ -155,6 +155,7 @@ class CommonsenseFamily(TaskFamily):
     """Training on the LLM-Adapters train files (or one combined file), scoring on the test files."""
 
     kind = "causal_lm"
+    settings = CommonsenseRunConfig
 
     def __init__(self, config: CommonsenseRunConfig) -> None:
         super().__init__(config)
@@ -327,9 +328,6 @@ class CommonsenseFamily(TaskFamily):
             answers.append(answer_options(record, task)[choices.index(found.group(0))] if found else "")
         return answers
 
-    def _draws(self, module) -> list:
-        return [module.posterior_draw() for _ in range(1 if module.point_estimate else self.config.num_samples)]
-
     def epoch_scores(self, module, device) -> dict[str, float]:
         return self._score(module, device, None).epoch_scores
 
@@ -341,7 +339,7 @@ class CommonsenseFamily(TaskFamily):
         metrics: dict[str, Any] = {}
         labels, log_likelihood = [], []
         if self.config.eval_mode == "options":
-            draws = self._draws(module)
+            draws = posterior_draws(module, self.config.num_samples)
             for task in self.eval_sets:
                 result = self.option_probabilities(module, task, device, draws)
                 predictive = result["draws"].mean(1)
@@ -349,8 +347,7 @@ class CommonsenseFamily(TaskFamily):
                     f"mean_{k}": v for k, v in classification_metrics(result["mean"], result["labels"]).items()
                 } | {"examples": len(result["labels"]), "options": predictive.shape[1]}
                 labels.append(result["labels"])
-                picked = result["draws"].gather(-1, result["labels"][:, None, None].expand(-1, len(draws), 1))
-                log_likelihood.append(picked.squeeze(-1).clamp_min(1e-12).log().T)
+                log_likelihood.append(categorical_draw_log_likelihood(result["draws"], result["labels"]))
                 if output_dir is not None:
                     plot_reliability(predictive, result["labels"], output_dir / "plots" / f"reliability_{task}.png")
         else:
@@ -393,5 +390,5 @@ def write_lm_eval_task(data_dir: str | Path, task: str, out_dir: str | Path, lim
 
 
 def run_commonsense(config: CommonsenseRunConfig) -> dict[str, Any]:
-    """Train and evaluate one commonsense configuration (see :func:`~monteclora_pyro.pipeline.run`)."""
-    return run(CommonsenseFamily(config.resolved()))
+    """Train and evaluate one commonsense configuration (see :func:`~monteclora_pyro.runner.pipeline.run`)."""
+    return run(CommonsenseFamily(config))

@@ -13,9 +13,9 @@ from pathlib import Path
 import datasets
 from transformers import PreTrainedTokenizerBase
 
-from .glue_tasks import GLUE_TASKS, GlueTask, default_glue_dir, get_task
+from .settings import GlueTask
 
-__all__ = ["GlueTask", "GLUE_TASKS", "get_task", "load_glue", "default_glue_dir"]
+__all__ = ["load_glue"]
 
 
 def _read_local(task: GlueTask, data_dir: Path) -> datasets.DatasetDict:

@@ -1,7 +1,7 @@
 """The overfitting benchmark: small training sets, several epochs, calibration of every method.
 
 Per GLUE task, every method trains on the same seeded subset of the training set (a share of it held
-out) for several epochs, once per seed, as the cells of a :func:`~monteclora_pyro.sweep.run_sweep`
+out) for several epochs, once per seed, as the cells of a :func:`~monteclora_pyro.runner.sweep.run_sweep`
 grid with one learning rate and one batch size (resumable, and shareable by processes that split
 the seeds).  Two post-hoc baselines come from the ``map`` (plain LoRA) cells without training again:
 
@@ -19,20 +19,18 @@ ECE is the quantile calibration error and CRPS stands in for the Brier score
 
 from __future__ import annotations
 
-import csv
 import dataclasses
-import io
 import json
 import statistics
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from .artifacts import atomic_write_bytes, atomic_write_json
-from .data import get_task
-from .glue import GlueRunConfig
-from .glue_tasks import primary_metric
-from .sweep import Cell, run_sweep
+from ...artifacts import atomic_write_csv, atomic_write_json
+from ...runner.plots import plot_ece_vs_epoch
+from ...runner.sweep import Cell, run_sweep
+from .family import GlueFamily
+from .settings import GlueRunConfig, get_task, primary_metric
 
 __all__ = ["POST_HOC", "SCORES", "overfitting_rows", "run_overfitting", "summarize"]
 
@@ -79,14 +77,6 @@ def summarize(rows: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, dict[str
     return out
 
 
-def _write_csv(path: Path, rows: Sequence[Mapping[str, Any]]) -> None:
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=["task", "method", "seed", *SCORES])
-    writer.writeheader()
-    writer.writerows(rows)
-    atomic_write_bytes(path, buffer.getvalue().encode())
-
-
 def run_overfitting(
     base: GlueRunConfig,
     tasks: Sequence[str],
@@ -96,8 +86,6 @@ def run_overfitting(
     run_missing: bool = True,
 ) -> dict[str, Any]:
     """Run (or, with ``run_missing`` False, only report) the benchmark; returns the summary written."""
-    from .plots import plot_ece_vs_epoch
-
     if not base.holdout_fraction > 0:
         raise ValueError(f"holdout_fraction = {base.holdout_fraction!r}: the benchmark needs held-out rows (> 0) "
                          "to fit the temperature")
@@ -109,10 +97,10 @@ def run_overfitting(
                                "methods": list(methods), "seeds": list(seeds), "tasks": {}}
     for config in configs:
         task_dir = output_dir / config.task
-        run_sweep(dataclasses.replace(config, mc_dropout_samples=0), methods, [config.lr], [config.batch_size],
-                  seeds, task_dir, run_missing=run_missing, method_overrides=mc_dropout)
+        run_sweep(GlueFamily, dataclasses.replace(config, mc_dropout_samples=0), methods, [config.lr],
+                  [config.batch_size], seeds, task_dir, run_missing=run_missing, method_overrides=mc_dropout)
         rows, epochs = overfitting_rows(config.task, task_dir, methods, seeds, config)
-        _write_csv(task_dir / "overfitting.csv", rows)
+        atomic_write_csv(task_dir / "overfitting.csv", rows, ["task", "method", "seed", *SCORES])
         ece_by_epoch = {m: [statistics.fmean(e) for e in zip(*runs, strict=False)] for m, runs in epochs.items()
                         if runs and all(runs)}
         summary["tasks"][config.task] = {"metric": primary_metric(config.task), "methods": summarize(rows),

@@ -1,6 +1,5 @@
-"""The GLUE family's light half: where each task's files are, how to read them, and the run settings
-(:class:`GlueRunConfig`).  No heavy imports, so the command line validates before torch or
-``datasets`` load."""
+"""GLUE's settings: where each task's files are, how to read them, and the run settings
+(:class:`GlueRunConfig`).  No heavy imports, so the command line validates before torch loads."""
 
 from __future__ import annotations
 
@@ -9,9 +8,8 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .cli_types import nonnegative_float, nonnegative_int, optional, positive_int
-from .config_cli import option
-from .run_config import RunConfig
+from ...runner.options import fraction, nonnegative_int, option, optional, positive_int, redefault
+from ...runner.settings import RunConfig
 
 __all__ = ["GLUE_TASKS", "GlueRunConfig", "GlueTask", "default_glue_dir", "default_model", "get_task",
            "primary_metric"]
@@ -81,7 +79,7 @@ def default_glue_dir() -> Path | None:
     env = os.environ.get("MONTECLORA_GLUE_DIR")
     if env:
         return Path(env)
-    candidate = Path(__file__).resolve().parents[2] / "shared" / "data" / "glue"
+    candidate = Path(__file__).resolve().parents[4] / "shared" / "data" / "glue"
     return candidate if candidate.is_dir() else None
 
 
@@ -102,28 +100,25 @@ class GlueRunConfig(RunConfig):
     task: str = option("sst2", "GLUE task: cola sst2 mrpc stsb qnli rte wnli mnli")
     data_dir: str | None = option(None, "GLUE directory (CoLA/, RTE/, ...); default: ../shared/data/glue "
                                         "(or $MONTECLORA_GLUE_DIR) if present, else the hub")
-    output_dir: str = option("runs/svi_glue", "where config.json, metrics.json, posterior.nc and plots go")
+    output_dir: str = redefault(RunConfig, "output_dir", "runs/svi_glue")
     max_train_samples: int | None = option(2000, "training rows, a seeded subset; 'all' for the full set",
-                                           type=optional(positive_int))
-    max_eval_samples: int | None = option(None, "dev rows, a seeded subset (default: all)", type=positive_int)
+                                           optional(positive_int))
+    max_eval_samples: int | None = option(None, "dev rows, a seeded subset (default: all)", optional(positive_int))
     holdout_fraction: float = option(0.0, "share of the training rows held out to fit a temperature "
-                                          "(regression: a noise scale), reported as ts_*", type=nonnegative_float)
+                                          "(regression: a noise scale), reported as ts_*", fraction)
     mc_dropout_samples: int = option(0, "> 0: also report MC dropout with this many passes (mcd_*)",
-                                     type=nonnegative_int)
+                                     nonnegative_int)
 
     def default_model(self) -> str:
         return default_model()
-
-    def run(self) -> dict:
-        from .glue import run_glue
-
-        return run_glue(self)
 
     def headline(self) -> tuple[str, str]:
         return get_task(self.task).name, primary_metric(self.task)
 
     def resolved(self) -> GlueRunConfig:
-        """A copy with defaults filled in and every value checked; raises ValueError naming the bad one."""
+        """A copy with defaults filled in and the task's files checked; raises ValueError naming the bad one."""
+        if self.__dict__.get("_resolved"):
+            return self
         task = get_task(self.task)
         data_dir = self.data_dir if self.data_dir is not None else default_glue_dir()
         if data_dir is not None and not (Path(data_dir) / task.directory).is_dir():
@@ -131,13 +126,5 @@ class GlueRunConfig(RunConfig):
         missing = [str(path) for path in task.files(data_dir).values() if not path.is_file()] if data_dir else []
         if missing:
             raise ValueError(f"data_dir = {str(data_dir)!r}: {task.name} needs {', '.join(missing)}")
-        for name in ("max_train_samples", "max_eval_samples"):
-            value = getattr(self, name)
-            if value is not None and not (isinstance(value, int) and value >= 1):
-                raise ValueError(f"{name} = {value!r} must be an integer >= 1 or None")
-        if not 0 <= self.holdout_fraction < 1:
-            raise ValueError(f"holdout_fraction = {self.holdout_fraction!r} must be in [0, 1)")
-        if not (isinstance(self.mc_dropout_samples, int) and self.mc_dropout_samples >= 0):
-            raise ValueError(f"mc_dropout_samples = {self.mc_dropout_samples!r} must be an integer >= 0")
-        shared = RunConfig.resolved(self)
-        return dataclasses.replace(shared, task=task.name, data_dir=str(data_dir) if data_dir is not None else None)
+        shared = dataclasses.replace(self, task=task.name, data_dir=str(data_dir) if data_dir is not None else None)
+        return RunConfig.resolved(shared)

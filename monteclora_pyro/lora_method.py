@@ -1,0 +1,100 @@
+"""The interface of what the runner trains, predicts with and saves: ours and the PEFT peers alike.
+
+:class:`LoRAMethod` is a PEFT-injected network with a likelihood (the observation model, or a peer's
+readout and loss).  The training loop needs its loss for a batch and KL weight, its KL for the
+record, and its variational parameters (their own learning rate); prediction needs a posterior
+draw and whether every draw is the same.  Ours (:class:`~monteclora_pyro.bayesian_lora.BayesianLoRA`)
+and the peers (:class:`~monteclora_pyro.peers.PeftPeer`) implement it.
+"""
+
+from __future__ import annotations
+
+import abc
+import contextlib
+import copy
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from torch import nn
+
+__all__ = ["BATCH_KEYS", "LoRAMethod", "autocast"]
+
+BATCH_KEYS = ("labels", "idx")  # batch entries that are not network inputs
+
+
+def autocast(batch: Mapping[str, torch.Tensor], dtype: torch.dtype | None):
+    """``torch.autocast`` to ``dtype`` on the batch's device, or nothing when ``dtype`` is None."""
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(next(iter(batch.values())).device.type, dtype=dtype)
+
+
+class LoRAMethod(nn.Module, abc.ABC):
+    """A LoRA-adapted network trained by the runner.
+
+    network: the PEFT model.  likelihood: its observation model (``predictive``, ``task_loss``, ...).
+    kl_weight: beta of the tempered ELBO (0 for a method without a KL).  num_data: the training-set size N.
+    guide_name: the variational family (None for a peer).  has_posterior: whether draws describe a posterior
+    (``posterior.nc``).  autocast_dtype: the backbone's autocast dtype on CUDA, or None.
+    """
+
+    guide_name: str | None = None
+    has_posterior: bool = False
+    kl_weight: float = 0.0
+    num_data: int | None = None
+
+    def __init__(self, network: nn.Module, likelihood: nn.Module, autocast_dtype: torch.dtype | None = None) -> None:
+        super().__init__()
+        self.network = network
+        self.likelihood = likelihood
+        self.autocast_dtype = autocast_dtype
+
+    @abc.abstractmethod
+    def forward(self, batch: Mapping[str, torch.Tensor], kl_weight: float | None = None) -> torch.Tensor:
+        """The training loss of one minibatch (``kl_weight``: the KL's weight at this step)."""
+
+    def kl_divergence(self) -> torch.Tensor | None:
+        """The untempered KL(q || p) of the whole posterior, or None for a method without one."""
+        return None
+
+    @property
+    def point_estimate(self) -> bool:
+        """Whether every posterior draw is the same (a predictive then needs one)."""
+        return True
+
+    def posterior_draw(self) -> dict[str, torch.Tensor]:
+        """One draw of the stochastic factors ({PEFT parameter name: value}); {} for the trained weights."""
+        return {}
+
+    def variational_parameters(self) -> list[nn.Parameter]:
+        """Parameters trained at the variational learning rate (scales, concentrations, a noise scale)."""
+        return []
+
+    def set_draws(self, factors: Mapping[str, torch.Tensor]) -> None:
+        """Put ``factors`` in place of the PEFT weights until the next call ({}: the weights themselves)."""
+
+    def network_call(self, inputs: Mapping[str, Any], factors: Mapping[str, torch.Tensor] | None = None) -> Any:
+        """The network's whole output on ``inputs`` (its own keyword arguments, a tensor first) with the given
+        factors in place of the PEFT weights (none: the posterior mean)."""
+        self.set_draws(factors or {})
+        with autocast(inputs, self.autocast_dtype):
+            return self.network(**inputs)
+
+    def network_output(self, batch: Mapping[str, torch.Tensor],
+                       factors: Mapping[str, torch.Tensor] | None = None) -> torch.Tensor:
+        """The network's output (logits) on a batch, with the given factors in place of the PEFT weights."""
+        inputs = {k: v for k, v in batch.items() if k not in BATCH_KEYS} | self.likelihood.network_kwargs(batch)
+        output = self.network_call(inputs, factors)
+        return output.logits if hasattr(output, "logits") else output
+
+    def generate(self, **inputs: Any) -> torch.Tensor:
+        """The network's ``generate`` with the posterior-mean adapters."""
+        self.set_draws({})
+        with autocast(inputs, self.autocast_dtype):
+            return self.network.generate(**inputs)
+
+    def merged_network(self) -> nn.Module:
+        """The posterior-mean network with LoRA merged into W0 (zero overhead; a copy)."""
+        self.set_draws({})
+        return copy.deepcopy(self.network).merge_and_unload()

@@ -1,0 +1,87 @@
+"""Prior families: each one registered object with its declaration, model statements, default guide,
+posterior summaries and plot panels.
+
+A family is an ``nn.Module`` subclass of :class:`PriorFamily`, registered with :func:`register_prior`;
+a new family is a new file in this folder, picked up automatically (as guides are), and a TOML in
+``models/`` declares a prior of it.  The model statements turn one
+:class:`~monteclora_pyro.lora_sites.SiteGroup` and its factors' means (stacked along a leading layer
+dim) into sampled factors, one statement per latent under the group's plate.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from collections.abc import Callable, Mapping
+from typing import Any, ClassVar, NamedTuple
+
+import torch
+from torch import nn
+
+__all__ = ["PRIOR_FAMILIES", "Panel", "PriorFamily", "build_prior", "register_prior"]
+
+
+class Panel(NamedTuple):
+    """One panel of ``plots/posterior.png``: a posterior variable reduced to one number per draw and layer.
+
+    reduce: the reduction of the variable's ``xarray`` array (e.g. a mean over its ``rank`` dim).
+    reference: where to draw a dotted reference line, given the posterior (e.g. the uniform weights' entropy).
+    """
+
+    variable: str
+    title: str
+    reduce: Callable[[Any], Any] = lambda values: values
+    reference: Callable[[Any], float] | None = None
+
+
+class PriorFamily(nn.Module):
+    """A prior family.  Subclasses set:
+
+    declaration: the :class:`~monteclora_pyro.declarations.PriorSpec` subclass of its fields and checks.
+    default_guide: the name of its own guide (``guides/``).
+    summary_dims: the extra dims of a summary (``{"sigma_diag": ("rank",)}``); others are one number per layer.
+    panels: the :class:`Panel` objects of its summaries.
+    and implement :meth:`forward` (the model statements) and :meth:`summaries`.
+    """
+
+    name: ClassVar[str]
+    declaration: ClassVar[type]
+    default_guide: ClassVar[str]
+    summary_dims: ClassVar[Mapping[str, tuple[str, ...]]] = {}
+    panels: ClassVar[tuple[Panel, ...]] = ()
+
+    def __init__(self, spec: Any) -> None:
+        super().__init__()
+        self.spec = spec
+
+    def forward(self, group: Any, means: torch.Tensor) -> torch.Tensor:
+        """Sample the group's factors (layers x factor shape) given their means, inside the model."""
+        raise NotImplementedError
+
+    def summaries(self, group: Any, guide_sites: Mapping[str, dict], means: torch.Tensor) -> dict[str, torch.Tensor]:
+        """One guide draw of the group's latents (``guide_sites``: trace nodes by name) reduced to a few numbers
+        per layer (leading dim), for ``posterior.nc``."""
+        raise NotImplementedError
+
+
+PRIOR_FAMILIES: dict[str, type[PriorFamily]] = {}
+
+
+def register_prior(name: str) -> Callable[[type[PriorFamily]], type[PriorFamily]]:
+    """Class decorator: make a prior family available by ``name`` (the ``family`` of a declaration)."""
+
+    def decorate(cls: type[PriorFamily]) -> type[PriorFamily]:
+        cls.name = name
+        PRIOR_FAMILIES[name] = cls
+        return cls
+
+    return decorate
+
+
+def build_prior(spec: Any) -> PriorFamily:
+    """The prior module of a declaration's family."""
+    return PRIOR_FAMILIES[spec.family](spec)
+
+
+for _module in pkgutil.iter_modules(__path__):
+    importlib.import_module(f"{__name__}.{_module.name}")

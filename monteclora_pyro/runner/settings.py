@@ -1,0 +1,173 @@
+"""The settings of a run, each declared once with its help and check: the training loop's
+(:class:`TrainConfig`) and those every run shares (:class:`RunConfig`, which extends them).
+
+A task family extends :class:`RunConfig` with its own fields and may give a field another default
+with :func:`~monteclora_pyro.runner.options.redefault`.  Values are checked when a settings object is
+made; :meth:`RunConfig.resolved` adds the checks that read files (the prior declaration, data
+folders).  Nothing here imports torch, so ``--help`` and a bad value answer at once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..declarations import PEERS, PriorSpec, load_prior
+from .options import (
+    check_options,
+    device,
+    fraction,
+    integer,
+    nonnegative_float,
+    nonnegative_int,
+    option,
+    optional,
+    positive_float,
+    positive_int,
+    real,
+    text,
+)
+
+__all__ = ["BACKBONE_DTYPES", "RESUME_IGNORED", "RunConfig", "TrainConfig"]
+
+# settings a resumed run (or a finished sweep cell) may differ in: where things are, how progress is shown
+RESUME_IGNORED = ("output_dir", "data_dir", "model", "device", "progress", "resume", "checkpoint_every")
+BACKBONE_DTYPES = ("float32", "bfloat16", "float16")
+
+
+@dataclass
+class TrainConfig:
+    """The training loop's settings (:func:`~monteclora_pyro.runner.training.train`)."""
+
+    lr: float = option(2e-3, "learning rate of the LoRA weights and the task head", positive_float)
+    variational_lr: float | None = option(1e-2, "learning rate of the guides' own parameters (scales, "
+                                                "concentrations) and of a regression likelihood's noise scale; "
+                                                "'same' for lr", optional(positive_float))
+    weight_decay: float = option(0.0, "AdamW weight decay of the network parameters", nonnegative_float)
+    warmup_ratio: float = option(0.06, "linear warm-up share of the steps", fraction)
+    grad_clip: float = option(1.0, "gradient-norm clipping ('inf' disables it)", positive_float)
+    epochs: int = option(2, "passes over the training rows", positive_int)
+    max_steps: int | None = option(None, "stop after this many steps (overrides --epochs)", optional(positive_int))
+    kl_anneal_steps: int = option(0, "linear KL warm-up steps (0 = none)", nonnegative_int)
+    log_every: int = option(10, "record the ELBO's terms every N steps", positive_int)
+    progress: bool = option(True, "progress bar")
+
+    def __post_init__(self) -> None:
+        check_options(self)
+
+    def total_steps(self, batches_per_epoch: int) -> int:
+        """``max_steps`` when set (it overrides ``epochs``, as in Hugging Face), else epochs x batches."""
+        return self.max_steps or self.epochs * batches_per_epoch
+
+
+@dataclass
+class RunConfig(TrainConfig):
+    """The method, the optimization and the run's bookkeeping; ``None`` fields resolve to defaults."""
+
+    output_dir: str = option("runs/run", "where config.json, metrics.json, posterior.nc and plots go")
+    prior: str = option("monteclora", "bundled prior name (models/*.toml) or a .toml path")
+    guide: str | None = option(None, "guide name (guides/); default: the prior family's own")
+    peer: str | None = option(None, "train a PEFT peer instead of ours", choices=PEERS)
+    model: str | None = option(None, "Hugging Face model id or directory (default: the family's packaged model)")
+    rank: int | None = option(None, "LoRA rank (overrides the prior's)", optional(positive_int))
+    targets: str | None = option(None, "comma-separated module names to adapt, overriding the prior's ('none': "
+                                       "the prior's)", optional(text))
+    perturbation_scale: float | None = option(None, "eps of the monteclora perturbations (overrides the prior's)",
+                                              optional(positive_float))
+    batch_size: int = option(32, "training batch size", positive_int)
+    eval_batch_size: int = option(64, "evaluation batch size", positive_int)
+    seed: int = option(0, "seed of the data order, the subset and every draw", integer)
+    num_samples: int = option(8, "posterior draws averaged by the predictive", positive_int)
+    kl_weight: float = option(1.0, "ELBO tempering beta (1 = the ELBO; the paper's lambda is beta / N_train)",
+                              nonnegative_float)
+    peft_kl_loss_weight: float = option(1e-5, "PEFT MonteCLoRA's kl_loss_weight (peer only)", real)
+    dirichlet_sampler: str = option("exact", "q(pi) sampler of the monteclora guide", choices=("exact", "laplace"))
+    max_length: int = option(128, "tokens per example", positive_int)
+    backbone_dtype: str = option("float32", "dtype of the frozen backbone's weights (bfloat16 halves their memory; "
+                                            "LoRA and variational parameters stay float32)", choices=BACKBONE_DTYPES)
+    gradient_checkpointing: bool = option(False, "recompute activations in the backward pass (less memory; the "
+                                                 "recomputed forward sees the same posterior draw)")
+    eval_each_epoch: bool = option(False, "evaluation metrics after every epoch (metrics.json 'epochs')")
+    checkpoint_every: int = option(0, "also write a checkpoint every N steps (one is always written at the end "
+                                      "and on Ctrl-C)", nonnegative_int)
+    resume: bool = option(False, "continue the interrupted run of this output dir from its checkpoint")
+    device: str = option("auto", "where to train: auto (CUDA when present), cpu, cuda, cuda:0, ...", device)
+
+    def default_model(self) -> str:
+        """The family's embedded backbone (a packaged model when installed, else its hub id)."""
+        raise NotImplementedError
+
+    def headline(self) -> tuple[str, str]:
+        """(what the run is scored on, its headline metric in ``metrics.json``, or in its ``average``)."""
+        raise NotImplementedError
+
+    def scored_tasks(self) -> list[str]:
+        """The tasks whose metrics ``metrics.json`` holds under their own names (none: one task, at the top level)."""
+        return []
+
+    def resolved(self) -> RunConfig:
+        """A copy with defaults filled in and the prior and guide checked; raises ValueError naming the bad one.
+
+        A family's ``resolved`` checks its own files and then calls this one."""
+        if self.__dict__.get("_resolved"):
+            return self
+        if self.targets is not None and not self.target_list():
+            raise ValueError(f"targets = {self.targets!r} names no module (comma-separated names, e.g. q_proj,v_proj)")
+        spec = self.prior_spec()
+        if self.guide is not None:
+            from ..guides import check_guide  # the registry imports torch: only for a guide named by hand
+
+            check_guide(self.guide, spec)
+        resolved = dataclasses.replace(self, guide=self.guide or spec.default_guide,
+                                       model=self.model or self.default_model(), rank=spec.rank)
+        resolved.__dict__["_resolved"] = True
+        return resolved
+
+    def target_list(self) -> list[str] | None:
+        return None if self.targets is None else [t.strip() for t in self.targets.split(",") if t.strip()]
+
+    def prior_spec(self) -> PriorSpec:
+        """The prior declaration with this run's overrides, read once per settings object."""
+        key = (self.prior, self.rank, self.targets, self.perturbation_scale)
+        cached = self.__dict__.get("_prior_spec")
+        if cached is None or cached[0] != key:
+            targets = tuple(self.target_list() or ()) or None
+            spec = load_prior(self.prior, rank=self.rank, targets=targets)
+            if self.perturbation_scale is not None and hasattr(spec, "perturbation_scale"):
+                spec = spec.replace(perturbation_scale=self.perturbation_scale)
+            self.__dict__["_prior_spec"] = cached = (key, spec)
+        return cached[1]
+
+    def record(self) -> dict[str, Any]:
+        """The configuration as ``config.json`` holds it: every field, and the prior declaration it loads
+        (JSON types: tuples become lists, so a record compares equal to one read back)."""
+        return json.loads(json.dumps(dataclasses.asdict(self) | {"prior_spec": self.prior_spec().record()}))
+
+    def changes_from(self, written: Mapping[str, Any]) -> list[str]:
+        """The settings that differ from an earlier run's record, apart from :data:`RESUME_IGNORED`.
+
+        A setting the record lacks (added in a later version) counts as its default then, so new
+        options leave finished runs valid as long as they keep their defaults; a prior setting of
+        another family (an older record listed every family's) is not compared."""
+        now = self.record()
+        then = _defaults(type(self)) | dict(written)
+        changes = [f"{k}: {then.get(k)!r} there, {v!r} now" for k, v in now.items()
+                   if k not in (*RESUME_IGNORED, "prior_spec") and then.get(k) != v]
+        spec_then = _defaults(type(self.prior_spec())) | dict(written.get("prior_spec") or {})
+        return changes + [f"prior_spec.{k}: {spec_then.get(k)!r} there, {v!r} now"
+                          for k, v in now["prior_spec"].items() if k != "name" and spec_then.get(k) != v]
+
+    def checkpoint_path(self) -> Path:
+        """``<output_dir>.checkpoint/checkpoint.pt``: beside the run's folder, so it survives a failed run."""
+        out = Path(self.output_dir)
+        return out.with_name(out.name + ".checkpoint") / "checkpoint.pt"
+
+
+def _defaults(cls: type) -> dict[str, Any]:
+    """A dataclass's field defaults in JSON form (tuples as lists)."""
+    return json.loads(json.dumps({f.name: f.default for f in dataclasses.fields(cls)
+                                  if f.default is not dataclasses.MISSING}))
