@@ -1,26 +1,15 @@
 """Reparameterized distributions the MonteCLoRA hierarchy needs and torch / Pyro do not provide.
 
-* :class:`WishartCholesky` -- the Wishart law, but over the Cholesky factor ``L`` of ``Sigma = L L^T``.
-  Sampling it is the Bartlett decomposition, which yields ``L`` directly, so neither the guide nor
-  the model ever factorizes a matrix, and no draw is ever rejected or resampled (torch's
-  ``Wishart.rsample`` resamples "singular" draws, which biases it; PEFT calls its private
-  ``_bartlett_sampling``).  Written by hand because no maintained library ships it.
+* :class:`WishartCholesky`: the Wishart law over the Cholesky factor ``L`` of ``Sigma = L L^T``, sampled
+  by the Bartlett decomposition, so no matrix is factorized and no draw rejected or resampled (torch's
+  ``Wishart.rsample`` resamples "singular" draws, which biases it).  Its KL is registered in closed form.
+  Written by hand because no maintained library ships it.
 * :class:`Dirichlet`, :class:`Independent`, :class:`Delta`, :class:`ImproperUniform`,
-  :class:`Categorical` -- Pyro's, except that ``expand`` to the batch shape a law already has returns
-  the law itself.  A plate expands every site's law at every statement; the laws here are made at
-  the plate's shape, so that expansion is a no-op (it took about 10 us a statement on a 2-core
-  CPU), and the guide's and the model's noise law stay one object, whose KL is zero.
-  :class:`Categorical` also keeps its logits as given and scores a value of its batch shape with
-  one fused ``cross_entropy`` kernel (the likelihood of every training step), normalizing them only
-  when another method asks.
-* :class:`LaplaceBridgeDirichlet` -- a Dirichlet whose ``rsample`` is the softmax-basis Laplace
-  approximation used by the MonteCLoRA reference code.  Its density and KL are the exact
-  Dirichlet ones, so only the sampler is approximate; torch's exact ``Dirichlet.rsample`` is the
-  default elsewhere in this package.
-
-KL divergences: ``kl_divergence(WishartCholesky, WishartCholesky)`` is registered in closed form
-(the KL is invariant under the bijection ``L -> L L^T``, so it is the Wishart-Wishart KL); the
-Dirichlet KL is torch's own.
+  :class:`Categorical`: Pyro's, except that ``expand`` to the batch shape a law already has returns the
+  law itself, so a plate's expansion is free and the guide's and the model's noise law stay one object
+  (KL zero).  :class:`Categorical` also scores its batch shape with one fused ``cross_entropy``.
+* :class:`LaplaceBridgeDirichlet`: a Dirichlet whose ``rsample`` is the softmax-basis Laplace
+  approximation of the MonteCLoRA reference code (density and KL exact).
 """
 
 from __future__ import annotations

@@ -1,21 +1,11 @@
-"""Calibration of a regression predictive: the mixture over S draws of N(draw_s, sigma).
+"""Calibration of a regression predictive: the mixture over S draws of N(draw_s, sigma), in float64.
 
-A regression model's predictive for example i is ``F_i = (1/S) sum_s N(mu_is, sigma)``, with
-``mu_is`` the prediction of draw s (one draw for a point estimate) and ``sigma`` the Gaussian
-likelihood's noise scale.  Scored here, all in float64:
-
-* NLL: mean ``-log F_i'(y_i)``, the density of the mixture at the target;
-* quantile ECE (Kuleshov et al. 2018, "Accurate uncertainties for deep learning using calibrated
-  regression"): a calibrated predictive puts y_i below its q-quantile a share q of the time, so
-  the probability integral transform ``F_i(y_i)`` is uniform.  The error is the mean, over the
-  ``num_levels`` levels ``q_k = (k + 1/2) / num_levels``, of ``|share(F_i(y_i) <= q_k) - q_k|``;
-* CRPS: the continuous ranked probability score ``E|X - y| - E|X - X'| / 2`` (X, X' drawn from F_i),
-  in the target's units, the regression counterpart of the Brier score; closed form for a Gaussian
-  mixture (Grimit et al. 2006);
-* :func:`fit_noise_scale`: the regression counterpart of temperature scaling, the sigma that
-  minimizes the NLL on held-out rows.
-
-``draws`` is an (examples x S) tensor of predictions and ``targets`` an (examples,) tensor.
+``draws`` is an (examples x S) tensor of predictions, ``targets`` an (examples,) tensor and ``scale``
+the Gaussian likelihood's sigma.  Scores: the mixture's NLL; the quantile calibration error of
+Kuleshov et al. 2018 (the mean over levels q of |share of targets below the predicted q-quantile - q|);
+the CRPS in closed form for a Gaussian mixture (Grimit et al. 2006), the regression counterpart of the
+Brier score; and :func:`fit_noise_scale`, the counterpart of temperature scaling (the sigma that
+minimizes the NLL on held-out rows).
 """
 
 from __future__ import annotations

@@ -16,10 +16,7 @@ posterior predictive (draws taken once and one forward per draw, as ``predict`` 
     python benchmarks/step_time.py --backbone tiny --batch-size 4 --seq-len 16 --warmup 1 --repeats 2
 
 The last line printed is one JSON object (ratios, raw per-method numbers, backbone, device, versions).
-
-On a machine other processes load, wall times swing by tens of percent between workers: use
-``--rounds 3`` (workers interleaved, each method keeps its fastest round) and read the CPU-time
-ratios (``cpu_time_ratios``) beside the wall-time ones; ``--threads 1`` makes the CPU time exact.
+On a loaded machine use ``--rounds 3`` (each method keeps its fastest round) and the CPU-time ratios.
 """
 
 from __future__ import annotations

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,7 +33,7 @@ from .options import (
     text,
 )
 
-__all__ = ["BACKBONE_DTYPES", "RESUME_IGNORED", "RunConfig", "TrainConfig"]
+__all__ = ["BACKBONE_DTYPES", "RESUME_IGNORED", "RunConfig", "TrainConfig", "default_data_dir"]
 
 # settings a resumed run (or a finished sweep cell) may differ in: where things are, how progress is shown
 RESUME_IGNORED = ("output_dir", "data_dir", "model", "device", "progress", "resume", "checkpoint_every")
@@ -165,6 +166,14 @@ class RunConfig(TrainConfig):
         """``<output_dir>.checkpoint/checkpoint.pt``: beside the run's folder, so it survives a failed run."""
         out = Path(self.output_dir)
         return out.with_name(out.name + ".checkpoint") / "checkpoint.pt"
+
+
+def default_data_dir(variable: str, folder: str) -> Path | None:
+    """``$<variable>``, else ``../shared/data/<folder>`` beside the checkout, else None (a family's hub data)."""
+    if os.environ.get(variable):
+        return Path(os.environ[variable])
+    candidate = Path(__file__).resolve().parents[3] / "shared" / "data" / folder
+    return candidate if candidate.is_dir() else None
 
 
 def _defaults(cls: type) -> dict[str, Any]:

@@ -1,22 +1,16 @@
 """The commonsense-reasoning task family: a causal LM fine-tuned on LLM-Adapters data (loss on the
-response tokens only) and scored on the tasks' test files.
+response tokens only) and scored on the tasks' test files, in one of two protocols:
 
-Two evaluation protocols:
-
-- ``options``: each answer option is scored by its likelihood as the response,
-  ``p(response_k | prompt)`` normalized over the options, under each of S posterior draws; the
-  predictive averages the S distributions.  Accuracy, NLL, ECE (15 bins), Brier and a reliability
-  diagram per task, for the predictive and the posterior mean (``mean_*``).  The responses share
-  their first tokens (``the correct answer is``); when the options differ in their last token only
-  (the answer words ``answer1``..., ``true``/``false`` with every tokenizer tried), one forward pass
-  scores them all, else one pass per option scores its remaining tokens.
+- ``options``: each answer option is scored by its likelihood as the response, normalized over the
+  options, under each of S posterior draws; the predictive averages them (accuracy, NLL, ECE, Brier
+  and a reliability diagram per task, for the predictive and the posterior mean).  Options that
+  differ in their last token only are scored in one forward pass; longer ones share the prompt's
+  key/value cache.
 - ``generate``: greedy decoding with the posterior-mean adapters and the first option named in the
   text as the answer (the LLM-Adapters protocol); accuracy only.
 
-Prompts follow LLM-Adapters' template (without the indentation its code leaves in the string).  The
-response is LLM-Adapters' (``the correct answer is answer2``), or with ``answer_format = "text"`` the
-option's own text (``the correct answer is <text of option 2>``), for training and scoring alike: a
-small model need not learn which answer word names which option.
+The response is LLM-Adapters' (``the correct answer is answer2``) or, with ``answer_format = "text"``,
+the option's own text.
 """
 
 from __future__ import annotations

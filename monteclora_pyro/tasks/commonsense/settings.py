@@ -11,12 +11,11 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from ...runner.options import option, optional, positive_int, redefault
-from ...runner.settings import RunConfig
+from ...runner.settings import RunConfig, default_data_dir
 
 __all__ = ["ANSWER_FORMATS", "COMMONSENSE_TASKS", "CommonsenseRunConfig", "default_commonsense_dir", "default_model",
            "task_file"]
@@ -47,11 +46,7 @@ def default_model() -> str:
 
 def default_commonsense_dir() -> Path | None:
     """``$MONTECLORA_COMMONSENSE_DIR``, else ``../shared/data/commonsense`` beside the checkout, else None."""
-    env = os.environ.get("MONTECLORA_COMMONSENSE_DIR")
-    if env:
-        return Path(env)
-    candidate = Path(__file__).resolve().parents[4] / "shared" / "data" / "commonsense"
-    return candidate if candidate.is_dir() else None
+    return default_data_dir("MONTECLORA_COMMONSENSE_DIR", "commonsense")
 
 
 def task_file(data_dir: str | Path, task: str, split: str) -> Path:

@@ -1,20 +1,12 @@
 """The overfitting benchmark: small training sets, several epochs, calibration of every method.
 
-Per GLUE task, every method trains on the same seeded subset of the training set (a share of it held
-out) for several epochs, once per seed, as the cells of a :func:`~monteclora_pyro.runner.sweep.run_sweep`
-grid with one learning rate and one batch size (resumable, and shareable by processes that split
-the seeds).  Two post-hoc baselines come from the ``map`` (plain LoRA) cells without training again:
-
-* ``map+temperature``: temperature scaling (Guo et al. 2017) fitted on the held-out rows (``ts_*``);
-  for regression (STS-B) the noise scale refitted on them;
-* ``map+mc_dropout``: MC dropout, the network's dropout layers (active in training) left on at test
-  and ``mc_dropout_samples`` passes averaged (``mcd_*``).
-
-Written per task: ``overfitting.csv`` (one row per method and seed), and at the top
-``summary.json`` (mean and std over seeds of the metric, accuracy, NLL, ECE and Brier per task and
-method; the mean ECE after each epoch) and ``plots/ece_vs_epoch_<task>.png``.  For regression the
-ECE is the quantile calibration error and CRPS stands in for the Brier score
-(:mod:`~monteclora_pyro.regression_calibration`).
+Per GLUE task, every method trains on the same seeded subset (a share held out) for several epochs,
+once per seed, as the cells of a :func:`~monteclora_pyro.runner.sweep.run_sweep` grid (resumable,
+shareable by processes that split the seeds).  The ``map`` (plain LoRA) cells also give the post-hoc
+baselines ``map+temperature`` (temperature scaling fitted on the held-out rows, or for regression a
+refitted noise scale) and ``map+mc_dropout``.  Writes per task ``overfitting.csv``, and
+``summary.json`` (mean and std over seeds of each score; the ECE after each epoch) and
+``plots/ece_vs_epoch_<task>.png``.
 """
 
 from __future__ import annotations

@@ -4,12 +4,11 @@
 from __future__ import annotations
 
 import dataclasses
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ...runner.options import fraction, nonnegative_int, option, optional, positive_int, redefault
-from ...runner.settings import RunConfig
+from ...runner.settings import RunConfig, default_data_dir
 
 __all__ = ["GLUE_TASKS", "GlueRunConfig", "GlueTask", "default_glue_dir", "default_model", "get_task",
            "primary_metric"]
@@ -76,11 +75,7 @@ def primary_metric(task: str) -> str:
 
 def default_glue_dir() -> Path | None:
     """``$MONTECLORA_GLUE_DIR``, else ``../shared/data/glue`` beside the checkout, else None (use the hub)."""
-    env = os.environ.get("MONTECLORA_GLUE_DIR")
-    if env:
-        return Path(env)
-    candidate = Path(__file__).resolve().parents[4] / "shared" / "data" / "glue"
-    return candidate if candidate.is_dir() else None
+    return default_data_dir("MONTECLORA_GLUE_DIR", "glue")
 
 
 def default_model() -> str:
