@@ -14,7 +14,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from monteclora_pyro.runner.options import add_config_arguments, config_values, integer, number_list
+from monteclora_pyro.kinds import integer, number_list
+from monteclora_pyro.runner.options import add_config_arguments, config_values
 from monteclora_pyro.tasks.glue.settings import GlueRunConfig
 
 BENCHMARK_DEFAULTS = {"max_train_samples": 1000, "holdout_fraction": 0.1, "epochs": 6, "mc_dropout_samples": 8,

@@ -31,6 +31,7 @@ from torch.distributions import kl_divergence
 
 from .declarations import PriorSpec
 from .guides import GUIDES, build_group_guide
+from .kinds import nonnegative_float, positive_int
 from .likelihoods import build_likelihood
 from .lora_method import LoRAMethod
 from .lora_sites import factor_sites, group_sites, inject_lora
@@ -70,10 +71,8 @@ class BayesianLoRA(LoRAMethod):
         group_by_shape: bool = True,
     ) -> None:
         super().__init__(network, likelihood, autocast_dtype)
-        if not (isinstance(num_data, int) and num_data >= 1):
-            raise ValueError(f"num_data = {num_data!r} must be a positive integer (the training-set size)")
-        if not kl_weight >= 0:
-            raise ValueError(f"kl_weight = {kl_weight!r} must be >= 0")
+        positive_int.check("num_data", num_data)
+        nonnegative_float.check("kl_weight", kl_weight)
         self.spec = spec
         self.guide_name = guide or spec.default_guide
         self.sites = factor_sites(network, spec.stochastic)

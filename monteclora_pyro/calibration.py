@@ -14,6 +14,8 @@ from typing import NamedTuple
 
 import torch
 
+from .kinds import positive_int
+
 __all__ = [
     "ReliabilityBins",
     "brier_score",
@@ -59,8 +61,8 @@ def _validate(probs: torch.Tensor, labels: torch.Tensor, num_bins: int | None = 
         raise ValueError(
             "probs must be probabilities in [0, 1] (got values outside it, or NaN); pass softmax(logits)"
         )
-    if num_bins is not None and not (isinstance(num_bins, int) and num_bins >= 1):
-        raise ValueError(f"num_bins = {num_bins!r} must be an integer >= 1")
+    if num_bins is not None:
+        positive_int.check("num_bins", num_bins)
 
 
 def _binned_sums(

@@ -18,6 +18,7 @@ from pyro import poutine
 
 from .artifacts import atomic_output
 from .bayesian_lora import BayesianLoRA
+from .kinds import positive_int
 
 __all__ = ["posterior_inference_data", "save_posterior"]
 
@@ -47,8 +48,7 @@ def posterior_inference_data(
     dev set), stored as ``log_likelihood.y[chain, draw, example]`` for ``az.loo`` / ``az.waic``.  Its
     draws need not be the posterior group's draws (their number may differ).
     """
-    if not (isinstance(num_draws, int) and num_draws >= 1):
-        raise ValueError(f"num_draws = {num_draws!r} must be an integer >= 1")
+    positive_int.check("num_draws", num_draws)
     y = None if observed is None else torch.as_tensor(observed).cpu().numpy()
     if y is not None and y.ndim != 1:
         raise ValueError(f"observed must be 1-D (one label per example); got shape {y.shape}")

@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterable, Mapping
 import torch
 from torch import nn
 
+from .kinds import positive_int
 from .lora_method import LoRAMethod
 
 __all__ = ["Predictions", "draw_outputs", "mc_dropout", "move_to", "posterior_draws", "predict"]
@@ -23,15 +24,10 @@ def move_to(batch: Mapping[str, torch.Tensor], device: torch.device | str) -> di
     return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
 
 
-def _check_samples(num_samples: int) -> None:
-    if not (isinstance(num_samples, int) and num_samples >= 1):
-        raise ValueError(f"num_samples = {num_samples!r} must be an integer >= 1")
-
-
 def posterior_draws(module: LoRAMethod, num_samples: int) -> list[dict[str, torch.Tensor]]:
     """``num_samples`` posterior draws of the adapters, taken once and shared by every batch (one draw for a
     point estimate, whose draws are all the same)."""
-    _check_samples(num_samples)
+    positive_int.check("num_samples", num_samples)
     return [module.posterior_draw() for _ in range(1 if module.point_estimate else num_samples)]
 
 
@@ -88,7 +84,7 @@ def mc_dropout(module: LoRAMethod, loader: Iterable, num_samples: int, device=No
     ``draws`` is each pass's prediction (class probabilities, or the value for regression) and ``mean``
     their average.
     """
-    _check_samples(num_samples)
+    positive_int.check("num_samples", num_samples)
     device = device or next(module.parameters()).device
     module.eval()
     dropouts = [m for m in module.modules() if isinstance(m, nn.Dropout) and m.p > 0]

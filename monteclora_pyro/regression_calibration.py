@@ -14,6 +14,8 @@ import math
 
 import torch
 
+from .kinds import positive_int
+
 __all__ = ["crps", "fit_noise_scale", "mixture_nll", "probability_integral_transform",
            "quantile_calibration_error", "quantile_coverage", "regression_calibration"]
 
@@ -48,8 +50,7 @@ def probability_integral_transform(draws: torch.Tensor, targets: torch.Tensor, s
 
 def quantile_coverage(pit: torch.Tensor, num_levels: int = 15) -> tuple[torch.Tensor, torch.Tensor]:
     """(the levels q_k = (k + 1/2) / num_levels, the share of PIT values <= q_k): a calibration curve."""
-    if not (isinstance(num_levels, int) and num_levels >= 1):
-        raise ValueError(f"num_levels = {num_levels!r} must be an integer >= 1")
+    positive_int.check("num_levels", num_levels)
     levels = (torch.arange(num_levels, dtype=torch.float64) + 0.5) / num_levels
     return levels, (pit.detach().double().cpu()[:, None] <= levels).double().mean(0)
 

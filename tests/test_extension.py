@@ -22,11 +22,12 @@ from torch import nn
 from monteclora_pyro.adapters import load_adapter
 from monteclora_pyro.declarations import PriorSpec, load_prior
 from monteclora_pyro.guides import GUIDES, register_guide
+from monteclora_pyro.kinds import positive_int
 from monteclora_pyro.likelihoods import CategoricalLikelihood
 from monteclora_pyro.metrics import classification_metrics
 from monteclora_pyro.prediction import predict
 from monteclora_pyro.priors import PRIOR_FAMILIES, Panel, PriorFamily, register_prior
-from monteclora_pyro.runner.options import option, positive_int
+from monteclora_pyro.runner.options import option
 from monteclora_pyro.runner.pipeline import Evaluation, TaskFamily, make_loader, run
 from monteclora_pyro.runner.settings import RunConfig
 from monteclora_pyro.tasks.glue.family import run_glue

@@ -18,7 +18,7 @@ import time
 
 import torch
 
-from ..runner.options import positive_int
+from ..kinds import positive_int
 from . import step_time
 
 

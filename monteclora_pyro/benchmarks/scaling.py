@@ -25,7 +25,7 @@ import torch
 
 from ..artifacts import atomic_write_json
 from ..backbones import resolve_device
-from ..runner.options import number_list, positive_int
+from ..kinds import number_list, positive_int
 from . import step_time
 
 METHODS = ("peft-lora", "peft-monteclora", "monteclora")

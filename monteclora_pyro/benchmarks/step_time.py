@@ -38,7 +38,8 @@ from typing import Any
 
 import torch
 
-from ..runner.options import add_config_arguments, nonnegative_int, option, optional, positive_int
+from ..kinds import nonnegative_int, optional, positive_int
+from ..runner.options import add_config_arguments, option
 from ..runner.settings import RunConfig
 
 BACKBONES = ("minilm", "roberta-base", "llama-7b", "tiny", "tiny-24", "llama-tiny")

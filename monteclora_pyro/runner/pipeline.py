@@ -33,6 +33,7 @@ from ..adapters import save_adapter
 from ..artifacts import atomic_run_dir, atomic_write_json
 from ..backbones import check_backbone, resolve_device
 from ..diagnostics import posterior_inference_data, save_posterior
+from ..kinds import positive_int
 from ..lora_method import LoRAMethod
 from ..methods import build_method
 from .checkpoints import Checkpointer
@@ -112,8 +113,7 @@ def make_loader(dataset: Dataset, collate: Callable, batch_size: int, shuffle: b
                 world: World | None = None) -> DataLoader:
     """A minibatch loader, shuffled by a seeded generator; in a multi-process ``world``, this process's
     share of each global batch of ``batch_size`` rows."""
-    if not (isinstance(batch_size, int) and batch_size >= 1):
-        raise ValueError(f"batch_size = {batch_size!r} must be an integer >= 1")
+    positive_int.check("batch_size", batch_size)
     if world is not None and world.distributed:
         return sharded_loader(dataset, collate, batch_size, world, seed)
     generator = torch.Generator().manual_seed(seed)

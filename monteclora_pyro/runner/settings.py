@@ -18,20 +18,19 @@ from pathlib import Path
 from typing import Any
 
 from ..declarations import PEERS, PriorSpec, load_prior
-from .options import (
-    check_options,
+from ..kinds import (
     device,
     fraction,
     integer,
     nonnegative_float,
     nonnegative_int,
-    option,
     optional,
     positive_float,
     positive_int,
     real,
     text,
 )
+from .options import check_options, option
 
 __all__ = ["BACKBONE_DTYPES", "RESUME_IGNORED", "RunConfig", "TrainConfig", "default_data_dir"]
 
@@ -125,15 +124,18 @@ class RunConfig(TrainConfig):
             check_guide(self.guide, spec)
         resolved = dataclasses.replace(self, guide=self.guide or spec.default_guide,
                                        model=self.model or self.default_model(), rank=spec.rank)
-        resolved.__dict__["_resolved"] = True
+        resolved.__dict__.update(_resolved=True, _prior_spec=(resolved._spec_key(), spec))  # the same declaration
         return resolved
 
     def target_list(self) -> list[str] | None:
         return None if self.targets is None else [t.strip() for t in self.targets.split(",") if t.strip()]
 
+    def _spec_key(self) -> tuple:
+        return self.prior, self.rank, self.targets, self.perturbation_scale
+
     def prior_spec(self) -> PriorSpec:
-        """The prior declaration with this run's overrides, read once per settings object."""
-        key = (self.prior, self.rank, self.targets, self.perturbation_scale)
+        """The prior declaration with this run's overrides, read once per run."""
+        key = self._spec_key()
         cached = self.__dict__.get("_prior_spec")
         if cached is None or cached[0] != key:
             targets = tuple(self.target_list() or ()) or None

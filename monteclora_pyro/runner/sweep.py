@@ -23,7 +23,8 @@ from typing import Any
 
 from ..artifacts import atomic_write_csv, atomic_write_json
 from ..declarations import PEERS
-from .options import add_config_arguments, config_values, integer, number_list, positive_float, positive_int
+from ..kinds import integer, number_list, positive_float, positive_int
+from .options import add_config_arguments, config_values
 from .pipeline import TaskFamily, run
 from .plots import plot_metric_vs_lr
 from .settings import RunConfig

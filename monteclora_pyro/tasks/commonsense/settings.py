@@ -14,7 +14,8 @@ import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
 
-from ...runner.options import option, optional, positive_int, redefault
+from ...kinds import optional, positive_int
+from ...runner.options import option, redefault
 from ...runner.settings import RunConfig, default_data_dir
 
 __all__ = ["ANSWER_FORMATS", "COMMONSENSE_TASKS", "CommonsenseRunConfig", "default_commonsense_dir", "default_model",

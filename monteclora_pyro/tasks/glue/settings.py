@@ -7,7 +7,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ...runner.options import fraction, nonnegative_int, option, optional, positive_int, redefault
+from ...kinds import fraction, nonnegative_int, optional, positive_int
+from ...runner.options import option, redefault
 from ...runner.settings import RunConfig, default_data_dir
 
 __all__ = ["GLUE_TASKS", "GlueRunConfig", "GlueTask", "default_glue_dir", "default_model", "get_task",
