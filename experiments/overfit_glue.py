@@ -1,9 +1,11 @@
 r"""The overfitting benchmark: small GLUE training sets, several epochs, calibration per method.
 
 Every method trains on the same seeded subset (a share held out for temperature scaling) once per
-seed; ``map`` also yields the post-hoc baselines ``map+temperature`` and ``map+mc_dropout``.
-Resumable, and processes may share OUT if they split --seeds or --tasks.  Writes
-OUT/<task>/overfitting.csv, OUT/summary.json and OUT/plots/ece_vs_epoch_<task>.png.
+seed, and is also scored after temperature scaling (``<method>+temperature``); ``map`` also yields
+``map+mc_dropout``.  Each method's per-row NLL is compared with ``map``'s and ``map+temperature``'s
+(paired bootstrap intervals).  Resumable, and processes may share OUT if they split --seeds or
+--tasks.  Writes OUT/<task>/overfitting.csv, OUT/<task>/comparisons.csv, OUT/summary.json and
+OUT/plots/ece_vs_epoch_<task>.png.
 
     python experiments/overfit_glue.py --tasks sst2,mrpc,stsb --seeds 0,1,2 \
         --methods map,monteclora,monteclora_scaled,gaussian,peft-monteclora --output-dir results/overfitting
@@ -43,13 +45,18 @@ def main(argv: list[str] | None = None) -> dict:
     except ValueError as error:
         p.error(str(error))
     for task, result in summary["tasks"].items():
-        print(f"\n{task} ({result['metric']}; mean +- std over seeds)")
-        columns = [s for s in ("metric", "nll", "ece", "brier", "crps")
+        print(f"\n{task} ({result['metric']}; mean +- std over seeds; ece_floor: the ECE of a calibrated model "
+              "with the same confidences on these rows)")
+        columns = [s for s in ("metric", "nll", "ece", "ece_floor", "ece_debiased", "brier", "crps")
                    if any(s in scores for scores in result["methods"].values())]
-        print(f"{'method':<20}" + "".join(f"{s:>18}" for s in columns))
+        print(f"{'method':<32}" + "".join(f"{s:>18}" for s in columns))
         for method, scores in result["methods"].items():
             cells = [f"{scores[s]['mean']:.4f} +- {scores[s]['std']:.4f}" if s in scores else "-" for s in columns]
-            print(f"{method:<20}" + "".join(f"{c:>18}" for c in cells))
+            print(f"{method:<32}" + "".join(f"{c:>18}" for c in cells))
+        print("\nNLL minus the baseline's on the same rows, pooled over seeds (paired bootstrap 95 % interval)")
+        for row in result["nll_versus"]:
+            print(f"{row['method']:<32} - {row['baseline']:<16} {row['nll_difference']:+.4f} "
+                  f"[{row['low']:+.4f}, {row['high']:+.4f}]  ({row['rows']} rows, {row['pairs']} pairs)")
     return summary
 
 

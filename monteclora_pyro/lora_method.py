@@ -20,7 +20,7 @@ from torch import nn
 
 __all__ = ["BATCH_KEYS", "LoRAMethod", "autocast"]
 
-BATCH_KEYS = ("labels", "idx")  # batch entries that are not network inputs
+BATCH_KEYS = ("labels", "idx", "row")  # batch entries that are not network inputs
 
 
 def autocast(batch: Mapping[str, torch.Tensor], dtype: torch.dtype | None):

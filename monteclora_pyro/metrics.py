@@ -7,7 +7,13 @@ import torch
 from scipy import stats
 from sklearn.metrics import f1_score, matthews_corrcoef
 
-from .calibration import brier_score, expected_calibration_error, maximum_calibration_error
+from .calibration import (
+    brier_score,
+    calibrated_ece,
+    debiased_calibration_error,
+    expected_calibration_error,
+    maximum_calibration_error,
+)
 
 __all__ = ["accuracy", "negative_log_likelihood", "classification_metrics", "regression_metrics", "glue_metrics"]
 
@@ -23,14 +29,20 @@ def negative_log_likelihood(probs: torch.Tensor, labels: torch.Tensor) -> float:
 
 
 def classification_metrics(probs: torch.Tensor, labels: torch.Tensor, num_bins: int = 15) -> dict[str, float]:
-    """accuracy, nll, ece and mce (``num_bins`` equal-width bins) and the Brier score."""
+    """accuracy, nll, ece and mce (``num_bins`` equal-width bins), the Brier score, the debiased L2 calibration
+    error (``ece_debiased``) and the ECE a calibrated model with these confidences would score on these rows
+    (``ece_floor``, with its spread ``ece_floor_std``)."""
     labels = labels.long()
+    floor, floor_std = calibrated_ece(probs, num_bins)
     return {
         "accuracy": accuracy(probs, labels),
         "nll": negative_log_likelihood(probs, labels),
         "ece": float(expected_calibration_error(probs, labels, num_bins)),
         "mce": float(maximum_calibration_error(probs, labels, num_bins)),
         "brier": float(brier_score(probs, labels)),
+        "ece_debiased": debiased_calibration_error(probs, labels, num_bins),
+        "ece_floor": floor,
+        "ece_floor_std": floor_std,
     }
 
 

@@ -15,7 +15,7 @@ from torch import nn
 from .kinds import positive_int
 from .lora_method import LoRAMethod
 
-__all__ = ["Predictions", "draw_outputs", "mc_dropout", "move_to", "posterior_draws", "predict"]
+__all__ = ["Predictions", "draw_outputs", "mc_dropout", "move_to", "posterior_draws", "predict", "uncertainty"]
 
 Predictions = dict[str, torch.Tensor]
 
@@ -40,13 +40,15 @@ def draw_outputs(module: LoRAMethod, batch: Mapping[str, torch.Tensor], draws: l
 @torch.no_grad()
 def _collect(loader: Iterable, device: torch.device, heads: Mapping[str, Callable]) -> Predictions:
     outputs: dict[str, list[torch.Tensor]] = {name: [] for name in heads}
-    labels = []
+    labels, rows = [], []
     for batch in loader:
         batch = move_to(batch, device)
         labels.append(batch["labels"].cpu())
+        rows.append(batch["row"].cpu() if "row" in batch else None)
         for name, head in heads.items():
             outputs[name].append(head(batch).cpu())
-    return {"labels": torch.cat(labels), **{name: torch.cat(v) for name, v in outputs.items()}}
+    known_rows = {"rows": torch.cat(rows)} if rows and all(r is not None for r in rows) else {}
+    return {"labels": torch.cat(labels), **known_rows, **{name: torch.cat(v) for name, v in outputs.items()}}
 
 
 def predict(module: LoRAMethod, loader: Iterable, num_samples: int, device=None,
@@ -75,6 +77,19 @@ def predict(module: LoRAMethod, loader: Iterable, num_samples: int, device=None,
     if module.likelihood.regression:
         result["predictive_var"] = stacked.var(1) if len(draws) > 1 else torch.zeros_like(stacked[:, 0])
     return result
+
+
+def uncertainty(draws: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Per example, from each draw's class probabilities (examples x draws x C): the predictive's ``entropy``
+    H[mean_s p_s], split into the ``expected_entropy`` E_s H[p_s] (aleatoric: the noise every draw sees)
+    and the ``mutual_information`` between the label and the draw (epistemic: the draws' disagreement)."""
+    draws = draws.double()
+
+    def entropy(probs: torch.Tensor) -> torch.Tensor:
+        return -(probs * probs.clamp_min(1e-300).log()).sum(-1)
+
+    total, expected = entropy(draws.mean(1)), entropy(draws).mean(1)
+    return {"entropy": total, "expected_entropy": expected, "mutual_information": (total - expected).clamp_min(0)}
 
 
 def mc_dropout(module: LoRAMethod, loader: Iterable, num_samples: int, device=None) -> Predictions:

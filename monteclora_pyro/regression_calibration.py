@@ -16,7 +16,7 @@ import torch
 
 from .kinds import positive_int
 
-__all__ = ["crps", "fit_noise_scale", "mixture_nll", "probability_integral_transform",
+__all__ = ["crps", "fit_noise_scale", "mixture_log_density", "mixture_nll", "probability_integral_transform",
            "quantile_calibration_error", "quantile_coverage", "regression_calibration"]
 
 
@@ -36,10 +36,15 @@ def _log_density(draws: torch.Tensor, targets: torch.Tensor, log_scale: torch.Te
     return per_draw.logsumexp(-1) - math.log(draws.shape[1])
 
 
+def mixture_log_density(draws: torch.Tensor, targets: torch.Tensor, scale: float) -> torch.Tensor:
+    """Per example, the log density of the predictive mixture at the target."""
+    draws, targets = _prepare(draws, targets, scale)
+    return _log_density(draws, targets, torch.tensor(math.log(scale), dtype=torch.float64))
+
+
 def mixture_nll(draws: torch.Tensor, targets: torch.Tensor, scale: float) -> float:
     """Mean -log density of the predictive mixture at the targets."""
-    draws, targets = _prepare(draws, targets, scale)
-    return -_log_density(draws, targets, torch.tensor(math.log(scale), dtype=torch.float64)).mean().item()
+    return -mixture_log_density(draws, targets, scale).mean().item()
 
 
 def probability_integral_transform(draws: torch.Tensor, targets: torch.Tensor, scale: float) -> torch.Tensor:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import importlib.util
 import json
 import os
@@ -62,6 +63,15 @@ def test_svi_glue_script_end_to_end(glue_dir, tmp_path):
     assert config["prior_spec"]["family"] == "monteclora" and config["rank"] == 8
     saved = json.loads((out / "adapter" / "posterior.json").read_text())
     assert saved["guide"] == "monteclora" and saved["prior_spec"] == config["prior_spec"]
+    with (out / "predictions.csv").open() as handle:  # one row per dev example, the same predictive
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == 24 and len({r["row"] for r in rows}) == 24
+    assert sum(float(r["nll"]) for r in rows) / 24 == pytest.approx(written["nll"], abs=1e-5)
+    for r in rows:
+        assert float(r["prob_0"]) + float(r["prob_1"]) == pytest.approx(1.0, abs=1e-5)
+        parts = float(r["expected_entropy"]) + float(r["mutual_information"])
+        assert float(r["entropy"]) == pytest.approx(parts, abs=1e-9)
+    assert 0 <= written["ece_floor"] < 0.5 and written["ece_floor_std"] > 0 and written["ece_debiased"] >= 0
 
 
 @pytest.mark.parametrize(
@@ -138,7 +148,8 @@ def test_overfitting_benchmark_script_on_real_sst2_rows(glue_dir, tmp_path):
             "--mc-dropout-samples", "2", "--max-length", "32"]
     summary = script.main(argv)
     methods = summary["tasks"]["sst2"]["methods"]
-    assert set(methods) == {"map", "map+temperature", "map+mc_dropout", "monteclora_scaled"}
+    assert set(methods) == {"map", "map+temperature", "map+mc_dropout", "monteclora_scaled",
+                            "monteclora_scaled+temperature"}
     assert methods["map"]["ece"]["seeds"] == 1
     assert methods["map"]["metric"]["mean"] == methods["map"]["accuracy"]["mean"]  # SST-2's metric
     cell = json.loads((tmp_path / "sst2" / "cells" / "map_lr0.002_bs8_seed0" / "metrics.json").read_text())
@@ -151,7 +162,17 @@ def test_overfitting_benchmark_script_on_real_sst2_rows(glue_dir, tmp_path):
     assert len(summary["tasks"]["sst2"]["ece_by_epoch"]["map"]) == 2
     assert (tmp_path / "plots" / "ece_vs_epoch_sst2.png").stat().st_size > 10_000
     rows = (tmp_path / "sst2" / "overfitting.csv").read_text().splitlines()
-    assert rows[0] == "task,method,seed,metric,accuracy,nll,ece,brier,crps" and len(rows) == 1 + 4
+    assert rows[0] == "task,method,seed,metric,accuracy,nll,ece,ece_debiased,ece_floor,brier,crps"
+    assert len(rows) == 1 + 5
+    versus = {(c["method"], c["baseline"]): c for c in summary["tasks"]["sst2"]["nll_versus"]}
+    assert set(versus) == {("map", "map+temperature"), ("map+temperature", "map"),
+                           *((m, b) for m in ("monteclora_scaled", "monteclora_scaled+temperature")
+                             for b in ("map", "map+temperature"))}
+    own = versus[("monteclora_scaled", "map")]  # the mean of the per-row differences is the difference of means
+    means = {m: methods[m]["nll"]["mean"] for m in ("monteclora_scaled", "map")}
+    assert own["nll_difference"] == pytest.approx(means["monteclora_scaled"] - means["map"], abs=1e-6)
+    assert own["low"] <= own["nll_difference"] <= own["high"] and own["rows"] == own["pairs"] == 24
+    assert len((tmp_path / "sst2" / "comparisons.csv").read_text().splitlines()) == 1 + len(versus)
     again = script.main([*argv, "--report-only"])
     assert again["tasks"] == summary["tasks"]
 

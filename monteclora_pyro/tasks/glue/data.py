@@ -103,7 +103,8 @@ def load_glue(
     seed: int = 0,
     holdout_fraction: float = 0.0,
 ) -> datasets.DatasetDict:
-    """Tokenized splits ``train`` and the task's dev splits, with ``labels`` and ``idx`` columns.
+    """Tokenized splits ``train`` and the task's dev splits, with ``labels``, ``idx`` (the position in the
+    split as loaded) and ``row`` (the row of the task's file, the same whatever subset a seed draws).
 
     ``holdout_fraction`` > 0 moves that share of the (limited) training rows into a ``holdout``
     split (seeded), e.g. to fit a temperature on rows the model was not trained on.
@@ -111,6 +112,7 @@ def load_glue(
     if not 0 <= holdout_fraction < 1:
         raise ValueError(f"holdout_fraction = {holdout_fraction!r} must be in [0, 1)")
     raw = _read_local(task, Path(data_dir)) if data_dir is not None else _read_hub(task)
+    raw = datasets.DatasetDict({split: rows.add_column("row", list(range(len(rows)))) for split, rows in raw.items()})
     limits = {"train": max_train_samples} | {s: max_eval_samples for s in task.dev_splits}
     for split, limit in limits.items():
         if limit is not None and limit < len(raw[split]):
@@ -126,7 +128,7 @@ def load_glue(
         encoded["labels"] = [dtype(v) for v in rows["label"]]
         return encoded
 
-    tokenized = raw.map(encode, batched=True, remove_columns=raw["train"].column_names)
+    tokenized = raw.map(encode, batched=True, remove_columns=[c for c in raw["train"].column_names if c != "row"])
     return datasets.DatasetDict(
         {split: ds.add_column("idx", list(range(len(ds)))) for split, ds in tokenized.items()}
     )

@@ -2,15 +2,17 @@
 
 Per GLUE task, every method trains on the same seeded subset (a share held out) for several epochs,
 once per seed, as the cells of a :func:`~monteclora_pyro.runner.sweep.run_sweep` grid (resumable,
-shareable by processes that split the seeds).  The ``map`` (plain LoRA) cells also give the post-hoc
-baselines ``map+temperature`` (temperature scaling fitted on the held-out rows, or for regression a
-refitted noise scale) and ``map+mc_dropout``.  Writes per task ``overfitting.csv``, and
-``summary.json`` (mean and std over seeds of each score; the ECE after each epoch) and
-``plots/ece_vs_epoch_<task>.png``.
+shareable by processes that split the seeds).  Every method is also scored after temperature scaling
+fitted on the held-out rows (``<method>+temperature``; for regression a refitted noise scale), and the
+``map`` (plain LoRA) cells give ``map+mc_dropout``.  Each method's per-row NLL is compared with
+``map``'s and ``map+temperature``'s by a paired bootstrap interval.  Writes per task
+``overfitting.csv`` and ``comparisons.csv``, and ``summary.json`` (mean and std over seeds of each
+score, the comparisons, the ECE after each epoch) and ``plots/ece_vs_epoch_<task>.png``.
 """
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 import json
 import statistics
@@ -19,15 +21,20 @@ from pathlib import Path
 from typing import Any
 
 from ...artifacts import atomic_write_csv, atomic_write_json
+from ...comparison import paired_bootstrap
 from ...runner.plots import plot_ece_vs_epoch
 from ...runner.sweep import Cell, run_sweep
 from .family import GlueFamily
 from .settings import GlueRunConfig, get_task, primary_metric
 
-__all__ = ["POST_HOC", "SCORES", "overfitting_rows", "run_overfitting", "summarize"]
+__all__ = ["BASELINES", "COMPARISON_COLUMNS", "SCORES", "comparisons", "overfitting_rows", "run_overfitting",
+           "summarize"]
 
-SCORES = ("metric", "accuracy", "nll", "ece", "brier", "crps")  # regression: no accuracy or Brier; CRPS
-POST_HOC = {"map+temperature": "ts_", "map+mc_dropout": "mcd_"}  # derived from the map cells
+# regression: no accuracy, Brier or binned ECE; its ece is the quantile calibration error, and CRPS
+SCORES = ("metric", "accuracy", "nll", "ece", "ece_debiased", "ece_floor", "brier", "crps")
+TEMPERATURE = "+temperature"  # <method>+temperature: the method's predictive recalibrated on the held-out rows
+BASELINES = ("map", "map+temperature")  # every method's NLL is compared with these, row by row
+COMPARISON_COLUMNS = ("method", "baseline", "nll_difference", "low", "high", "rows", "pairs")
 
 
 def _score_row(task: str, method: str, seed: int, metrics: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -37,23 +44,67 @@ def _score_row(task: str, method: str, seed: int, metrics: Mapping[str, Any], pr
     return row
 
 
+def _cell_dir(output_dir: Path, method: str, seed: int, config: GlueRunConfig) -> Path:
+    return output_dir / "cells" / Cell(method, config.lr, config.batch_size, seed).name
+
+
 def overfitting_rows(task: str, output_dir: Path, methods: Sequence[str], seeds: Sequence[int],
                      config: GlueRunConfig) -> tuple[list[dict[str, Any]], dict[str, list[list[float]]]]:
-    """Rows (method, seed, scores) of the finished cells, with the post-hoc baselines of ``map``, and
-    the ECE after each epoch per method (one list per seed)."""
+    """Rows (method, seed, scores) of the finished cells, each method also after temperature scaling
+    (``<method>+temperature``) and ``map`` with MC dropout (``map+mc_dropout``), and the ECE after each
+    epoch per method (one list per seed)."""
     rows, epochs = [], {}
     for method in methods:
         for seed in seeds:
-            path = output_dir / "cells" / Cell(method, config.lr, config.batch_size, seed).name / "metrics.json"
+            path = _cell_dir(output_dir, method, seed, config) / "metrics.json"
             if not path.exists():
                 continue
             metrics = json.loads(path.read_text())
             rows.append(_score_row(task, method, seed, metrics))
             epochs.setdefault(method, []).append([e["ece"] for e in metrics.get("epochs", [])])
-            if method == "map":
-                rows.extend(_score_row(task, name, seed, metrics, prefix) for name, prefix in POST_HOC.items()
-                            if metrics.get(prefix + "ece") is not None)
+            post_hoc = {method + TEMPERATURE: "ts_"} | ({"map+mc_dropout": "mcd_"} if method == "map" else {})
+            rows.extend(_score_row(task, name, seed, metrics, prefix) for name, prefix in post_hoc.items()
+                        if metrics.get(prefix + "ece") is not None)
     return rows, epochs
+
+
+def _example_nll(output_dir: Path, method: str, seed: int, config: GlueRunConfig) -> dict[str, float] | None:
+    """{dev row: NLL} of one cell's predictive (``<method>+temperature``: after the temperature), or None."""
+    base, recalibrated = method.removesuffix(TEMPERATURE), method.endswith(TEMPERATURE)
+    path = _cell_dir(output_dir, base, seed, config) / "predictions.csv"
+    if not path.exists():
+        return None
+    with path.open() as handle:
+        rows = list(csv.DictReader(handle))
+    column = "ts_nll" if recalibrated else "nll"
+    if not rows or not rows[0].get(column):
+        return None
+    return {row["row"]: float(row[column]) for row in rows}
+
+
+def comparisons(output_dir: Path, methods: Sequence[str], seeds: Sequence[int], config: GlueRunConfig,
+                num_resamples: int = 2000) -> list[dict[str, Any]]:
+    """Each method's (and ``<method>+temperature``'s) NLL minus each baseline's (:data:`BASELINES`), on the same
+    dev rows, pooled over the seeds both have: the mean and its paired bootstrap 95 % interval (rows resampled,
+    each with all its seeds' differences)."""
+    out = []
+    for method in [name for m in methods for name in (m, m + TEMPERATURE)]:
+        for baseline in BASELINES:
+            if method == baseline:
+                continue
+            rows, differences = [], []
+            for seed in seeds:
+                ours, theirs = (_example_nll(output_dir, name, seed, config) for name in (method, baseline))
+                if ours is None or theirs is None:
+                    continue
+                shared = sorted(set(ours) & set(theirs))
+                rows += shared
+                differences += [ours[r] - theirs[r] for r in shared]
+            if differences:
+                interval = paired_bootstrap(rows, differences, num_resamples=num_resamples)
+                out.append({"method": method, "baseline": baseline, "nll_difference": interval["mean"]}
+                           | {k: interval[k] for k in ("low", "high", "rows", "pairs")})
+    return out
 
 
 def summarize(rows: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, dict[str, float]]]:
@@ -93,10 +144,12 @@ def run_overfitting(
                   [config.batch_size], seeds, task_dir, run_missing=run_missing, method_overrides=mc_dropout)
         rows, epochs = overfitting_rows(config.task, task_dir, methods, seeds, config)
         atomic_write_csv(task_dir / "overfitting.csv", rows, ["task", "method", "seed", *SCORES])
+        versus = comparisons(task_dir, methods, seeds, config)
+        atomic_write_csv(task_dir / "comparisons.csv", versus, COMPARISON_COLUMNS)
         ece_by_epoch = {m: [statistics.fmean(e) for e in zip(*runs, strict=False)] for m, runs in epochs.items()
                         if runs and all(runs)}
         summary["tasks"][config.task] = {"metric": primary_metric(config.task), "methods": summarize(rows),
-                                         "ece_by_epoch": ece_by_epoch}
+                                         "nll_versus": versus, "ece_by_epoch": ece_by_epoch}
         if ece_by_epoch:
             plot_ece_vs_epoch(ece_by_epoch, output_dir / "plots" / f"ece_vs_epoch_{config.task}.png", config.task)
     atomic_write_json(output_dir / "summary.json", summary)

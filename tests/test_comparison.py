@@ -1,0 +1,91 @@
+"""The instruments that tell methods apart: the paired bootstrap interval, the debiased calibration error,
+the ECE floor of a calibrated model and the predictive's entropy split, each against a known answer."""
+
+from __future__ import annotations
+
+import math
+
+import calibration as kumar  # uncertainty-calibration: the reference code of Kumar et al. 2019
+import numpy as np
+import pytest
+import torch
+
+from monteclora_pyro.calibration import calibrated_ece, debiased_calibration_error, expected_calibration_error
+from monteclora_pyro.comparison import paired_bootstrap
+from monteclora_pyro.prediction import uncertainty
+
+
+def clustered_differences(rng, rows: int, seeds: int, mean: float) -> tuple[list[int], np.ndarray]:
+    """Differences with a per-row effect shared by every seed (hard rows stay hard) and per-seed noise."""
+    row_effect = rng.standard_t(df=4, size=rows) * 0.3
+    noise = rng.normal(0, 0.1, size=(seeds, rows))
+    return [r for _ in range(seeds) for r in range(rows)], (mean + row_effect + noise).ravel()
+
+
+def test_the_paired_bootstrap_interval_covers_the_true_difference_at_its_nominal_rate():
+    rng = np.random.default_rng(0)
+    trials, covered, unclustered = 300, 0, 0
+    for trial in range(trials):
+        rows, differences = clustered_differences(rng, rows=200, seeds=3, mean=0.05)
+        interval = paired_bootstrap(rows, differences, num_resamples=400, seed=trial)
+        covered += interval["low"] <= 0.05 <= interval["high"]
+        naive = paired_bootstrap(range(len(differences)), differences, num_resamples=400, seed=trial)
+        unclustered += naive["low"] <= 0.05 <= naive["high"]
+    assert 0.91 <= covered / trials <= 0.99  # 95 % nominal; the binomial sd over 300 trials is 1.3 points
+    assert unclustered / trials < 0.85  # treating one row's seeds as independent rows is overconfident
+    assert interval["rows"] == 200 and interval["pairs"] == 600
+
+
+def test_the_paired_bootstrap_rejects_bad_input():
+    with pytest.raises(ValueError, match="one length"):
+        paired_bootstrap([0, 1], [0.1])
+    with pytest.raises(ValueError, match="must be finite"):
+        paired_bootstrap([0, 1], [0.1, float("nan")])
+    with pytest.raises(ValueError, match=r"level = 1.5 must be in \[0, 1\)"):
+        paired_bootstrap([0], [0.1], level=1.5)
+
+
+@pytest.mark.parametrize("rows,classes", [(400, 2), (872, 2), (1000, 3), (37, 4)])
+def test_the_debiased_calibration_error_equals_the_reference_implementation(rows, classes):
+    rng = np.random.default_rng(rows)
+    probs = torch.tensor(rng.normal(size=(rows, classes)) * 2).softmax(-1)
+    labels = torch.tensor(rng.integers(0, classes, size=rows))
+    reference = kumar.lower_bound_scaling_top_ce(probs.numpy(), labels.numpy(), p=2, debias=True, num_bins=15,
+                                                 binning_scheme=kumar.get_equal_bins)
+    assert debiased_calibration_error(probs, labels) == pytest.approx(reference, rel=1e-9, abs=1e-12)
+
+
+def test_a_calibrated_model_scores_the_floor_and_the_debiased_error_removes_most_of_its_bias():
+    rng = np.random.default_rng(1)
+    rows = 400
+    confidence = torch.tensor(rng.uniform(0.5, 1.0, size=rows))
+    probs = torch.stack([confidence, 1 - confidence], dim=1)
+    floor, spread = calibrated_ece(probs, draws=2000)
+    eces, debiased = [], []
+    for _ in range(200):  # labels drawn as the probabilities say: a perfectly calibrated model
+        labels = torch.tensor((rng.uniform(size=rows) >= confidence.numpy()).astype(np.int64))
+        eces.append(expected_calibration_error(probs, labels))
+        debiased.append(debiased_calibration_error(probs, labels))
+    assert np.mean(eces) == pytest.approx(floor, rel=0.08) and np.std(eces) == pytest.approx(spread, rel=0.2)
+    assert np.mean(debiased) < 0.5 * floor  # the plug-in ECE of a calibrated model is all bias
+
+
+def test_the_floor_of_one_confidence_is_the_mean_absolute_binomial_error():
+    """All rows at confidence p fall in one bin: ECE = |mean(correct) - p|, E = sqrt(2 p (1 - p) / (pi n))."""
+    probs = torch.tensor([[0.8, 0.2]]).repeat(400, 1)
+    floor, _ = calibrated_ece(probs, draws=20_000)
+    assert floor == pytest.approx(math.sqrt(2 * 0.8 * 0.2 / (math.pi * 400)), rel=0.05)
+
+
+def test_the_entropy_splits_into_aleatoric_and_epistemic_parts():
+    agree = torch.tensor([[[0.5, 0.5], [0.5, 0.5]]])  # every draw unsure: all aleatoric
+    disagree = torch.tensor([[[1.0, 0.0], [0.0, 1.0]]])  # each draw sure, of another class: all epistemic
+    for draws, aleatoric, epistemic in ((agree, math.log(2), 0.0), (disagree, 0.0, math.log(2))):
+        parts = uncertainty(draws)
+        assert parts["entropy"].item() == pytest.approx(math.log(2))
+        assert parts["expected_entropy"].item() == pytest.approx(aleatoric, abs=1e-9)
+        assert parts["mutual_information"].item() == pytest.approx(epistemic, abs=1e-9)
+    mixed = torch.tensor(np.random.default_rng(0).dirichlet([1, 1, 1], size=(5, 4)))
+    parts = uncertainty(mixed)
+    torch.testing.assert_close(parts["entropy"], parts["expected_entropy"] + parts["mutual_information"])
+    assert (parts["mutual_information"] >= 0).all()
