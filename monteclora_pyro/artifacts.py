@@ -14,7 +14,8 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["atomic_output", "atomic_run_dir", "atomic_write_bytes", "atomic_write_csv", "atomic_write_json"]
+__all__ = ["atomic_output", "atomic_run_dir", "atomic_write_bytes", "atomic_write_csv", "atomic_write_json",
+           "atomic_write_jsonl"]
 
 
 @contextlib.contextmanager
@@ -47,6 +48,11 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
 
 def atomic_write_json(path: str | Path, obj: Any) -> Path:
     return atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
+
+
+def atomic_write_jsonl(path: str | Path, records: Sequence[Mapping[str, Any]]) -> Path:
+    """Write ``records`` as JSON lines (one object a line) atomically."""
+    return atomic_write_bytes(path, "".join(json.dumps(record) + "\n" for record in records).encode())
 
 
 def atomic_write_csv(path: str | Path, rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> Path:

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 from transformers import DataCollatorWithPadding
 
-from ...artifacts import atomic_write_csv
+from ...artifacts import atomic_write_jsonl
 from ...backbones import load_classifier, output_layer
 from ...calibration import apply_temperature, fit_temperature
 from ...likelihoods import GaussianLikelihood, build_likelihood
@@ -57,14 +57,15 @@ def _report(predictions: dict[str, torch.Tensor], task: GlueTask, scale: float |
 
 
 def _per_example(predictions: dict[str, torch.Tensor], task: GlueTask, scale: float | None,
-                 fitted: dict[str, Any]) -> tuple[list[dict[str, Any]], list[str]]:
-    """One row per dev example (``predictions.csv``): its ``row`` in the task's file and ``label``; for
-    classification the predictive's class probabilities, NLL, entropy and its aleatoric / epistemic split,
-    for regression the prediction, the draws' spread and the NLL; after the held-out fit, ``ts_*``."""
+                 fitted: dict[str, Any]) -> list[dict[str, Any]]:
+    """One record per dev example (``predictions.jsonl``): its ``row`` in the task's file and ``label``; for
+    classification the predictive's ``probabilities``, ``predicted`` class, NLL, entropy and its aleatoric /
+    epistemic split, for regression the prediction, the draws' spread and the NLL; after the held-out fit,
+    ``ts_nll``."""
     labels, columns = predictions["labels"], {"row": predictions["rows"], "label": predictions["labels"]}
     if task.num_labels > 1:
         probs = predictions["predictive"].double()
-        columns |= {f"prob_{c}": probs[:, c] for c in range(probs.shape[1])}
+        columns |= {"probabilities": probs, "predicted": probs.argmax(-1)}
         columns["nll"] = -probs.gather(1, labels.long()[:, None]).squeeze(1).clamp_min(1e-12).log()
         columns |= uncertainty(predictions["draws"])
         if "temperature" in fitted:
@@ -76,8 +77,7 @@ def _per_example(predictions: dict[str, torch.Tensor], task: GlueTask, scale: fl
             columns["nll"] = -mixture_log_density(predictions["draws"], labels, scale)
         if "holdout_noise_scale" in fitted:
             columns["ts_nll"] = -mixture_log_density(predictions["draws"], labels, fitted["holdout_noise_scale"])
-    rows = [{name: values[i].item() for name, values in columns.items()} for i in range(len(labels))]
-    return rows, list(columns)
+    return [{name: values[i].tolist() for name, values in columns.items()} for i in range(len(labels))]
 
 
 class GlueFamily(TaskFamily):
@@ -163,7 +163,7 @@ class GlueFamily(TaskFamily):
     def evaluate(self, module, device, output_dir: Path) -> Evaluation:
         """Each dev split (the first unprefixed, others as ``<split>_*``), recalibrated on the held-out rows
         (``ts_*``: a temperature, or for regression a refitted noise scale) and with MC dropout when asked;
-        each example's predictive in ``predictions.csv`` (``predictions_<split>.csv`` for the others)."""
+        each example's predictive in ``predictions.jsonl`` (``predictions_<split>.jsonl`` for the others)."""
         config, task = self.config, self.task
         held_out = self._held_out(module, device)
         scale = self._noise_scale(module, device, held_out)
@@ -186,9 +186,8 @@ class GlueFamily(TaskFamily):
                                                                  dropout["draws"], scale).items()})
             first_split = split == task.dev_splits[0]
             metrics.update({("" if first_split else f"{split}_") + k: v for k, v in report.items()})
-            rows, columns = _per_example(predictions, task, scale, metrics)
-            atomic_write_csv(output_dir / ("predictions.csv" if first_split else f"predictions_{split}.csv"), rows,
-                             columns)
+            atomic_write_jsonl(output_dir / ("predictions.jsonl" if first_split else f"predictions_{split}.jsonl"),
+                               _per_example(predictions, task, scale, metrics))
             if first_split:
                 labels = predictions["labels"]
                 evaluation.epoch_scores = _scores(predictions["predictive"], labels, task, predictions["draws"], scale)

@@ -12,7 +12,6 @@ score, the comparisons, the ECE after each epoch) and ``plots/ece_vs_epoch_<task
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import json
 import statistics
@@ -68,18 +67,17 @@ def overfitting_rows(task: str, output_dir: Path, methods: Sequence[str], seeds:
     return rows, epochs
 
 
-def _example_nll(output_dir: Path, method: str, seed: int, config: GlueRunConfig) -> dict[str, float] | None:
+def _example_nll(output_dir: Path, method: str, seed: int, config: GlueRunConfig) -> dict[int, float] | None:
     """{dev row: NLL} of one cell's predictive (``<method>+temperature``: after the temperature), or None."""
     base, recalibrated = method.removesuffix(TEMPERATURE), method.endswith(TEMPERATURE)
-    path = _cell_dir(output_dir, base, seed, config) / "predictions.csv"
+    path = _cell_dir(output_dir, base, seed, config) / "predictions.jsonl"
     if not path.exists():
         return None
-    with path.open() as handle:
-        rows = list(csv.DictReader(handle))
-    column = "ts_nll" if recalibrated else "nll"
-    if not rows or not rows[0].get(column):
+    records = [json.loads(line) for line in path.read_text().splitlines()]
+    key = "ts_nll" if recalibrated else "nll"
+    if not records or key not in records[0]:
         return None
-    return {row["row"]: float(row[column]) for row in rows}
+    return {record["row"]: record[key] for record in records}
 
 
 def comparisons(output_dir: Path, methods: Sequence[str], seeds: Sequence[int], config: GlueRunConfig,
