@@ -20,11 +20,14 @@ $(BIN)/.installed: pyproject.toml
 
 setup: $(BIN)/.installed
 
+# The default jobs replace their own default output folder; a folder given in ARGS is never replaced silently.
+REPLACE_DEFAULT = $(if $(findstring --output-dir,$(ARGS)),,--overwrite-output-dir)
+
 run: setup
-	HF_HUB_OFFLINE=1 $(BIN)/python experiments/svi_glue.py $(ARGS)
+	HF_HUB_OFFLINE=1 $(BIN)/python experiments/svi_glue.py $(REPLACE_DEFAULT) $(ARGS)
 
 run-commonsense: setup
-	HF_HUB_OFFLINE=1 $(BIN)/python experiments/svi_commonsense.py $(ARGS)
+	HF_HUB_OFFLINE=1 $(BIN)/python experiments/svi_commonsense.py $(REPLACE_DEFAULT) $(ARGS)
 
 lint: setup
 	$(BIN)/ruff check .

@@ -128,8 +128,8 @@ def load_prior(name_or_path: str | Path, **overrides: Any) -> PriorSpec:
                 "nor a path to a .toml file"
             )
         path = candidate
-    elif not path.exists():
-        raise FileNotFoundError(f"prior file {str(path)!r} does not exist")
+    elif not path.is_file():
+        raise ValueError(f"prior file {str(path)!r} does not exist")
     with path.open("rb") as handle:
         try:
             data = tomllib.load(handle)

@@ -68,7 +68,7 @@ def test_unknown_keys_names_and_missing_files_fail_clearly(tmp_path):
         load_prior(path)
     with pytest.raises(ValueError, match=r"neither a bundled prior \(gaussian, map, monteclora"):
         load_prior("nonexistent")
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(ValueError, match=r"prior file '.*missing.toml' does not exist"):
         load_prior(tmp_path / "missing.toml")
     (tmp_path / "binary.toml").write_bytes(bytes(range(256)))
     with pytest.raises(ValueError, match=r"prior file '.*binary.toml' is not valid TOML"):

@@ -328,8 +328,12 @@ def test_divergence_stops_with_the_step_and_learning_rate():
     with pytest.raises(FloatingPointError, match=r"step \d+: the loss is nan \(lr = 1000.0\); lower the learning rate"):
         train(make(num_data=64), [tiny_batch(32)], TrainConfig(lr=1e3, variational_lr=None, max_steps=30,
                                                                progress=False))
-    with pytest.warns(RuntimeWarning, match=r"step \d+: the loss .* is over 10 times its start .*lr = 1000.0"):
+    with pytest.raises(FloatingPointError, match=r"step \d+: the loss diverged \(median of the last 5 steps .*, "
+                                                 r"over 10 times its start .*; lr = 1000.0\); lower the learning rate"):
         train(make("map", num_data=64), [tiny_batch(32)], TrainConfig(lr=1e3, max_steps=30, progress=False))
+    history = train(make("map", num_data=64), [tiny_batch(32)],  # the rule can be switched off
+                    TrainConfig(lr=1e3, max_steps=30, progress=False, divergence_factor=0))
+    assert history.steps == 30 and max(history.loss) > 10 * history.loss[0]
 
 
 def test_a_non_finite_parameter_is_named():

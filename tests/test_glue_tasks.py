@@ -169,11 +169,24 @@ def test_a_failed_rerun_leaves_the_finished_run_alone(tmp_path):
     run_glue(config)
     finished = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
     assert {"config.json", "metrics.json", "posterior.nc"} <= set(finished)
+    with pytest.raises(ValueError, match=r"output_dir = '.*out' holds a finished run; give --overwrite-output-dir"):
+        run_glue(dataclasses.replace(config, lr=1e-2))  # refused before any work
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == finished
     (data / "RTE" / "train.tsv").write_text("\n".join([RTE_HEADER, "0\ta\tb\tmaybe"]) + "\n")
     with pytest.raises(ValueError, match="label 'maybe'"):
-        run_glue(dataclasses.replace(config, lr=1e-2))
+        run_glue(dataclasses.replace(config, lr=1e-2, overwrite_output_dir=True))
     assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == finished  # untouched
     failed = json.loads((tmp_path / "out.failed" / "failed.json").read_text())
     assert "label 'maybe'" in failed["error"]
     assert json.loads((tmp_path / "out.failed" / "config.json").read_text())["lr"] == 1e-2
     assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".partial")] == []
+
+
+def test_an_output_dir_that_is_a_file_is_refused_and_left_alone(tmp_path):
+    target = tmp_path / "notes.txt"
+    target.write_text("mine")
+    config = GlueRunConfig(task="rte", output_dir=str(target), prior="map", max_steps=1, progress=False,
+                           overwrite_output_dir=True)
+    with pytest.raises(ValueError, match=r"output_dir = '.*notes.txt' is a file; give a folder"):
+        run_glue(config)
+    assert target.read_text() == "mine"

@@ -197,6 +197,30 @@ def test_errors_found_before_training_are_one_line_and_leave_no_folder(argv, mes
     assert not out.exists() and not (tmp_path / "run.failed").exists()
 
 
+def test_a_finished_run_is_never_replaced_by_accident_and_a_diverged_run_fails(glue_dir, tmp_path, capsys):
+    out = tmp_path / "run"
+    argv = ["--task", "sst2", "--data-dir", str(glue_dir), "--output-dir", str(out), "--prior", "map",
+            "--max-train-samples", "64", "--batch-size", "8", "--max-steps", "12", "--max-eval-samples", "16",
+            "--max-length", "32", "--no-progress"]
+    script = load_script("svi_glue")
+    script.main(argv)
+    finished = {p.name: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    with pytest.raises(SystemExit) as exit_info:  # a rerun into the finished folder is refused, one line
+        script.main([*argv, "--lr", "1e3"])
+    message = str(exit_info.value.code)
+    assert "holds a finished run; give --overwrite-output-dir" in message and message.count("\n") == 0
+    assert {p.name: p.read_bytes() for p in out.rglob("*") if p.is_file()} == finished  # byte-identical
+    with pytest.raises(SystemExit) as exit_info:  # told to replace it, a diverging run fails instead
+        script.main([*argv, "--lr", "1e3", "--overwrite-output-dir"])
+    message = str(exit_info.value.code)
+    assert "the loss diverged" in message and "lr = 1000.0" in message and message.count("\n") == 0
+    assert {p.name: p.read_bytes() for p in out.rglob("*") if p.is_file()} == finished  # still the good run
+    assert "diverged" in json.loads((tmp_path / "run.failed" / "failed.json").read_text())["error"]
+    assert not (tmp_path / "run.failed" / "metrics.json").exists()
+    again = script.main([*argv, "--seed", "1", "--overwrite-output-dir"])  # a good run replaces it
+    assert json.loads((out / "metrics.json").read_text())["seed"] == again["seed"] == 1
+
+
 def test_interrupted_run_resumes_from_its_checkpoint(glue_dir, tmp_path):
     """Ctrl-C leaves a checkpoint and a one-line message; --resume finishes the run from it."""
     out = tmp_path / "run"

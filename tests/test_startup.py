@@ -27,6 +27,7 @@ print("EXIT", code, "HEAVY", sorted(m for m in {heavy} if m in sys.modules))
         (["--rank", "0"], "argument --rank: 0 must be an integer >= 1"),
         (["--task", "squad"], "task 'squad' is unknown"),
         (["--prior", "nonexistent"], "prior 'nonexistent' is neither a bundled prior"),
+        (["--prior", "/nonexistent.toml"], "prior file '/nonexistent.toml' does not exist"),
         (["--device", "gpu7"], "argument --device: gpu7 must be a device"),
         (["--holdout-fraction", "1.5"], "argument --holdout-fraction: 1.5 must be in [0, 1)"),
         (["--seed", "x"], "argument --seed: 'x' is not an integer"),

@@ -124,6 +124,7 @@ def run(family: TaskFamily) -> dict[str, Any]:
     """Train and evaluate ``family``'s configuration; writes ``config.json``, ``metrics.json``,
     ``posterior.nc``, ``adapter/``, ``checkpoint.pt`` and ``plots/``."""
     config = family.config
+    _check_output_dir(Path(config.output_dir), config.overwrite_output_dir)
     spec = config.prior_spec()
     resolve_device(config.device)
     check_backbone(config.model, spec.targets, spec.rank, family.num_labels or 2, family.kind)
@@ -134,6 +135,17 @@ def run(family: TaskFamily) -> dict[str, Any]:
         return _run(family, None, processes)
     with atomic_run_dir(config.output_dir) as staging:
         return _run(family, staging, processes)
+
+
+def _check_output_dir(path: Path, overwrite: bool) -> None:
+    """Refuse a file, or a folder that holds anything, unless told to replace it (a finished run is never
+    replaced by accident)."""
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"output_dir = {str(path)!r} is a file; give a folder")
+    if path.is_dir() and any(path.iterdir()) and not overwrite:
+        finished = "a finished run" if (path / "metrics.json").exists() else "files"
+        raise ValueError(f"output_dir = {str(path)!r} holds {finished}; give --overwrite-output-dir to replace "
+                         "it, or another --output-dir")
 
 
 def run_or_exit(family: TaskFamily, script: str) -> dict[str, Any]:

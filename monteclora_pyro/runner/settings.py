@@ -35,7 +35,8 @@ from .options import check_options, option
 __all__ = ["BACKBONE_DTYPES", "RESUME_IGNORED", "RunConfig", "TrainConfig", "default_data_dir"]
 
 # settings a resumed run (or a finished sweep cell) may differ in: where things are, how progress is shown
-RESUME_IGNORED = ("output_dir", "data_dir", "model", "device", "progress", "resume", "checkpoint_every")
+RESUME_IGNORED = ("output_dir", "data_dir", "model", "device", "progress", "resume", "checkpoint_every",
+                  "overwrite_output_dir")
 BACKBONE_DTYPES = ("float32", "bfloat16", "float16")
 
 
@@ -54,6 +55,8 @@ class TrainConfig:
     max_steps: int | None = option(None, "stop after this many steps (overrides --epochs)", optional(positive_int))
     kl_anneal_steps: int = option(0, "linear KL warm-up steps (0 = none)", nonnegative_int)
     log_every: int = option(10, "record the ELBO's terms every N steps", positive_int)
+    divergence_factor: float = option(10.0, "stop the run as failed when the loss of the last steps (their median) "
+                                            "is over this many times the first step's (0: never)", nonnegative_float)
     progress: bool = option(True, "progress bar")
 
     def __post_init__(self) -> None:
@@ -95,6 +98,8 @@ class RunConfig(TrainConfig):
     checkpoint_every: int = option(0, "also write a checkpoint every N steps (one is always written at the end "
                                       "and on Ctrl-C)", nonnegative_int)
     resume: bool = option(False, "continue the interrupted run of this output dir from its checkpoint")
+    overwrite_output_dir: bool = option(False, "replace what output_dir holds (a finished run); without it such "
+                                               "a folder is refused")
     device: str = option("auto", "where to train: auto (CUDA when present), cpu, cuda, cuda:0, ...", device)
 
     def default_model(self) -> str:

@@ -16,7 +16,6 @@ import signal
 import statistics
 import threading
 import time
-import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -114,6 +113,20 @@ def _batches(loader: Iterable, start: int, epoch_rng: torch.Tensor | None) -> It
             step += 1
 
 
+DIVERGENCE_WINDOW = 5  # a diverged loss stays high: the median of this many last steps, not one spike
+
+
+def _check_divergence(losses: list[float], config: TrainConfig, step: int) -> None:
+    """Stop when the median loss of the last steps exceeds ``divergence_factor`` times the first step's."""
+    if not config.divergence_factor:
+        return
+    start, recent = max(losses[0], 0.1), statistics.median(losses[-DIVERGENCE_WINDOW:])
+    if recent > config.divergence_factor * start:
+        raise FloatingPointError(f"step {step}: the loss diverged (median of the last {DIVERGENCE_WINDOW} steps "
+                                 f"{recent:.4g}, over {config.divergence_factor:g} times its start {losses[0]:.4g}; "
+                                 f"lr = {config.lr}); lower the learning rate")
+
+
 @contextlib.contextmanager
 def _interrupt_flag() -> Iterator[list[bool]]:
     """A flag Ctrl-C or SIGTERM (a scheduler's notice) sets, so the loop stops between steps and checkpoints."""
@@ -174,7 +187,6 @@ def train(
         history = TrainHistory(**saved["history"])
         start_step, epoch_rng = saved["step"], saved["epoch_rng"]
         restore_rng(saved["rng"])
-    exploded = any(v > 10 * max(history.loss[0], 0.1) for v in history.loss)
 
     def save(next_step: int, epoch_state) -> None:
         checkpoint.save({"step": next_step, "epoch_rng": epoch_state, "learnable": learnable_state(module),
@@ -205,11 +217,7 @@ def train(
             schedule.step()
             history.step_seconds.append(time.perf_counter() - start)
             history.loss.append(loss_value)
-            if not exploded and loss_value > 10 * max(history.loss[0], 0.1):
-                exploded = True
-                warnings.warn(f"step {step}: the loss {loss_value:.4g} is over 10 times its start "
-                              f"({history.loss[0]:.4g}); the learning rate (lr = {config.lr}) may be too high",
-                              RuntimeWarning, stacklevel=2)
+            _check_divergence(history.loss, config, step)
             if step % config.log_every == 0 or step == total - 1:
                 with torch.no_grad():
                     kl_total = method.kl_divergence()
