@@ -18,6 +18,7 @@ DDP can wrap it.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import pyro
@@ -29,12 +30,12 @@ from pyro.poutine.util import prune_subsample_sites, site_is_subsample
 from torch import nn
 from torch.distributions import kl_divergence
 
-from .declarations import PriorSpec
+from .declarations import PriorSpec, load_prior
 from .guides import GUIDES, build_group_guide
 from .kinds import nonnegative_float, positive_int
 from .likelihoods import build_likelihood
 from .lora_method import LoRAMethod
-from .lora_sites import factor_sites, group_sites, inject_lora
+from .lora_sites import factor_sites, group_sites, inject_lora, make_drawable
 from .priors import build_prior
 
 __all__ = ["BayesianLoRA", "bayesian_lora_from_model", "paper_kl_weight"]
@@ -75,6 +76,7 @@ class BayesianLoRA(LoRAMethod):
         nonnegative_float.check("kl_weight", kl_weight)
         self.spec = spec
         self.guide_name = guide or spec.default_guide
+        make_drawable(network)  # a PEFT model made elsewhere too: every stochastic factor holds its draws
         self.sites = factor_sites(network, spec.stochastic)
         self.groups = group_sites(self.sites, by_shape=group_by_shape)
         self._layers = {s.parameter: network.get_submodule(s.parameter.removesuffix(".weight")) for s in self.sites}
@@ -221,7 +223,7 @@ def _site_kl(guide_site: dict, model_site: dict) -> torch.Tensor:
 
 def bayesian_lora_from_model(
     model: nn.Module,
-    spec: PriorSpec,
+    spec: PriorSpec | str | Path,
     num_data: int,
     num_labels: int | None = None,
     guide: str | None = None,
@@ -231,12 +233,26 @@ def bayesian_lora_from_model(
     likelihood: nn.Module | None = None,
     group_by_shape: bool = True,
 ) -> BayesianLoRA:
-    """Inject the LoRA sites ``spec`` declares into ``model`` and pair it with the task's likelihood:
-    ``likelihood``, or the one of a head with ``num_labels`` outputs (:func:`build_likelihood`)."""
+    """The Bayesian model of ``model`` under a prior (a declaration, or a bundled name or TOML path).
+
+    ``model``: a transformers (or torch) model, into which the LoRA sites the prior declares are injected,
+    or a PEFT model of yours (``peft.get_peft_model``), whose LoRA configuration then sets the prior's
+    targets, rank and alpha.  The likelihood is ``likelihood``, or that of a head with ``num_labels``
+    outputs (:func:`build_likelihood`).
+    """
     if likelihood is None:
         if num_labels is None:
             raise ValueError("give num_labels (a classification or regression head) or a likelihood")
         likelihood = build_likelihood(num_labels)
-    network = inject_lora(model, spec.targets, spec.rank, spec.alpha)
+    if not isinstance(spec, PriorSpec):
+        spec = load_prior(spec)
+    if isinstance(model, PeftModel):
+        config = model.peft_config[model.active_adapter]
+        targets = config.target_modules
+        spec = spec.replace(rank=config.r, alpha=float(config.lora_alpha),
+                            targets=(targets,) if isinstance(targets, str) else tuple(sorted(targets)))
+        network = model
+    else:
+        network = inject_lora(model, spec.targets, spec.rank, spec.alpha)
     return BayesianLoRA(network, spec, likelihood, num_data, guide, kl_weight, guide_options, autocast_dtype,
                         group_by_shape)

@@ -29,12 +29,11 @@ from torch import nn
 from .distributions import Independent
 
 __all__ = ["DrawnLinear", "FactorSite", "HEAD_MODULE_NAMES", "SiteGroup", "factor_sites", "group_sites", "inject_lora",
-           "lora_config", "peft_model"]
+           "lora_config", "make_drawable", "peft_model"]
 
 # Task heads that stay trainable (point estimates) when present: BERT/RoBERTa, DistilBERT, LLaMA/GPT heads.
 HEAD_MODULE_NAMES = ("classifier", "pre_classifier", "score")
 _PEFT_PREFIX = "base_model.model."
-_ADAPTER = "default"
 
 
 @dataclass(frozen=True)
@@ -188,10 +187,32 @@ def inject_lora(
     trainable_modules: Sequence[str] | None = None,
 ) -> PeftModel:
     """Freeze ``model`` and add LoRA (:func:`lora_config`) whose factors can hold a posterior draw."""
-    network = peft_model(model, lora_config(model, targets, rank, alpha, trainable_modules))
+    return make_drawable(peft_model(model, lora_config(model, targets, rank, alpha, trainable_modules)))
+
+
+def make_drawable(network: PeftModel) -> PeftModel:
+    """Let the active adapter's LoRA factors hold a posterior draw: each ``lora_A`` / ``lora_B`` linear map
+    becomes a :class:`DrawnLinear` (same parameters and names, so PEFT saves and merges it as before).
+
+    A PEFT model made elsewhere (``get_peft_model``) passes through here too; what cannot hold a draw is an
+    error naming it, never a factor that silently ignores its draws.
+    """
+    if not isinstance(network, PeftModel):
+        raise ValueError(f"the network is a {type(network).__name__}, not a PEFT model; give a transformers model "
+                         "(LoRA is added) or the output of peft.get_peft_model")
+    adapter = network.active_adapter
+    config = network.peft_config[adapter]
+    if not isinstance(config, LoraConfig):
+        raise ValueError(f"adapter {adapter!r} is a {type(config).__name__}; only LoRA adapters have factor sites")
+    if getattr(config, "use_dora", False):
+        raise ValueError(f"adapter {adapter!r} uses DoRA, whose magnitude reads the factors' weights directly, so a "
+                         "posterior draw would not reach it; use plain LoRA (use_dora=False)")
     for name, module in network.named_modules():
-        if name.endswith((f".lora_A.{_ADAPTER}", f".lora_B.{_ADAPTER}")) and type(module) is nn.Linear:
-            module.__class__ = DrawnLinear  # same parameters and names: PEFT saves and merges it as before
+        if name.endswith((f".lora_A.{adapter}", f".lora_B.{adapter}")) and not isinstance(module, DrawnLinear):
+            if type(module) is not nn.Linear:
+                raise ValueError(f"LoRA factor {name} is a {type(module).__name__}; only linear LoRA factors can "
+                                 "hold a posterior draw (leave that module out of target_modules)")
+            module.__class__ = DrawnLinear
     return network
 
 
@@ -204,11 +225,12 @@ def peft_model(model: nn.Module, config: LoraConfig) -> PeftModel:
 
 
 def factor_sites(network: PeftModel, stochastic: Sequence[str]) -> list[FactorSite]:
-    """The stochastic factor sites of an injected network, in module order."""
+    """The stochastic factor sites of the active adapter of a PEFT network, in module order."""
+    adapter = network.active_adapter
     sites = []
     for name, param in network.named_parameters():
         for factor in stochastic:
-            suffix = f".lora_{factor}.{_ADAPTER}.weight"
+            suffix = f".lora_{factor}.{adapter}.weight"
             if name.endswith(suffix):
                 path = name.removeprefix(_PEFT_PREFIX).removesuffix(suffix)
                 rank, features = (param.shape[0], param.shape[1]) if factor == "A" else (param.shape[1], param.shape[0])
