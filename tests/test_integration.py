@@ -60,6 +60,9 @@ def test_svi_glue_script_end_to_end(glue_dir, tmp_path):
     assert {"mean_accuracy", "nll", "mean_nll", "median_step_seconds"} <= set(written)
     config = json.loads((out / "config.json").read_text())
     assert config["prior_spec"]["family"] == "monteclora" and config["rank"] == 8
+    environment = config["environment"]  # what the run ran on
+    assert environment["packages"]["torch"] == torch.__version__ and environment["device"].startswith("cpu")
+    assert environment["git_revision"] is None or len(environment["git_revision"]) == 40
     saved = json.loads((out / "adapter" / "posterior.json").read_text())
     assert saved["guide"] == "monteclora" and saved["prior_spec"] == config["prior_spec"]
     rows = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]

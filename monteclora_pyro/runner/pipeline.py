@@ -13,10 +13,13 @@ from __future__ import annotations
 
 import abc
 import dataclasses
+import importlib.metadata
 import json
 import math
 import os
+import platform
 import shutil
+import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -42,7 +45,7 @@ from .plots import plot_elbo, plot_posterior_spread
 from .settings import RunConfig
 from .training import train
 
-__all__ = ["Evaluation", "TaskFamily", "make_loader", "run", "run_or_exit"]
+__all__ = ["Evaluation", "TaskFamily", "environment", "make_loader", "run", "run_or_exit"]
 
 
 @dataclass
@@ -137,6 +140,34 @@ def run(family: TaskFamily) -> dict[str, Any]:
         return _run(family, staging, processes)
 
 
+PACKAGES = ("monteclora-pyro", "torch", "pyro-ppl", "transformers", "peft", "datasets", "arviz")
+
+
+def environment(device: torch.device) -> dict[str, Any]:
+    """What a run ran on, for ``config.json``: Python and package versions, the package's git revision
+    (None outside a checkout; ``dirty`` when it has uncommitted changes) and the device."""
+    versions = {}
+    for name in PACKAGES:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            versions[name] = None
+    here = Path(__file__).resolve().parent
+
+    def git(*args: str) -> str | None:
+        try:
+            done = subprocess.run(["git", *args], cwd=here, capture_output=True, text=True, timeout=10)
+        except (OSError, subprocess.SubprocessError):
+            return None
+        return done.stdout.strip() if done.returncode == 0 else None
+
+    revision = git("rev-parse", "HEAD")
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine()
+    return {"python": platform.python_version(), "packages": versions, "git_revision": revision,
+            "git_dirty": None if revision is None else bool(git("status", "--porcelain", "--untracked-files=no")),
+            "device": f"{device} ({name})"}
+
+
 def _check_output_dir(path: Path, overwrite: bool) -> None:
     """Refuse a file, or a folder that holds anything, unless told to replace it (a finished run is never
     replaced by accident)."""
@@ -183,7 +214,7 @@ def _run(family: TaskFamily, output_dir: Path | None, processes: World) -> dict[
     processes.init(device)
     if output_dir is not None:
         atomic_write_json(output_dir / "config.json", config.record() | {
-            "world_size": processes.size, "global_batch_size": config.batch_size})
+            "world_size": processes.size, "global_batch_size": config.batch_size, "environment": environment(device)})
     pyro.set_rng_seed(config.seed)
 
     # data
