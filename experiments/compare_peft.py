@@ -43,7 +43,10 @@ def main(argv: list[str] | None = None) -> dict:
     rows = {}
     for method, config in configs.items():
         print(f"== {method}", flush=True)
-        metrics = run_glue(config)
+        try:
+            metrics = run_glue(config)
+        except (ValueError, FloatingPointError) as error:  # e.g. a finished run in the way, a diverged loss
+            sys.exit(f"compare_peft.py: error: {error}")
         rows[method] = {k: metrics.get(k) for k in
                         ("accuracy", "mean_accuracy", "nll", "mean_nll", "median_step_seconds", "steps")}
     print(f"\n{'method':<16} {'acc (pred)':>10} {'acc (mean)':>10} {'nll':>8} {'step s':>8}")

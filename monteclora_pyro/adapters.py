@@ -1,8 +1,8 @@
 """Trained posteriors users keep and deploy: save one, load it in a new process, export it to PEFT.
 
 A saved posterior is a folder with ``posterior.json`` (the backbone and its kind, a classifier with its
-number of labels or a causal LM, the prior declaration, the guide and its options, N and beta:
-everything that rebuilds the model) and
+number of labels or a causal LM, the prior declaration, the LoRA configuration, the guide and its
+options, N and beta: everything that rebuilds the model) and
 ``posterior.safetensors`` (every learnable tensor: LoRA means, task head, variational parameters, a
 learned likelihood scale).  :func:`load_adapter` rebuilds the same :class:`BayesianLoRA`, ready for
 the posterior-mean or the S-draw predictive.  The posterior mean is PEFT's own LoRA weights, so
@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from peft import LoraConfig
 from safetensors.torch import load_file, save_file
 
 from .artifacts import atomic_output, atomic_write_json
@@ -24,6 +25,7 @@ from .backbones import load_causal_lm, load_classifier
 from .bayesian_lora import BayesianLoRA, bayesian_lora_from_model
 from .declarations import PriorSpec
 from .likelihoods import TokenLikelihood, build_likelihood
+from .lora_sites import lora_settings, peft_model
 
 __all__ = ["export_merged", "export_peft", "load_adapter", "save_adapter"]
 
@@ -41,7 +43,7 @@ def save_adapter(module: BayesianLoRA, directory: str | Path, model: str, num_la
     meta: dict[str, Any] = {
         "format": FORMAT, "model": model, "kind": kind, "num_labels": num_labels, "num_data": module.num_data,
         "guide": module.guide_name, "guide_options": module.guide_options, "kl_weight": module.kl_weight,
-        "prior_spec": module.spec.record(),
+        "prior_spec": module.spec.record(), "lora_config": lora_settings(module.network),
     }
     with atomic_output(directory / TENSOR_FILE) as tmp:
         save_file(tensors, str(tmp))
@@ -67,6 +69,8 @@ def load_adapter(directory: str | Path, device: str | torch.device = "cpu", mode
     else:
         network, tokenizer = load_classifier(model or meta["model"], meta["num_labels"])
         likelihood = build_likelihood(meta["num_labels"])
+    if "lora_config" in meta:  # the LoRA configuration trained with, a user's own included
+        network = peft_model(network, LoraConfig(**meta["lora_config"]))
     module = bayesian_lora_from_model(network, PriorSpec.from_record(meta["prior_spec"]), meta["num_data"], None,
                                       meta["guide"], meta["kl_weight"], meta["guide_options"], likelihood=likelihood)
     state = load_file(str(directory / TENSOR_FILE))

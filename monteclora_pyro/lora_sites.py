@@ -13,7 +13,9 @@ backward pass sees the same draw.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import json
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -29,7 +31,7 @@ from torch import nn
 from .distributions import Independent
 
 __all__ = ["DrawnLinear", "FactorSite", "HEAD_MODULE_NAMES", "SiteGroup", "factor_sites", "group_sites", "inject_lora",
-           "lora_config", "make_drawable", "peft_model"]
+           "lora_config", "lora_settings", "make_drawable", "peft_model"]
 
 # Task heads that stay trainable (point estimates) when present: BERT/RoBERTa, DistilBERT, LLaMA/GPT heads.
 HEAD_MODULE_NAMES = ("classifier", "pre_classifier", "score")
@@ -204,6 +206,9 @@ def make_drawable(network: PeftModel) -> PeftModel:
     config = network.peft_config[adapter]
     if not isinstance(config, LoraConfig):
         raise ValueError(f"adapter {adapter!r} is a {type(config).__name__}; only LoRA adapters have factor sites")
+    if getattr(config, "rank_pattern", None) or getattr(config, "alpha_pattern", None):
+        raise ValueError(f"adapter {adapter!r} sets per-module ranks or alphas (rank_pattern, alpha_pattern); a prior "
+                         "has one rank, so give every module the same r and lora_alpha")
     if getattr(config, "use_dora", False):
         raise ValueError(f"adapter {adapter!r} uses DoRA, whose magnitude reads the factors' weights directly, so a "
                          "posterior draw would not reach it; use plain LoRA (use_dora=False)")
@@ -214,6 +219,14 @@ def make_drawable(network: PeftModel) -> PeftModel:
                                  "hold a posterior draw (leave that module out of target_modules)")
             module.__class__ = DrawnLinear
     return network
+
+
+def lora_settings(network: PeftModel) -> dict:
+    """The active adapter's ``LoraConfig`` as JSON data, which ``LoraConfig(**settings)`` rebuilds."""
+    config = network.peft_config[network.active_adapter]
+    fields = {f.name for f in dataclasses.fields(LoraConfig) if f.init}
+    data = {k: sorted(v) if isinstance(v, (set, frozenset)) else v for k, v in config.to_dict().items() if k in fields}
+    return json.loads(json.dumps(data, default=str))
 
 
 def peft_model(model: nn.Module, config: LoraConfig) -> PeftModel:

@@ -84,6 +84,7 @@ def test_worker_argv_round_trips():
     """The worker's command line carries every setting the driver was given."""
     args = step_time.build_parser().parse_args(["--backbone", "tiny", "--rank", "4", "--targets", "query"])
     argv = step_time.worker_argv(args, "map")
+    assert argv[1:3] == ["-m", "monteclora_pyro.benchmarks.step_time"]  # the module, however the driver was started
     again = step_time.build_parser().parse_args(argv[3:])
     assert again.worker == "map"
     for name in ("backbone", "rank", "targets", "batch_size", "seq_len", "num_components", "seed", "device"):

@@ -331,6 +331,9 @@ def test_divergence_stops_with_the_step_and_learning_rate():
     with pytest.raises(FloatingPointError, match=r"step \d+: the loss diverged \(median of the last 5 steps .*, "
                                                  r"over 10 times its start .*; lr = 1000.0\); lower the learning rate"):
         train(make("map", num_data=64), [tiny_batch(32)], TrainConfig(lr=1e3, max_steps=30, progress=False))
+    annealed = make("gaussian", num_data=64, prior_scale=0.01)  # the loss grows with the KL weight, by design
+    history = train(annealed, [tiny_batch(32)], TrainConfig(max_steps=24, kl_anneal_steps=20, progress=False))
+    assert history.steps == 24 and max(history.loss) > 10 * history.loss[0]  # no divergence: its start is step 20's
     history = train(make("map", num_data=64), [tiny_batch(32)],  # the rule can be switched off
                     TrainConfig(lr=1e3, max_steps=30, progress=False, divergence_factor=0))
     assert history.steps == 30 and max(history.loss) > 10 * history.loss[0]

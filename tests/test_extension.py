@@ -175,3 +175,16 @@ def test_a_task_family_added_in_one_file_runs_through_the_pipeline(tmp_path, met
     assert (tmp_path / "run" / "posterior.nc").exists() == (method == "monteclora")
     with pytest.raises(ValueError, match=r"rows = 0 must be an integer >= 1"):
         ParityRunConfig(rows=0)
+
+
+def test_a_sweep_of_a_new_family_reports_a_diverged_cell_and_goes_on(tmp_path):
+    from monteclora_pyro.runner.sweep import run_sweep
+
+    model = tmp_path / "tiny-bert"
+    tiny_bert().save_pretrained(model)
+    base = ParityRunConfig(model=str(model), output_dir="unused", rows=32, batch_size=8, max_steps=12, num_samples=2,
+                           progress=False)
+    summary = run_sweep(ParityFamily, base, ["map"], [1e3, 1e-3], [8], [0], tmp_path / "sweep")
+    assert list(summary["failed_cells"]) == ["map_lr1000_bs8_seed0"]
+    assert "the loss diverged" in summary["failed_cells"]["map_lr1000_bs8_seed0"]
+    assert summary["finished_cells"] == 1 and summary["robustness"]["map"]["cells"] == 1

@@ -6,6 +6,11 @@ Every import statement is read (at the top of a module and inside functions alik
 library, never each other; the benchmarks (``benchmarks/``) anything in the package; the scripts
 (``experiments/``, ``benchmarks/*.py``) anything.  No module of the package imports the package's
 facade (``monteclora_pyro/__init__.py``, whose public names load lazily).
+
+What is imported by name at run time is not an import statement and is not read: the facade's lazy
+exports (checked below to come from the library and the runner) and the plugin discovery of
+``priors/`` and ``guides/``, whose ``__init__`` imports every module of its folder (a family's module
+imports the declarations, which look the family up in that registry).
 """
 
 from __future__ import annotations

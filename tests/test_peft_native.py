@@ -39,3 +39,33 @@ def test_what_cannot_hold_a_draw_is_an_error_naming_it():
         from monteclora_pyro.likelihoods import CategoricalLikelihood
 
         BayesianLoRA(tiny_bert(), load_prior("monteclora"), CategoricalLikelihood(), num_data=8)
+
+
+def test_per_module_ranks_are_refused():
+    peft = get_peft_model(tiny_bert(), LoraConfig(r=4, target_modules=["query", "value"], rank_pattern={"value": 2}))
+    with pytest.raises(ValueError, match=r"per-module ranks or alphas \(rank_pattern, alpha_pattern\)"):
+        bayesian_lora_from_model(peft, "monteclora", num_data=8, num_labels=2)
+
+
+@pytest.mark.integration
+def test_a_users_lora_configuration_is_saved_and_rebuilt(tmp_path):
+    from monteclora_pyro.adapters import load_adapter, save_adapter
+    from monteclora_pyro.backbones import load_classifier
+    from monteclora_pyro.tasks.glue.settings import default_model
+
+    network, tokenizer = load_classifier(default_model(), 2)
+    config = LoraConfig(r=4, lora_alpha=8, target_modules=["query", "value"], lora_dropout=0.1, use_rslora=True,
+                        modules_to_save=["classifier"])
+    module = bayesian_lora_from_model(get_peft_model(network, config), "monteclora_scaled_ab", num_data=16,
+                                      num_labels=2)
+    with torch.no_grad():
+        for param in module.parameters():
+            if param.requires_grad:
+                param.add_(0.05 * torch.randn_like(param))
+    save_adapter(module.eval(), tmp_path / "adapter", default_model(), 2)
+    loaded, _ = load_adapter(tmp_path / "adapter")
+    rebuilt = loaded.network.peft_config["default"]
+    assert (rebuilt.r, rebuilt.lora_dropout, rebuilt.use_rslora) == (4, 0.1, True)
+    batch = dict(tokenizer(["a fine film", "dull and long"], padding=True, return_tensors="pt"))
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.network_output(batch), module.network_output(batch))

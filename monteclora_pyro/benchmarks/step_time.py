@@ -69,6 +69,7 @@ class StepTimeConfig:
                                       "peak memory of a method is then not its own)")
 
 
+WORKER_MODULE = "monteclora_pyro.benchmarks.step_time"  # this module, also when run as ``python -m`` (__main__)
 WORKER_SETTINGS = ("backbone", "seq_len", "warmup", "repeats", "num_components", "num_data", "threads",
                    "gradient_checkpointing", *RUN_SETTINGS)  # what a worker is told
 
@@ -90,7 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def worker_argv(args: argparse.Namespace, method: str) -> list[str]:
     """The command line that runs this benchmark as the worker of one method."""
-    argv = [sys.executable, "-m", __name__, "--worker", method]
+    argv = [sys.executable, "-m", WORKER_MODULE, "--worker", method]
     for name in WORKER_SETTINGS:
         value = getattr(args, name)
         if isinstance(value, bool):

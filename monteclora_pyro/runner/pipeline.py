@@ -144,8 +144,9 @@ PACKAGES = ("monteclora-pyro", "torch", "pyro-ppl", "transformers", "peft", "dat
 
 
 def environment(device: torch.device) -> dict[str, Any]:
-    """What a run ran on, for ``config.json``: Python and package versions, the package's git revision
-    (None outside a checkout; ``dirty`` when it has uncommitted changes) and the device."""
+    """What a run ran on, for ``config.json``: Python and package versions, the git revision of the checkout
+    the package runs from (None for an installed package; ``git_dirty`` when it has uncommitted changes) and
+    the device."""
     versions = {}
     for name in PACKAGES:
         try:
@@ -161,7 +162,8 @@ def environment(device: torch.device) -> dict[str, Any]:
             return None
         return done.stdout.strip() if done.returncode == 0 else None
 
-    revision = git("rev-parse", "HEAD")
+    tracked = git("ls-files", "--error-unmatch", "__init__.py") is not None  # the package is this checkout's
+    revision = git("rev-parse", "HEAD") if tracked else None
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine()
     return {"python": platform.python_version(), "packages": versions, "git_revision": revision,
             "git_dirty": None if revision is None else bool(git("status", "--porcelain", "--untracked-files=no")),

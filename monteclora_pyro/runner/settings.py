@@ -4,7 +4,8 @@
 A task family extends :class:`RunConfig` with its own fields and may give a field another default
 with :func:`~monteclora_pyro.runner.options.redefault`.  Values are checked when a settings object is
 made; :meth:`RunConfig.resolved` adds the checks that read files (the prior declaration, data
-folders).  Nothing here imports torch, so ``--help`` and a bad value answer at once.
+folders).  Nothing here imports torch, so ``--help`` and a bad value answer at once; a prior
+declaration is checked by its family's class, which loads torch and pyro (a second or two).
 """
 
 from __future__ import annotations

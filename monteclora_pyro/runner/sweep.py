@@ -153,7 +153,8 @@ def run_sweep(
     run_missing: bool = True,
     method_overrides: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> dict[str, Any]:
-    """Run every unfinished cell of ``family`` (unless ``run_missing`` is False: report on the finished ones only),
+    """Run every unfinished cell of ``family`` (unless ``run_missing`` is False: report on the finished ones only;
+    a cell whose training diverges is reported in ``failed_cells`` and tried again by a rerun),
     then write ``sweep.csv``, ``robustness.json`` and ``plots/metric_vs_lr.png``; a family that scores
     several tasks also gets ``tasks.csv`` (one row per cell and task) and their means per method
     (``robustness.json``'s ``per_task``).
@@ -172,6 +173,7 @@ def run_sweep(
     # a finished cell with other settings stops the sweep here, before any work
     finished = {cell: _finished(config) for cell, config in configs.items()}
     csv_path = output_dir / "sweep.csv"
+    failed: dict[str, str] = {}
     for index, (cell, config) in enumerate(configs.items(), start=1):
         if finished[cell] or _finished(config):  # another process sharing the grid may have finished it since
             print(f"[{index}/{len(cells)}] {cell.name}: done already, skipped", flush=True)
@@ -179,13 +181,18 @@ def run_sweep(
         if not run_missing:
             continue
         print(f"[{index}/{len(cells)}] {cell.name}", flush=True)
-        run(family(config))
+        try:
+            run(family(config))
+        except FloatingPointError as error:  # a diverged cell is a result of the grid, not the sweep's end
+            failed[cell.name] = str(error)
+            print(f"[{index}/{len(cells)}] {cell.name}: failed: {error}", flush=True)
+            continue
         atomic_write_csv(csv_path, _rows(base, output_dir, cells), CSV_COLUMNS)
     rows = _rows(base, output_dir, cells)
     atomic_write_csv(csv_path, rows, CSV_COLUMNS)
     summary = {
         "task": base.headline()[0], "metric": base.headline()[1],
-        "finished_cells": len(rows), "grid_cells": len(cells),
+        "finished_cells": len(rows), "grid_cells": len(cells), "failed_cells": failed,
         "robustness": robustness(rows), "ece": robustness(rows, "ece"),
         "grid": {"methods": list(methods), "lrs": list(lrs), "batch_sizes": list(batch_sizes), "seeds": list(seeds)},
     }

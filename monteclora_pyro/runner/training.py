@@ -52,7 +52,7 @@ class TrainHistory:
         return len(self.loss)
 
     def elbo_terms(self) -> dict[str, list[float]]:
-        """The logged ELBO terms, keyed as ``metrics.json`` and :func:`~monteclora_pyro.plots.plot_elbo` use."""
+        """The logged ELBO terms, keyed as ``metrics.json`` and :func:`~monteclora_pyro.runner.plots.plot_elbo` use."""
         return {"step": self.logged_steps, "kl_per_example": self.kl,
                 "expected_log_likelihood_per_example": self.expected_log_likelihood, "kl_weight": self.kl_weight}
 
@@ -117,13 +117,15 @@ DIVERGENCE_WINDOW = 5  # a diverged loss stays high: the median of this many las
 
 
 def _check_divergence(losses: list[float], config: TrainConfig, step: int) -> None:
-    """Stop when the median loss of the last steps exceeds ``divergence_factor`` times the first step's."""
-    if not config.divergence_factor:
+    """Stop when the median loss of the last steps exceeds ``divergence_factor`` times its start: the first
+    step's, or with KL annealing the first at the full KL weight (the loss grows while the weight does)."""
+    first = config.kl_anneal_steps
+    if not config.divergence_factor or len(losses) <= first:
         return
-    start, recent = max(losses[0], 0.1), statistics.median(losses[-DIVERGENCE_WINDOW:])
-    if recent > config.divergence_factor * start:
+    start, recent = losses[first], statistics.median(losses[max(first, len(losses) - DIVERGENCE_WINDOW):])
+    if recent > config.divergence_factor * max(start, 0.1):
         raise FloatingPointError(f"step {step}: the loss diverged (median of the last {DIVERGENCE_WINDOW} steps "
-                                 f"{recent:.4g}, over {config.divergence_factor:g} times its start {losses[0]:.4g}; "
+                                 f"{recent:.4g}, over {config.divergence_factor:g} times its start {start:.4g}; "
                                  f"lr = {config.lr}); lower the learning rate")
 
 

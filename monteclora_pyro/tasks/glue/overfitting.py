@@ -133,7 +133,7 @@ def run_overfitting(
     output_dir = Path(output_dir)
     configs = [dataclasses.replace(base, task=get_task(task).name, eval_each_epoch=True) for task in tasks]
     mc_dropout = {"map": {"mc_dropout_samples": base.mc_dropout_samples}}  # the other methods skip it
-    summary: dict[str, Any] = {"settings": {k: v for k, v in dataclasses.asdict(base).items()
+    summary: dict[str, Any] = {"settings": {k: v for k, v in dataclasses.asdict(configs[0]).items()
                                             if k not in ("task", "output_dir", "progress")},
                                "methods": list(methods), "seeds": list(seeds), "tasks": {}}
     for config in configs:
