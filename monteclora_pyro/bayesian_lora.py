@@ -81,6 +81,7 @@ class BayesianLoRA(LoRAMethod):
         self.groups = group_sites(self.sites, by_shape=group_by_shape)
         self._layers = {s.parameter: network.get_submodule(s.parameter.removesuffix(".weight")) for s in self.sites}
         self.prior = build_prior(spec)
+        self.prior.check(self.groups)
         self.guide_options = dict(guide_options or {})
         self.group_guides = nn.ModuleDict(
             {g.key: build_group_guide(self.guide_name, g, spec, **self.guide_options) for g in self.groups}

@@ -40,6 +40,13 @@ def randomize_b(module: BayesianLoRA) -> None:
                 param.normal_(0, 0.5)
 
 
+def test_a_perturbation_scale_that_drowns_the_signal_is_refused_before_training():
+    with pytest.raises(ValueError, match=r"perturbation_scale = 1e\+06 perturbs lora_A.4x32 by 9.8e\+06 times its "
+                                         r"entries' initial spread 1/sqrt\(3 d\); over 100 the perturbations drown"):
+        make("monteclora", perturbation_scale=1e6)  # the tiny BERT's factors have d = 32
+    make("monteclora_scaled_ab", perturbation_scale=50.0)  # relative: 50 times the initial spread is allowed
+
+
 def test_guide_must_fit_the_prior_family():
     with pytest.raises(ValueError, match=r"guide = 'monteclora' fits priors of family monteclora, not 'map'"):
         make("map", guide="monteclora")

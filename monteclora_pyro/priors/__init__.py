@@ -58,6 +58,9 @@ class PriorFamily(nn.Module):
         """Sample the group's factors (layers x factor shape) given their means, inside the model."""
         raise NotImplementedError
 
+    def check(self, groups: list) -> None:
+        """Refuse, before any training, a declaration that cannot work on these factor sites (default: none)."""
+
     def summaries(self, group: Any, guide_sites: Mapping[str, dict], means: torch.Tensor) -> dict[str, torch.Tensor]:
         """One guide draw of the group's latents (``guide_sites``: trace nodes by name) reduced to a few numbers
         per layer (leading dim), for ``posterior.nc``."""

@@ -26,7 +26,9 @@ from ..declarations import PriorSpec
 from ..distributions import Dirichlet, WishartCholesky
 from . import Panel, PriorFamily, register_prior
 
-__all__ = ["MonteCLoRAPrior", "MonteCLoRASpec"]
+__all__ = ["MAX_RELATIVE_SCALE", "MonteCLoRAPrior", "MonteCLoRASpec"]
+
+MAX_RELATIVE_SCALE = 100.0  # the widest perturbation allowed, in units of a factor's initial spread
 
 
 @dataclass(frozen=True)
@@ -117,6 +119,16 @@ class MonteCLoRAPrior(PriorFamily):
             if spec.cooperative_weight > 0:
                 pyro.factor(f"{group.name}.cooperative", -spec.cooperative_weight * weights.pow(2).sum(-1))
         return means + group.from_feature_major(self.perturbation(group, tril, weights, noise, scale))
+
+    def check(self, groups: list) -> None:
+        """Perturbations far wider than a factor's initial spread ``1 / sqrt(3 d)`` drown what the factor has
+        learned: a perturbation scale over :data:`MAX_RELATIVE_SCALE` of them is refused."""
+        for group in groups:
+            relative = self.eps(group) * (3 * group.features) ** 0.5
+            if relative > MAX_RELATIVE_SCALE:
+                raise ValueError(f"perturbation_scale = {self.spec.perturbation_scale:g} perturbs {group.name} by "
+                                 f"{relative:.3g} times its entries' initial spread 1/sqrt(3 d); over "
+                                 f"{MAX_RELATIVE_SCALE:g} the perturbations drown the signal: lower it")
 
     def eps(self, group) -> float:
         """The perturbation scale of ``group``: eps, times ``1 / sqrt(3 d)`` when declared relative."""
