@@ -249,9 +249,9 @@ def bayesian_lora_from_model(
         spec = load_prior(spec)
     if isinstance(model, PeftModel):
         config = model.peft_config[model.active_adapter]
-        targets = config.target_modules
-        spec = spec.replace(rank=config.r, alpha=float(config.lora_alpha),
-                            targets=(targets,) if isinstance(targets, str) else tuple(sorted(targets)))
+        targets = (config.target_modules,) if isinstance(config.target_modules, str) else config.target_modules
+        targets = spec.targets if set(spec.targets) == set(targets) else tuple(sorted(targets))  # the declared order
+        spec = spec.replace(rank=config.r, alpha=float(config.lora_alpha), targets=targets)
         network = model
     else:
         network = inject_lora(model, spec.targets, spec.rank, spec.alpha)
