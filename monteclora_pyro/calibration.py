@@ -68,6 +68,12 @@ def _validate(probs: torch.Tensor, labels: torch.Tensor, num_bins: int | None = 
         positive_int.check("num_bins", num_bins)
 
 
+def _equal_width_bins(confidence: torch.Tensor, num_bins: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(the bin edges, each confidence's bin): ``[k / M, (k + 1) / M)``, the last bin closed at 1."""
+    edges = torch.linspace(0, 1, num_bins + 1, dtype=torch.float64, device=confidence.device)
+    return edges, (torch.bucketize(confidence, edges, right=True) - 1).clamp(max=num_bins - 1)
+
+
 def _binned_sums(
     probs: torch.Tensor, labels: torch.Tensor, num_bins: int
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -75,8 +81,7 @@ def _binned_sums(
     _validate(probs, labels, num_bins)
     confidence, predicted = probs.detach().double().max(dim=-1)
     correct = (predicted == labels.to(predicted.device)).double()
-    edges = torch.linspace(0, 1, num_bins + 1, dtype=torch.float64, device=confidence.device)
-    index = (torch.bucketize(confidence, edges, right=True) - 1).clamp(max=num_bins - 1)
+    edges, index = _equal_width_bins(confidence, num_bins)
     zeros = torch.zeros(num_bins, dtype=torch.float64, device=confidence.device)
     return (
         edges,
@@ -104,15 +109,14 @@ def calibrated_ece(probs: torch.Tensor, num_bins: int = 15, draws: int = 1000, s
 
     Each draw makes every prediction correct with probability its confidence, as calibration means,
     and scores the draw's ECE: the ECE that sampling noise alone gives, the floor below which a
-    method's ECE says nothing (it is about 0.04 at 80 % accuracy on 400 rows).
+    method's ECE says nothing.
     """
     _validate(probs, torch.zeros(len(probs), dtype=torch.long), num_bins)
     positive_int.check("draws", draws)
     confidence = probs.detach().double().max(dim=-1).values.cpu()
     generator = torch.Generator().manual_seed(seed)
     correct = (torch.rand(draws, len(confidence), generator=generator, dtype=torch.float64) < confidence).double()
-    edges = torch.linspace(0, 1, num_bins + 1, dtype=torch.float64)
-    index = (torch.bucketize(confidence, edges, right=True) - 1).clamp(max=num_bins - 1)
+    _, index = _equal_width_bins(confidence, num_bins)
     gap = torch.zeros(draws, num_bins, dtype=torch.float64).index_add(1, index, correct - confidence)
     ece = gap.abs().sum(-1) / len(confidence)
     return ece.mean().item(), ece.std().item()
@@ -129,7 +133,7 @@ def debiased_calibration_error(probs: torch.Tensor, labels: torch.Tensor, num_bi
     confidence, predicted = probs.detach().double().max(dim=-1)
     correct = (predicted == labels.to(predicted.device)).double()
     ordered = confidence.sort().values.cpu().numpy()
-    parts = [part for part in np.array_split(ordered, min(num_bins, len(ordered)))]
+    parts = np.array_split(ordered, min(num_bins, len(ordered)))
     inner = sorted({(a[-1] + b[0]) / 2 for a, b in zip(parts[:-1], parts[1:], strict=True)} | {1.0})
     index = torch.searchsorted(torch.tensor(inner, dtype=torch.float64), confidence.cpu())  # as bisect_left
     zeros = torch.zeros(len(inner), dtype=torch.float64)

@@ -23,13 +23,13 @@ from .kinds import positive_int
 __all__ = ["posterior_inference_data", "save_posterior"]
 
 
-def _site_summaries(module: BayesianLoRA) -> dict[str, list[torch.Tensor]]:
+def _site_summaries(module: BayesianLoRA, means: dict[str, torch.Tensor]) -> dict[str, list[torch.Tensor]]:
     """One posterior draw reduced to {variable: [value per factor site, in ``module.sites`` order]}."""
     with poutine.block():  # the guide alone: the model's prior statements are not needed here
         nodes = poutine.trace(module.sample_guide).get_trace().nodes
     by_site: dict[str, dict[str, torch.Tensor]] = {}
     for group in module.groups:  # every latent has a leading layer dim (the group's plate)
-        summaries = module.prior.summaries(group, nodes, module.factor_means(group))
+        summaries = module.prior.summaries(group, nodes, means[group.key])
         for i, site in enumerate(group.sites):
             by_site[site.name] = {name: value[i].detach().float().cpu() for name, value in summaries.items()}
     return {name: [by_site[site.name][name] for site in module.sites] for name in by_site[module.sites[0].name]}
@@ -59,7 +59,8 @@ def posterior_inference_data(
         raise ValueError(f"log_likelihood has {ll.shape[1]} examples but observed has {y.shape[0]}")
 
     with torch.no_grad():
-        draws = [_site_summaries(module) for _ in range(num_draws)]
+        means = module.stacked_means()
+        draws = [_site_summaries(module, means) for _ in range(num_draws)]
     posterior = {name: torch.stack([torch.stack(d[name]) for d in draws])[None].numpy() for name in draws[0]}
     extra_dims = module.prior.summary_dims
     dims = {name: ["layer", *extra_dims.get(name, ())] for name in posterior} | {"y": ["example"]}

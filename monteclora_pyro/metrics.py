@@ -15,17 +15,22 @@ from .calibration import (
     maximum_calibration_error,
 )
 
-__all__ = ["accuracy", "negative_log_likelihood", "classification_metrics", "regression_metrics", "glue_metrics"]
+__all__ = ["accuracy", "classification_metrics", "example_nll", "glue_metrics", "negative_log_likelihood",
+           "regression_metrics"]
 
 
 def accuracy(probs: torch.Tensor, labels: torch.Tensor) -> float:
     return (probs.argmax(-1) == labels).float().mean().item()
 
 
+def example_nll(probs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """-log p(y_i) of each true label (probabilities clamped at 1e-12)."""
+    return -probs.gather(-1, labels.long().unsqueeze(-1)).squeeze(-1).clamp_min(1e-12).log()
+
+
 def negative_log_likelihood(probs: torch.Tensor, labels: torch.Tensor) -> float:
-    """Mean -log p(y) of the true labels (probabilities clamped at 1e-12)."""
-    picked = probs.gather(-1, labels.long().unsqueeze(-1)).squeeze(-1)
-    return (-picked.clamp_min(1e-12).log()).mean().item()
+    """Mean -log p(y) of the true labels."""
+    return example_nll(probs, labels).mean().item()
 
 
 def classification_metrics(probs: torch.Tensor, labels: torch.Tensor, num_bins: int = 15) -> dict[str, float]:

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from ..artifacts import atomic_output
+from ..kinds import nonnegative_int
 
 __all__ = ["Checkpointer", "restore_rng", "rng_state"]
 
@@ -58,8 +59,7 @@ class Checkpointer:
 
     def __post_init__(self) -> None:
         self.path = Path(self.path)
-        if not (isinstance(self.every, int) and self.every >= 0):
-            raise ValueError(f"checkpoint every = {self.every!r} must be an integer >= 0")
+        nonnegative_int.check("checkpoint every", self.every)
 
     def due(self, step: int) -> bool:
         return self.every > 0 and step % self.every == 0

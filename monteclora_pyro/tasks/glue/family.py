@@ -20,7 +20,7 @@ from ...artifacts import atomic_write_jsonl
 from ...backbones import load_classifier, output_layer
 from ...calibration import apply_temperature, fit_temperature
 from ...likelihoods import GaussianLikelihood, build_likelihood
-from ...metrics import classification_metrics, glue_metrics, regression_metrics
+from ...metrics import classification_metrics, example_nll, glue_metrics, regression_metrics
 from ...prediction import mc_dropout, predict, uncertainty
 from ...regression_calibration import (
     fit_noise_scale,
@@ -66,11 +66,10 @@ def _per_example(predictions: dict[str, torch.Tensor], task: GlueTask, scale: fl
     if task.num_labels > 1:
         probs = predictions["predictive"].double()
         columns |= {"probabilities": probs, "predicted": probs.argmax(-1)}
-        columns["nll"] = -probs.gather(1, labels.long()[:, None]).squeeze(1).clamp_min(1e-12).log()
+        columns["nll"] = example_nll(probs, labels)
         columns |= uncertainty(predictions["draws"])
         if "temperature" in fitted:
-            recalibrated = apply_temperature(probs, fitted["temperature"])
-            columns["ts_nll"] = -recalibrated.gather(1, labels.long()[:, None]).squeeze(1).clamp_min(1e-12).log()
+            columns["ts_nll"] = example_nll(apply_temperature(probs, fitted["temperature"]), labels)
     else:
         columns |= {"prediction": predictions["predictive"], "draw_std": predictions["predictive_var"].sqrt()}
         if scale is not None:

@@ -85,14 +85,17 @@ def comparisons(output_dir: Path, methods: Sequence[str], seeds: Sequence[int], 
     """Each method's (and ``<method>+temperature``'s) NLL minus each baseline's (:data:`BASELINES`), on the same
     dev rows, pooled over the seeds both have: the mean and its paired bootstrap 95 % interval (rows resampled,
     each with all its seeds' differences)."""
+    names = [name for m in methods for name in (m, m + TEMPERATURE)]
+    nll = {(name, seed): _example_nll(output_dir, name, seed, config)  # each cell's file read once per name
+           for name in dict.fromkeys([*names, *BASELINES]) for seed in seeds}
     out = []
-    for method in [name for m in methods for name in (m, m + TEMPERATURE)]:
+    for method in names:
         for baseline in BASELINES:
             if method == baseline:
                 continue
             rows, differences = [], []
             for seed in seeds:
-                ours, theirs = (_example_nll(output_dir, name, seed, config) for name in (method, baseline))
+                ours, theirs = nll[method, seed], nll[baseline, seed]
                 if ours is None or theirs is None:
                     continue
                 shared = sorted(set(ours) & set(theirs))
