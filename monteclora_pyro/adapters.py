@@ -38,8 +38,7 @@ def save_adapter(module: BayesianLoRA, directory: str | Path, model: str, num_la
     """Write the posterior of ``module`` (trained on backbone ``model``: a ``classifier`` with ``num_labels``
     outputs or a ``causal_lm``) to ``directory``."""
     directory = Path(directory)
-    tensors = {name: p.detach().float().cpu().contiguous() for name, p in module.named_parameters()
-               if p.requires_grad}
+    tensors = {name: p.detach().float().cpu().contiguous() for name, p in _stored(module).items()}
     meta: dict[str, Any] = {
         "format": FORMAT, "model": model, "kind": kind, "num_labels": num_labels, "num_data": module.num_data,
         "guide": module.guide_name, "guide_options": module.guide_options, "kl_weight": module.kl_weight,
@@ -76,12 +75,17 @@ def load_adapter(directory: str | Path, device: str | torch.device = "cpu", mode
     state = load_file(str(directory / TENSOR_FILE))
     if meta["format"] == 1:
         state = _group_site_tensors(state, module)
-    learnable = {name for name, p in module.named_parameters() if p.requires_grad}
+    learnable = set(_stored(module))
     if set(state) != learnable:
         raise ValueError(f"{directory / TENSOR_FILE} does not fit the declared model: missing "
                          f"{sorted(learnable - set(state))[:3]}, unexpected {sorted(set(state) - learnable)[:3]}")
     module.load_state_dict(state, strict=False)
     return module.to(device).eval(), tokenizer
+
+
+def _stored(module: BayesianLoRA) -> dict[str, torch.Tensor]:
+    """What a saved posterior holds: every learnable tensor and what a post-hoc fit set (a Laplace precision)."""
+    return {name: p for name, p in module.named_parameters() if p.requires_grad} | module.fitted_state()
 
 
 def _group_site_tensors(state: dict[str, torch.Tensor], module: BayesianLoRA) -> dict[str, torch.Tensor]:

@@ -31,7 +31,7 @@ from torch import nn
 from torch.distributions import kl_divergence
 
 from .declarations import PriorSpec, load_prior
-from .guides import GUIDES, build_group_guide
+from .guides import build_group_guide
 from .kinds import nonnegative_float, positive_int
 from .likelihoods import build_likelihood
 from .lora_method import LoRAMethod
@@ -82,6 +82,7 @@ class BayesianLoRA(LoRAMethod):
         self._layers = {s.parameter: network.get_submodule(s.parameter.removesuffix(".weight")) for s in self.sites}
         self.prior = build_prior(spec)
         self.prior.check(self.groups)
+        self.prior.check_likelihood(likelihood)
         self.guide_options = dict(guide_options or {})
         self.group_guides = nn.ModuleDict(
             {g.key: build_group_guide(self.guide_name, g, spec, **self.guide_options) for g in self.groups}
@@ -191,8 +192,26 @@ class BayesianLoRA(LoRAMethod):
 
     @property
     def point_estimate(self) -> bool:
-        """Whether the guide is a point mass (``delta``): every posterior draw is the same."""
-        return GUIDES[self.guide_name].point_mass
+        """Whether the guide is a point mass (``delta``, or ``laplace`` before its fit): every draw is the same."""
+        return all(guide.point_mass for guide in self.group_guides.values())
+
+    def fit_posterior(self, loader, device: torch.device) -> dict[str, Any]:
+        """The prior family's post-hoc fit on the training rows (the Laplace approximation); what it records."""
+        with torch.no_grad():
+            return self.prior.fit_posterior(self, loader, device)
+
+    @property
+    def linearized(self) -> bool:
+        return self.prior.linearized
+
+    def linearized_outputs(self, batch: Mapping[str, torch.Tensor], num_samples: int) -> dict[str, torch.Tensor]:
+        return self.prior.linearized_outputs(self, batch, num_samples)
+
+    def fitted_state(self) -> dict[str, torch.Tensor]:
+        """The buffers a post-hoc fit set (prior and guides' ``fitted_buffers``), by ``state_dict`` name."""
+        modules = {"prior": self.prior} | {f"group_guides.{key}": g for key, g in self.group_guides.items()}
+        return {f"{prefix}.{name}": getattr(m, name) for prefix, m in modules.items()
+                for name in getattr(m, "fitted_buffers", ())}
 
     def variational_parameters(self) -> list[nn.Parameter]:
         """The guides' own parameters (scales, concentrations) and the likelihood's (a regression's noise

@@ -29,7 +29,7 @@ def _declaration_class(family: Any, name: str = "") -> type[PriorSpec]:
 
     if family not in PRIOR_FAMILIES:
         where = f"prior {name!r}: " if name else "prior: "
-        raise ValueError(f"{where}family = {family!r} is unknown; allowed: {', '.join(PRIOR_FAMILIES)}")
+        raise ValueError(f"{where}family = {family!r} is unknown; allowed: {', '.join(sorted(PRIOR_FAMILIES))}")
     return PRIOR_FAMILIES[family].declaration
 
 

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .distributions import Categorical, Independent
+from .laplace import probit_scale
 
 __all__ = ["CategoricalLikelihood", "GaussianLikelihood", "TokenLikelihood", "build_likelihood",
            "categorical_draw_log_likelihood"]
@@ -53,6 +54,43 @@ class CategoricalLikelihood(nn.Module):
         """log p(y_i | draw s), (draws x examples), from each draw's probabilities (examples x draws x C)."""
         return categorical_draw_log_likelihood(draws, labels)
 
+    # the Laplace approximation's hooks (monteclora_pyro.laplace)
+    def ggn_outputs(self, output: torch.Tensor) -> torch.Tensor:
+        """K scalars per example (examples x K) whose output gradients g_k give the likelihood's Hessian in the
+        logits, Lambda = diag(p) - p p^T = sum_k g_k g_k^T: sqrt(p_c) (f_c - p.f) per class, or for two
+        classes the one direction sqrt(p_0 p_1) (f_1 - f_0)."""
+        logits = output.float()
+        p = logits.detach().softmax(-1)
+        if logits.shape[-1] == 2:
+            return ((p[:, 0] * p[:, 1]).sqrt() * (logits[:, 1] - logits[:, 0]))[:, None]
+        return p.sqrt() * (logits - (p * logits).sum(-1, keepdim=True))
+
+    def linear_outputs(self, output: torch.Tensor) -> torch.Tensor:
+        """The outputs the linearized predictive is Gaussian in: the logit difference for two classes (the
+        predictive is then a probit of one variable), else every logit."""
+        logits = output.float()
+        return logits[:, 1:] - logits[:, :1] if logits.shape[-1] == 2 else logits
+
+    def linearized_predictive(self, outputs: torch.Tensor, covariance: torch.Tensor, num_samples: int
+                              ) -> dict[str, torch.Tensor]:
+        """From Gaussian linear outputs (mean ``outputs``, examples x K, and ``covariance``, examples x K x K):
+        ``predictive``, the probit approximation of E[softmax] (MacKay), and ``draws`` (examples x draws x C),
+        the class probabilities of ``num_samples`` draws of the outputs."""
+        variance = covariance.diagonal(dim1=-2, dim2=-1)
+        scaled = outputs * probit_scale(variance)
+        noise = torch.randn(*outputs.shape[:1], num_samples, outputs.shape[1], device=outputs.device)
+        chol = torch.linalg.cholesky(covariance + 1e-9 * torch.eye(outputs.shape[1], device=outputs.device))
+        sampled = outputs[:, None] + torch.einsum("nkm,nsm->nsk", chol, noise)
+        if outputs.shape[1] == 1:  # two classes: the outputs are the logit difference
+            return {"predictive": _binary(scaled[:, 0]), "draws": _binary(sampled[..., 0])}
+        return {"predictive": scaled.softmax(-1), "draws": sampled.softmax(-1)}
+
+
+def _binary(difference: torch.Tensor) -> torch.Tensor:
+    """Two-class probabilities from the logit difference f_1 - f_0."""
+    p1 = difference.sigmoid()
+    return torch.stack([1 - p1, p1], dim=-1)
+
 
 class GaussianLikelihood(nn.Module):
     """y ~ Normal(network output, sigma); sigma learned (point estimate) unless ``learn_scale`` is False."""
@@ -90,6 +128,21 @@ class GaussianLikelihood(nn.Module):
     def draw_log_likelihood(self, draws: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """log N(y_i | draw s, sigma), (draws x examples), from each draw's prediction (examples x draws)."""
         return torch.distributions.Normal(draws, self.log_scale.exp().detach().cpu()).log_prob(labels[:, None]).T
+
+    def ggn_outputs(self, output: torch.Tensor) -> torch.Tensor:
+        """f / sigma (examples x 1): the Hessian of -log N(y | f, sigma) in f is 1 / sigma^2."""
+        return output.float().reshape(-1, 1) / self.log_scale.detach().exp()
+
+    def linear_outputs(self, output: torch.Tensor) -> torch.Tensor:
+        return output.float().reshape(-1, 1)
+
+    def linearized_predictive(self, outputs: torch.Tensor, covariance: torch.Tensor, num_samples: int
+                              ) -> dict[str, torch.Tensor]:
+        """``predictive``: the mean f* (the linearized predictive is N(f*, J Sigma J^T + sigma^2)); ``draws``
+        (examples x draws): ``num_samples`` draws of f, each read with the noise scale sigma as every draw is."""
+        std = covariance[:, 0, 0].clamp_min(0).sqrt()
+        noise = torch.randn(outputs.shape[0], num_samples, device=outputs.device)
+        return {"predictive": outputs[:, 0], "draws": outputs[:, :1] + std[:, None] * noise}
 
 
 class TokenLikelihood(nn.Module):

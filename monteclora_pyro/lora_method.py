@@ -67,6 +67,21 @@ class LoRAMethod(nn.Module, abc.ABC):
         """One draw of the stochastic factors ({PEFT parameter name: value}); {} for the trained weights."""
         return {}
 
+    def fit_posterior(self, loader: Any, device: torch.device) -> dict[str, Any]:
+        """Fit the posterior after training on the training rows (a Laplace approximation); what to record.
+        Default: nothing (the posterior was trained with the weights)."""
+        return {}
+
+    linearized: bool = False  # the predictive is the linearized network's (linearized_outputs), not the draws'
+
+    def linearized_outputs(self, batch: Mapping[str, torch.Tensor], num_samples: int) -> dict[str, torch.Tensor]:
+        """``predictive`` and ``num_samples`` ``draws`` of the linearized network on ``batch``."""
+        raise NotImplementedError(f"{type(self).__name__} has no linearized predictive")
+
+    def fitted_state(self) -> dict[str, torch.Tensor]:
+        """Buffers set by :meth:`fit_posterior` that a saved posterior keeps ({state_dict name: tensor})."""
+        return {}
+
     def variational_parameters(self) -> list[nn.Parameter]:
         """Parameters trained at the variational learning rate (scales, concentrations, a noise scale)."""
         return []

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 from scipy import stats
-from sklearn.metrics import f1_score, matthews_corrcoef
+from sklearn.metrics import f1_score, matthews_corrcoef, roc_auc_score
 
 from .calibration import (
     brier_score,
@@ -15,8 +15,8 @@ from .calibration import (
     maximum_calibration_error,
 )
 
-__all__ = ["accuracy", "classification_metrics", "example_nll", "glue_metrics", "negative_log_likelihood",
-           "regression_metrics"]
+__all__ = ["accuracy", "classification_metrics", "error_detection_auroc", "example_nll", "glue_metrics",
+           "negative_log_likelihood", "regression_metrics"]
 
 
 def accuracy(probs: torch.Tensor, labels: torch.Tensor) -> float:
@@ -49,6 +49,15 @@ def classification_metrics(probs: torch.Tensor, labels: torch.Tensor, num_bins: 
         "ece_floor": floor,
         "ece_floor_std": floor_std,
     }
+
+
+def error_detection_auroc(uncertainty: torch.Tensor, wrong: torch.Tensor) -> float | None:
+    """The AUROC with which a higher ``uncertainty`` flags a wrong prediction (1: every wrong one above every right
+    one; 0.5: chance), or None when the predictions are all right or all wrong."""
+    wrong = torch.as_tensor(wrong).bool()
+    if wrong.all() or not wrong.any():
+        return None
+    return float(roc_auc_score(wrong.numpy(), torch.as_tensor(uncertainty).double().numpy()))
 
 
 def regression_metrics(predictions: torch.Tensor, targets: torch.Tensor) -> dict[str, float]:

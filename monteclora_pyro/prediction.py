@@ -39,14 +39,17 @@ def draw_outputs(module: LoRAMethod, batch: Mapping[str, torch.Tensor], draws: l
 
 @torch.no_grad()
 def _collect(loader: Iterable, device: torch.device, heads: Mapping[str, Callable]) -> Predictions:
-    outputs: dict[str, list[torch.Tensor]] = {name: [] for name in heads}
+    """Each head's output on every batch, concatenated; a head may give several named outputs (a dict)."""
+    outputs: dict[str, list[torch.Tensor]] = {}
     labels, rows = [], []
     for batch in loader:
         batch = move_to(batch, device)
         labels.append(batch["labels"].cpu())
         rows.append(batch["row"].cpu() if "row" in batch else None)
         for name, head in heads.items():
-            outputs[name].append(head(batch).cpu())
+            output = head(batch)
+            for key, value in (output if isinstance(output, dict) else {name: output}).items():
+                outputs.setdefault(key, []).append(value.detach().cpu())
     known_rows = {"rows": torch.cat(rows)} if rows and all(r is not None for r in rows) else {}
     return {"labels": torch.cat(labels), **known_rows, **{name: torch.cat(v) for name, v in outputs.items()}}
 
@@ -59,23 +62,25 @@ def predict(module: LoRAMethod, loader: Iterable, num_samples: int, device=None,
 
     Classification gives class probabilities; regression gives the predicted value (``predictive``
     is then the mean over draws and ``predictive_var`` the spread of the draws).  A point-mass guide
-    (``delta``) has one distinct draw, so it is drawn once whatever ``num_samples`` says.
+    (``delta``) has one distinct draw, so it is drawn once whatever ``num_samples`` says.  A linearized
+    predictive (the Laplace approximation's) gives its own ``predictive`` and ``draws`` of the linear model.
     """
     device = device or next(module.parameters()).device
     module.eval()
-    draws = posterior_draws(module, num_samples)
 
     def mean(batch):
         return module.likelihood.predictive(module.network_output(batch))
 
-    def each_draw(batch):
-        return draw_outputs(module, batch, draws)
-
-    result = _collect(loader, device, {"mean": mean, "draws": each_draw} if with_mean else {"draws": each_draw})
+    if module.linearized:
+        heads = {"linearized": lambda batch: module.linearized_outputs(batch, num_samples)}
+    else:
+        draws = posterior_draws(module, num_samples)
+        heads = {"draws": lambda batch: draw_outputs(module, batch, draws)}
+    result = _collect(loader, device, ({"mean": mean} if with_mean else {}) | heads)
     stacked = result["draws"]  # (examples, draws, ...)
-    result["predictive"] = stacked.mean(1)
+    result.setdefault("predictive", stacked.mean(1))
     if module.likelihood.regression:
-        result["predictive_var"] = stacked.var(1) if len(draws) > 1 else torch.zeros_like(stacked[:, 0])
+        result["predictive_var"] = stacked.var(1) if stacked.shape[1] > 1 else torch.zeros_like(stacked[:, 0])
     return result
 
 

@@ -89,3 +89,13 @@ def test_the_entropy_splits_into_aleatoric_and_epistemic_parts():
     parts = uncertainty(mixed)
     torch.testing.assert_close(parts["entropy"], parts["expected_entropy"] + parts["mutual_information"])
     assert (parts["mutual_information"] >= 0).all()
+
+
+def test_the_error_detection_auroc_ranks_wrong_predictions_above_right_ones():
+    from monteclora_pyro.metrics import error_detection_auroc
+
+    wrong = torch.tensor([False, False, True, True])
+    assert error_detection_auroc(torch.tensor([0.1, 0.2, 0.8, 0.9]), wrong) == 1.0
+    assert error_detection_auroc(torch.tensor([0.9, 0.8, 0.2, 0.1]), wrong) == 0.0
+    assert error_detection_auroc(torch.tensor([0.1, 0.8, 0.2, 0.9]), wrong) == 0.75  # 3 of the 4 pairs ordered
+    assert error_detection_auroc(torch.ones(4), torch.zeros(4, dtype=torch.bool)) is None

@@ -144,13 +144,13 @@ def test_sweep_script_is_resumable_on_real_cola_rows(glue_dir, tmp_path, capsys)
 def test_overfitting_benchmark_script_on_real_sst2_rows(glue_dir, tmp_path):
     script = load_script("overfit_glue")
     argv = ["--tasks", "sst2", "--data-dir", str(glue_dir), "--output-dir", str(tmp_path), "--methods",
-            "map,monteclora_scaled", "--seeds", "0", "--epochs", "2", "--batch-size", "8", "--max-train-samples",
-            "40", "--holdout-fraction", "0.2", "--max-eval-samples", "24", "--num-samples", "2",
+            "map,monteclora_scaled,laplace", "--seeds", "0", "--epochs", "2", "--batch-size", "8",
+            "--max-train-samples", "40", "--holdout-fraction", "0.2", "--max-eval-samples", "24", "--num-samples", "2",
             "--mc-dropout-samples", "2", "--max-length", "32"]
     summary = script.main(argv)
     methods = summary["tasks"]["sst2"]["methods"]
     assert set(methods) == {"map", "map+temperature", "map+mc_dropout", "monteclora_scaled",
-                            "monteclora_scaled+temperature"}
+                            "monteclora_scaled+temperature", "laplace", "laplace+temperature"}
     assert methods["map"]["ece"]["seeds"] == 1
     assert methods["map"]["metric"]["mean"] == methods["map"]["accuracy"]["mean"]  # SST-2's metric
     cell = json.loads((tmp_path / "sst2" / "cells" / "map_lr0.002_bs8_seed0" / "metrics.json").read_text())
@@ -160,15 +160,19 @@ def test_overfitting_benchmark_script_on_real_sst2_rows(glue_dir, tmp_path):
     scaled = json.loads((tmp_path / "sst2" / "cells" / "monteclora_scaled_lr0.002_bs8_seed0" / "metrics.json")
                         .read_text())
     assert "mcd_ece" not in scaled  # MC dropout is the map baseline's
+    laplace = json.loads((tmp_path / "sst2" / "cells" / "laplace_lr0.002_bs8_seed0" / "metrics.json").read_text())
+    assert laplace["mean_nll"] == pytest.approx(cell["mean_nll"], abs=1e-6)  # the same seed trains the same LoRA
+    assert laplace["prior_precision"] > 0 and laplace["nll"] != laplace["mean_nll"]  # the linearized predictive
     assert len(summary["tasks"]["sst2"]["ece_by_epoch"]["map"]) == 2
     assert (tmp_path / "plots" / "ece_vs_epoch_sst2.png").stat().st_size > 10_000
     rows = (tmp_path / "sst2" / "overfitting.csv").read_text().splitlines()
-    assert rows[0] == "task,method,seed,metric,accuracy,nll,ece,ece_debiased,ece_floor,brier,crps"
-    assert len(rows) == 1 + 5
+    assert rows[0] == ("task,method,seed,metric,accuracy,nll,ece,ece_debiased,ece_floor,brier,crps,auroc_entropy,"
+                       "auroc_mi")
+    assert len(rows) == 1 + 7
     versus = {(c["method"], c["baseline"]): c for c in summary["tasks"]["sst2"]["nll_versus"]}
     assert set(versus) == {("map", "map+temperature"), ("map+temperature", "map"),
-                           *((m, b) for m in ("monteclora_scaled", "monteclora_scaled+temperature")
-                             for b in ("map", "map+temperature"))}
+                           *((m, b) for m in ("monteclora_scaled", "monteclora_scaled+temperature", "laplace",
+                                              "laplace+temperature") for b in ("map", "map+temperature"))}
     own = versus[("monteclora_scaled", "map")]  # the mean of the per-row differences is the difference of means
     means = {m: methods[m]["nll"]["mean"] for m in ("monteclora_scaled", "map")}
     assert own["nll_difference"] == pytest.approx(means["monteclora_scaled"] - means["map"], abs=1e-6)

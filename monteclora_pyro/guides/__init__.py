@@ -20,15 +20,19 @@ __all__ = ["GUIDES", "build_group_guide", "check_guide", "register_guide"]
 GUIDES: dict[str, type[nn.Module]] = {}
 
 
-def register_guide(name: str, families: tuple[str, ...], point_mass: bool = False
+def register_guide(name: str, families: tuple[str, ...], point_mass: bool | None = False
                    ) -> Callable[[type[nn.Module]], type[nn.Module]]:
     """Class decorator: make a guide available by ``name`` for priors of the given ``families``.
 
-    point_mass: every draw of the guide is the same (a point estimate), so a predictive needs one draw.
+    point_mass: every draw of the guide is the same (a point estimate), so a predictive needs one draw;
+    None: the guide says so itself (a ``point_mass`` property, e.g. until a post-hoc fit).
+    A guide may list ``fitted_buffers``: buffers set after training, saved with the posterior.
     """
 
     def decorate(cls: type[nn.Module]) -> type[nn.Module]:
-        cls.guide_name, cls.families, cls.point_mass = name, families, point_mass  # type: ignore[attr-defined]
+        cls.guide_name, cls.families = name, families  # type: ignore[attr-defined]
+        if point_mass is not None:
+            cls.point_mass = point_mass  # type: ignore[attr-defined]
         GUIDES[name] = cls
         return cls
 

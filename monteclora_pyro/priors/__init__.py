@@ -61,6 +61,21 @@ class PriorFamily(nn.Module):
     def check(self, groups: list) -> None:
         """Refuse, before any training, a declaration that cannot work on these factor sites (default: none)."""
 
+    def check_likelihood(self, likelihood: nn.Module) -> None:
+        """Refuse, before any training, an observation model the family cannot work with (default: none)."""
+
+    # a family fitted after training (the Laplace approximation) overrides these
+    fitted_buffers: ClassVar[tuple[str, ...]] = ()  # buffers set by fit_posterior, saved with the posterior
+    linearized: bool = False  # whether the predictive is the linearized model's (linearized_outputs)
+
+    def fit_posterior(self, module: Any, loader: Any, device: torch.device) -> dict[str, Any]:
+        """Fit the posterior after training, on the training rows of ``loader``; what to record (default: nothing)."""
+        return {}
+
+    def linearized_outputs(self, module: Any, batch: Any, num_samples: int) -> dict[str, torch.Tensor]:
+        """The linearized predictive on ``batch``: ``predictive`` and ``num_samples`` ``draws``."""
+        raise NotImplementedError(f"prior family {self.name!r} has no linearized predictive")
+
     def summaries(self, group: Any, guide_sites: Mapping[str, dict], means: torch.Tensor) -> dict[str, torch.Tensor]:
         """One guide draw of the group's latents (``guide_sites``: trace nodes by name) reduced to a few numbers
         per layer (leading dim), for ``posterior.nc``."""

@@ -53,12 +53,17 @@ class FactorPrior(PriorFamily):
 
     panels = (Panel("factor_std", "factor std around its mean"), Panel("factor_norm", "factor norm"))
 
+    def prior_scale(self) -> float | None:
+        """The Normal prior's std, or None for a flat prior."""
+        return self.spec.prior_scale
+
     def forward(self, group, means: torch.Tensor) -> torch.Tensor:
         layers = means.shape[:1]  # laws made at the plate's batch shape
-        if self.spec.prior_scale is None:
+        scale = self.prior_scale()
+        if scale is None:
             prior = ImproperUniform(dist.constraints.real, layers, group.shape)
         else:
-            prior = Independent(dist.Normal(means.new_zeros(()), self.spec.prior_scale).expand(means.shape), 2)
+            prior = Independent(dist.Normal(means.new_zeros(()), scale).expand(means.shape), 2)
         with group.plate():
             return pyro.sample(group.name, prior)
 

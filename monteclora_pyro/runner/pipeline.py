@@ -254,6 +254,10 @@ def _run(family: TaskFamily, output_dir: Path | None, processes: World) -> dict[
         "num_samples": config.num_samples if module.has_posterior else None,
     }
 
+    # a posterior fitted after training (the Laplace approximation), on the training rows in order
+    fit_loader = make_loader(train_set, collate, config.eval_batch_size, shuffle=False)
+    metrics.update(module.fit_posterior(fit_loader, device))
+
     # predict and evaluate
     evaluation = family.evaluate(module, device, output_dir)
     metrics.update(evaluation.metrics)

@@ -33,10 +33,10 @@ from ...runner.plots import plot_quantile_calibration, plot_reliability
 from .data import load_glue
 from .settings import GlueRunConfig, GlueTask, get_task
 
-__all__ = ["GlueFamily", "run_glue"]
+__all__ = ["GlueFamily", "dev_scores", "run_glue"]
 
 
-def _scores(predictive: torch.Tensor, labels: torch.Tensor, task: GlueTask, draws: torch.Tensor | None = None,
+def dev_scores(predictive: torch.Tensor, labels: torch.Tensor, task: GlueTask, draws: torch.Tensor | None = None,
             scale: float | None = None) -> dict[str, float]:
     """Classification: accuracy, NLL, ECE, MCE, Brier and the task's GLUE metrics, from class probabilities.
     Regression: correlations and MSE of the predicted values, and with a noise ``scale`` the NLL,
@@ -52,8 +52,8 @@ def _scores(predictive: torch.Tensor, labels: torch.Tensor, task: GlueTask, draw
 def _report(predictions: dict[str, torch.Tensor], task: GlueTask, scale: float | None) -> dict[str, float]:
     """Metrics of the posterior-mean predictions (``mean_*``) and of the predictive ones (unprefixed)."""
     labels, mean = predictions["labels"], predictions["mean"]
-    report = {f"mean_{k}": v for k, v in _scores(mean, labels, task, mean.reshape(len(mean), -1), scale).items()}
-    return report | _scores(predictions["predictive"], labels, task, predictions["draws"], scale)
+    report = {f"mean_{k}": v for k, v in dev_scores(mean, labels, task, mean.reshape(len(mean), -1), scale).items()}
+    return report | dev_scores(predictions["predictive"], labels, task, predictions["draws"], scale)
 
 
 def _per_example(predictions: dict[str, torch.Tensor], task: GlueTask, scale: float | None,
@@ -149,15 +149,15 @@ class GlueFamily(TaskFamily):
     def epoch_scores(self, module, device) -> dict[str, float]:
         predictions = self._predictions(module, device, self.task.dev_splits[0], with_mean=False)
         scale = self._noise_scale(module, device)
-        return _scores(predictions["predictive"], predictions["labels"], self.task, predictions["draws"], scale)
+        return dev_scores(predictions["predictive"], predictions["labels"], self.task, predictions["draws"], scale)
 
     def _recalibrated_scores(self, predictions: dict[str, torch.Tensor], fitted: dict[str, Any]) -> dict[str, float]:
         """Scores after the post-hoc fix fitted on the held-out rows: the temperature, or the noise scale."""
         labels = predictions["labels"]
         if self.task.num_labels > 1:
-            return _scores(apply_temperature(predictions["predictive"], fitted["temperature"]), labels, self.task)
+            return dev_scores(apply_temperature(predictions["predictive"], fitted["temperature"]), labels, self.task)
         scale = fitted["holdout_noise_scale"]
-        return _scores(predictions["predictive"], labels, self.task, predictions["draws"], scale)
+        return dev_scores(predictions["predictive"], labels, self.task, predictions["draws"], scale)
 
     def evaluate(self, module, device, output_dir: Path) -> Evaluation:
         """Each dev split (the first unprefixed, others as ``<split>_*``), recalibrated on the held-out rows
@@ -181,7 +181,7 @@ class GlueFamily(TaskFamily):
                 report.update({f"ts_{k}": v for k, v in self._recalibrated_scores(predictions, metrics).items()})
             if config.mc_dropout_samples:
                 dropout = mc_dropout(module, self.loaders[split], config.mc_dropout_samples, device)
-                report.update({f"mcd_{k}": v for k, v in _scores(dropout["mean"], dropout["labels"], task,
+                report.update({f"mcd_{k}": v for k, v in dev_scores(dropout["mean"], dropout["labels"], task,
                                                                  dropout["draws"], scale).items()})
             first_split = split == task.dev_splits[0]
             metrics.update({("" if first_split else f"{split}_") + k: v for k, v in report.items()})
@@ -189,7 +189,8 @@ class GlueFamily(TaskFamily):
                                _per_example(predictions, task, scale, metrics))
             if first_split:
                 labels = predictions["labels"]
-                evaluation.epoch_scores = _scores(predictions["predictive"], labels, task, predictions["draws"], scale)
+                evaluation.epoch_scores = dev_scores(predictions["predictive"], labels, task, predictions["draws"],
+                                                     scale)
                 evaluation.observed = labels
                 evaluation.log_likelihood = module.likelihood.draw_log_likelihood(predictions["draws"], labels)
                 if task.num_labels > 1:

@@ -5,7 +5,9 @@ once per seed, as the cells of a :func:`~monteclora_pyro.runner.sweep.run_sweep`
 shareable by processes that split the seeds).  Every method is also scored after temperature scaling
 fitted on the held-out rows (``<method>+temperature``; for regression a refitted noise scale), and the
 ``map`` (plain LoRA) cells give ``map+mc_dropout``.  Each method's per-row NLL is compared with
-``map``'s and ``map+temperature``'s by a paired bootstrap interval.  Writes per task
+``map``'s and ``map+temperature``'s by a paired bootstrap interval.  The finished ``map`` cells of all seeds together
+are a LoRA ensemble (``map_ensemble``, arXiv 2310.00035: members differing in initialization, data order
+and training subset), scored as the mixture of its members' predictives.  Writes per task
 ``overfitting.csv`` and ``comparisons.csv``, and ``summary.json`` (mean and std over seeds of each
 score, the comparisons, the ECE after each epoch) and ``plots/ece_vs_epoch_<task>.png``.
 """
@@ -14,25 +16,36 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import statistics
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from ...artifacts import atomic_write_csv, atomic_write_json
+from ...calibration import apply_temperature
 from ...comparison import paired_bootstrap
+from ...metrics import error_detection_auroc, example_nll
+from ...prediction import uncertainty
+from ...regression_calibration import mixture_log_density
 from ...runner.plots import plot_ece_vs_epoch
 from ...runner.sweep import Cell, run_sweep
-from .family import GlueFamily
+from .family import GlueFamily, dev_scores
 from .settings import GlueRunConfig, get_task, primary_metric
 
-__all__ = ["BASELINES", "COMPARISON_COLUMNS", "SCORES", "comparisons", "overfitting_rows", "run_overfitting",
-           "summarize"]
+__all__ = ["BASELINES", "COMPARISON_COLUMNS", "ENSEMBLE", "SCORES", "comparisons", "ensemble", "overfitting_rows",
+           "run_overfitting", "summarize"]
 
-# regression: no accuracy, Brier or binned ECE; its ece is the quantile calibration error, and CRPS
-SCORES = ("metric", "accuracy", "nll", "ece", "ece_debiased", "ece_floor", "brier", "crps")
+# regression: no accuracy, Brier or binned ECE; its ece is the quantile calibration error, and CRPS.
+# auroc_entropy / auroc_mi: how well the predictive's entropy / the mutual information (its epistemic part)
+# flag wrong predictions (error_detection_auroc; a temperature leaves both orderings of two classes as they are)
+SCORES = ("metric", "accuracy", "nll", "ece", "ece_debiased", "ece_floor", "brier", "crps", "auroc_entropy",
+          "auroc_mi")
 TEMPERATURE = "+temperature"  # <method>+temperature: the method's predictive recalibrated on the held-out rows
 BASELINES = ("map", "map+temperature")  # every method's NLL is compared with these, row by row
+ENSEMBLE = "map_ensemble"  # the map cells of all seeds, as one mixture
 COMPARISON_COLUMNS = ("method", "baseline", "nll_difference", "low", "high", "rows", "pairs")
 
 
@@ -41,6 +54,23 @@ def _score_row(task: str, method: str, seed: int, metrics: Mapping[str, Any], pr
     row = {"task": task, "method": method, "seed": seed, "metric": metrics.get(prefix + key)}
     row.update({name: metrics.get(prefix + name) for name in SCORES[1:]})
     return row
+
+
+def _aurocs(entropy: torch.Tensor, mutual_information: torch.Tensor, wrong: torch.Tensor) -> dict[str, Any]:
+    return {"auroc_entropy": error_detection_auroc(entropy, wrong),
+            "auroc_mi": error_detection_auroc(mutual_information, wrong)}
+
+
+def _error_aurocs(path: Path) -> dict[str, Any]:
+    """The error-detection AUROCs of one cell's classification predictions (none for regression or no file)."""
+    if not path.exists():
+        return {}
+    records = [json.loads(line) for line in path.read_text().splitlines()]
+    if not records or "entropy" not in records[0]:
+        return {}
+    column = {key: torch.tensor([r[key] for r in records]) for key in ("entropy", "mutual_information")}
+    wrong = torch.tensor([r["predicted"] != r["label"] for r in records])
+    return _aurocs(column["entropy"], column["mutual_information"], wrong)
 
 
 def _cell_dir(output_dir: Path, method: str, seed: int, config: GlueRunConfig) -> Path:
@@ -59,12 +89,64 @@ def overfitting_rows(task: str, output_dir: Path, methods: Sequence[str], seeds:
             if not path.exists():
                 continue
             metrics = json.loads(path.read_text())
-            rows.append(_score_row(task, method, seed, metrics))
+            rows.append(_score_row(task, method, seed, metrics) | _error_aurocs(path.parent / "predictions.jsonl"))
             epochs.setdefault(method, []).append([e["ece"] for e in metrics.get("epochs", [])])
             post_hoc = {method + TEMPERATURE: "ts_"} | ({"map+mc_dropout": "mcd_"} if method == "map" else {})
             rows.extend(_score_row(task, name, seed, metrics, prefix) for name, prefix in post_hoc.items()
                         if metrics.get(prefix + "ece") is not None)
     return rows, epochs
+
+
+def _read_cell(output_dir: Path, method: str, seed: int, config: GlueRunConfig
+               ) -> tuple[dict[str, Any], list[dict[str, Any]]] | None:
+    """(metrics, per-row predictions) of a finished cell, or None."""
+    cell = _cell_dir(output_dir, method, seed, config)
+    if not (cell / "metrics.json").exists() or not (cell / "predictions.jsonl").exists():
+        return None
+    return (json.loads((cell / "metrics.json").read_text()),
+            [json.loads(line) for line in (cell / "predictions.jsonl").read_text().splitlines()])
+
+
+def ensemble(task: str, output_dir: Path, seeds: Sequence[int], config: GlueRunConfig) -> dict[str, Any] | None:
+    """The ``map`` cells of ``seeds`` as one LoRA ensemble, or None with fewer than two finished: its score
+    rows (the mixture, and ``+temperature``: the mixture of the members each after its own temperature,
+    fitted on its own held-out rows, as no held-out row is every member's) and {dev row: NLL} of each.
+
+    Classification mixes the members' class probabilities.  Regression mixes N(member's prediction, sigma)
+    with sigma the root mean square of the members' noise scales (their learned ones; after ``+temperature``,
+    those refitted on their held-out rows).
+    """
+    members = {seed: cell for seed in seeds if (cell := _read_cell(output_dir, "map", seed, config)) is not None}
+    if len(members) < 2:
+        return None
+    shared = sorted(set.intersection(*({r["row"] for r in records} for _, records in members.values())))
+    by_row = [{r["row"]: r for r in records} for _, records in members.values()]
+    labels = torch.tensor([by_row[0][row]["label"] for row in shared])
+    regression = get_task(task).num_labels == 1
+    name = ",".join(str(seed) for seed in members)
+    rows, nll = [], {}
+    for method in (ENSEMBLE, ENSEMBLE + TEMPERATURE):
+        recalibrated = method.endswith(TEMPERATURE)
+        if regression:
+            draws = torch.tensor([[member[row]["prediction"] for member in by_row] for row in shared])
+            fitted = "holdout_noise_scale" if recalibrated else "noise_scale"
+            scale = math.sqrt(statistics.fmean(metrics[fitted] ** 2 for metrics, _ in members.values()))
+            scores = dev_scores(draws.mean(1), labels, get_task(task), draws, scale)
+            row_nll = -mixture_log_density(draws, labels, scale)
+        else:
+            probs = [torch.tensor([member[row]["probabilities"] for row in shared], dtype=torch.float64)
+                     for member in by_row]
+            if recalibrated:
+                probs = [apply_temperature(p, metrics["temperature"])
+                         for p, (metrics, _) in zip(probs, members.values(), strict=True)]
+            mixture = torch.stack(probs).mean(0)
+            scores = dev_scores(mixture, labels, get_task(task))
+            split = uncertainty(torch.stack(probs, dim=1))  # the members are the draws
+            scores |= _aurocs(split["entropy"], split["mutual_information"], mixture.argmax(-1) != labels)
+            row_nll = example_nll(mixture, labels)
+        rows.append(_score_row(task, method, name, scores))
+        nll[method] = dict(zip(shared, row_nll.tolist(), strict=True))
+    return {"rows": rows, "nll": nll, "members": list(members)}
 
 
 def _example_nll(output_dir: Path, method: str, seed: int, config: GlueRunConfig) -> dict[int, float] | None:
@@ -81,13 +163,18 @@ def _example_nll(output_dir: Path, method: str, seed: int, config: GlueRunConfig
 
 
 def comparisons(output_dir: Path, methods: Sequence[str], seeds: Sequence[int], config: GlueRunConfig,
-                num_resamples: int = 2000) -> list[dict[str, Any]]:
+                num_resamples: int = 2000, ensemble_nll: Mapping[str, dict[int, float]] | None = None
+                ) -> list[dict[str, Any]]:
     """Each method's (and ``<method>+temperature``'s) NLL minus each baseline's (:data:`BASELINES`), on the same
     dev rows, pooled over the seeds both have: the mean and its paired bootstrap 95 % interval (rows resampled,
-    each with all its seeds' differences)."""
+    each with all its seeds' differences).  ``ensemble_nll`` ({name: {row: NLL}}, :func:`ensemble`) is one
+    predictive for all seeds, compared with each seed's baseline."""
     names = [name for m in methods for name in (m, m + TEMPERATURE)]
     nll = {(name, seed): _example_nll(output_dir, name, seed, config)  # each cell's file read once per name
            for name in dict.fromkeys([*names, *BASELINES]) for seed in seeds}
+    for name, values in (ensemble_nll or {}).items():
+        names.append(name)
+        nll.update({(name, seed): values for seed in seeds})
     out = []
     for method in names:
         for baseline in BASELINES:
@@ -144,8 +231,10 @@ def run_overfitting(
         run_sweep(GlueFamily, dataclasses.replace(config, mc_dropout_samples=0), methods, [config.lr],
                   [config.batch_size], seeds, task_dir, run_missing=run_missing, method_overrides=mc_dropout)
         rows, epochs = overfitting_rows(config.task, task_dir, methods, seeds, config)
+        mixture = ensemble(config.task, task_dir, seeds, config) if "map" in methods else None
+        rows += mixture["rows"] if mixture else []
         atomic_write_csv(task_dir / "overfitting.csv", rows, ["task", "method", "seed", *SCORES])
-        versus = comparisons(task_dir, methods, seeds, config)
+        versus = comparisons(task_dir, methods, seeds, config, ensemble_nll=mixture["nll"] if mixture else None)
         atomic_write_csv(task_dir / "comparisons.csv", versus, COMPARISON_COLUMNS)
         ece_by_epoch = {m: [statistics.fmean(e) for e in zip(*runs, strict=False)] for m, runs in epochs.items()
                         if runs and all(runs)}

@@ -1,0 +1,142 @@
+"""The Laplace approximation over the LoRA factors (Laplace-LoRA, arXiv 2308.13111), with a diagonal GGN.
+
+After training, q(theta) = N(theta*, (diag(GGN) + delta I)^-1) over the stochastic factors, where the
+generalized Gauss-Newton of the training set's negative log-likelihood at theta* is
+``sum_n J_n^T Lambda_n J_n`` (J_n: the Jacobian of example n's network output, Lambda_n: the
+likelihood's Hessian in the output) and the prior precision delta maximizes the Laplace
+approximation of the marginal likelihood.  Its predictive is either the linearized model's
+(the network's output is Gaussian, N(f*, J Sigma J^T), read through the probit approximation) or
+the network's under draws of theta.
+
+Per-example gradients of a LoRA factor are outer products of the factor's input and its output's
+gradient (as BackPACK and ASDL compute them), taken here from one forward pass with hooks on the
+factors' linear maps; ``laplace-torch`` does this on whole models, but needs torchvision, and the
+posterior here must stay the engine's (its sites, groups and guides).  The task head stays a point
+estimate.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Mapping
+
+import numpy as np
+import torch
+from scipy.optimize import minimize_scalar
+
+from .prediction import move_to
+
+__all__ = ["FactorGradients", "diagonal_ggn", "linear_output_covariance", "log_evidence", "optimal_prior_precision",
+           "probit_scale"]
+
+
+class FactorGradients:
+    """Per-example gradients of scalar outputs with respect to the stochastic factors, for one forward pass.
+
+    Inside the ``with`` block, the forward pass records every factor's input and output; :meth:`per_example`
+    then gives, for one output column (a scalar per example), its gradient with respect to each factor, stacked like the
+    engine's site groups: {group key: (examples, layers, *factor shape)}.  Examples must not interact
+    (no batch norm): the gradient of a sum over examples is then each example's own.
+    """
+
+    def __init__(self, module) -> None:
+        self.module = module
+        self.records: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {}
+        self._handles: list = []
+
+    def __enter__(self) -> FactorGradients:
+        for site in self.module.sites:
+            layer = self.module._layers[site.parameter]
+
+            def record(_layer, inputs, output, parameter=site.parameter):
+                self.records.setdefault(parameter, []).append((inputs[0].detach(), output))
+
+            self._handles.append(layer.register_forward_hook(record))
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+
+    def per_example(self, outputs: torch.Tensor, column: int) -> dict[str, torch.Tensor]:
+        """{group key: d outputs[n, column] / d factor, (examples x layers x *shape)} for the recorded pass's
+        outputs (examples x K)."""
+        parameters = [s.parameter for s in self.module.sites]
+        with torch.enable_grad():  # the column's sum is a node of the recorded graph, whatever the caller's mode
+            total = outputs[:, column].sum()
+        recorded = [output for p in parameters for _, output in self.records[p]]
+        grads = iter(torch.autograd.grad(total, recorded, retain_graph=True))
+        per_site = {}
+        for parameter in parameters:
+            total = None
+            for inputs, _ in self.records[parameter]:
+                grad = next(grads)
+                n = grad.shape[0]
+                term = torch.einsum("nto,nti->noi", grad.reshape(n, -1, grad.shape[-1]).float(),
+                                    inputs.reshape(n, -1, inputs.shape[-1]).float())
+                total = term if total is None else total + term
+            per_site[parameter] = total
+        return {g.key: torch.stack([per_site[s.parameter] for s in g.sites], dim=1) for g in self.module.groups}
+
+
+def _outputs_with_gradients(module, batch: Mapping[str, torch.Tensor], read: Callable[[torch.Tensor], torch.Tensor]
+                            ) -> tuple[torch.Tensor, FactorGradients]:
+    """``read`` of the network output (posterior mean) on ``batch`` (examples x K), with the factors' records
+    for :meth:`FactorGradients.per_example` of its columns."""
+    recorder = FactorGradients(module)
+    with torch.enable_grad(), recorder:
+        outputs = read(module.network_output(batch, {}))
+    return outputs, recorder
+
+
+def diagonal_ggn(module, loader: Iterable, device: torch.device) -> dict[str, torch.Tensor]:
+    """The diagonal of the generalized Gauss-Newton of the negative log-likelihood over ``loader``'s rows, at the
+    posterior mean: {group key: (layers x *factor shape)}.  The likelihood gives Lambda's square root as K
+    scalar outputs per example (``ggn_outputs``: Lambda_n = sum_k g_nk g_nk^T in the output's gradients), so
+    it costs one forward and K backward passes a batch (K = 1 for binary classification and regression)."""
+    module.eval()
+    total = {g.key: torch.zeros(len(g.sites), *g.shape, device=device) for g in module.groups}
+    for batch in loader:
+        directions, recorder = _outputs_with_gradients(module, move_to(batch, device), module.likelihood.ggn_outputs)
+        for k in range(directions.shape[1]):
+            for key, grad in recorder.per_example(directions, k).items():
+                total[key] += grad.square().sum(0)
+    return total
+
+
+def linear_output_covariance(module, batch: Mapping[str, torch.Tensor], variances: Mapping[str, torch.Tensor]
+                             ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(f, C): the likelihood's linearized outputs at the posterior mean (examples x K) and their covariance
+    under a diagonal Gaussian posterior with the given ``variances`` ({group key: layers x *shape}),
+    C_n = J_n diag(variances) J_n^T (examples x K x K)."""
+    outputs, recorder = _outputs_with_gradients(module, batch, module.likelihood.linear_outputs)
+    jacobians = [recorder.per_example(outputs, k) for k in range(outputs.shape[1])]
+    covariance = outputs.new_zeros(outputs.shape[0], outputs.shape[1], outputs.shape[1])
+    for key, variance in variances.items():
+        rows = torch.stack([j[key].flatten(1) for j in jacobians], dim=1)  # examples x K x P
+        covariance += torch.einsum("nkp,nmp->nkm", rows * variance.flatten(), rows)
+    return outputs.detach(), covariance.detach()
+
+
+def probit_scale(variance: torch.Tensor) -> torch.Tensor:
+    """1 / sqrt(1 + pi/8 v): E[sigmoid(f)] for f ~ N(m, v) is about sigmoid(m * this) (MacKay 1992)."""
+    return (1 + math.pi / 8 * variance).rsqrt()
+
+
+def log_evidence(prior_precision: float, ggn: np.ndarray, squared_norm: float) -> float:
+    """The Laplace log marginal likelihood as a function of the prior precision delta, up to terms free of it:
+    -delta/2 ||theta*||^2 + P/2 log delta - 1/2 sum_p log(h_p + delta)."""
+    return (-0.5 * prior_precision * squared_norm + 0.5 * ggn.size * math.log(prior_precision)
+            - 0.5 * float(np.log(ggn + prior_precision).sum()))
+
+
+def optimal_prior_precision(ggn: torch.Tensor, theta: torch.Tensor, bounds: tuple[float, float] = (1e-6, 1e6)
+                            ) -> float:
+    """The prior precision delta in ``bounds`` that maximizes :func:`log_evidence` (a bounded search on log delta)."""
+    h = ggn.detach().double().flatten().cpu().numpy()
+    squared_norm = float(theta.detach().double().square().sum())
+    result = minimize_scalar(lambda log_delta: -log_evidence(math.exp(log_delta), h, squared_norm),
+                             bounds=(math.log(bounds[0]), math.log(bounds[1])), method="bounded",
+                             options={"xatol": 1e-6})
+    return math.exp(result.x)

@@ -1,0 +1,88 @@
+"""The Laplace approximation as a prior family (Laplace-LoRA, arXiv 2308.13111): plain LoRA while training,
+then a Normal(0, delta^-1/2) prior on the factors and the diagonal Laplace posterior around the trained
+ones (:mod:`monteclora_pyro.laplace`), fitted after training on the training rows.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from ..declarations import PriorSpec
+from ..laplace import diagonal_ggn, linear_output_covariance, log_evidence, optimal_prior_precision
+from ..likelihoods import CategoricalLikelihood, GaussianLikelihood
+from . import register_prior
+from .factor import FactorPrior
+
+__all__ = ["PREDICTIVES", "LaplacePrior", "LaplaceSpec"]
+
+PREDICTIVES = ("linearized", "sampled")
+
+
+@dataclass(frozen=True)
+class LaplaceSpec(PriorSpec):
+    """The ``laplace`` family's fields.
+
+    prior_precision: delta of the Normal(0, delta^-1/2) prior on the factors; omitted: the delta that
+        maximizes the Laplace approximation of the marginal likelihood on the training rows.
+    predictive: ``linearized`` (the network linear in the factors around the trained ones, through the
+        probit approximation; Laplace-LoRA's) or ``sampled`` (the network under draws of the factors).
+    """
+
+    prior_precision: float | None = None
+    predictive: str = "linearized"
+
+    def _validate(self) -> None:
+        super()._validate()
+        if self.prior_precision is not None and not self.prior_precision > 0:
+            self._fail(f"prior_precision = {self.prior_precision!r} must be > 0 (or omitted: the marginal "
+                       "likelihood chooses it)")
+        if self.predictive not in PREDICTIVES:
+            self._fail(f"predictive = {self.predictive!r}; allowed: {', '.join(PREDICTIVES)}")
+
+
+@register_prior("laplace")
+class LaplacePrior(FactorPrior):
+    """A flat prior while training (plain LoRA), Normal(0, delta^-1/2) once :meth:`fit_posterior` has run."""
+
+    declaration = LaplaceSpec
+    default_guide = "laplace"
+    fitted_buffers = ("prior_precision",)
+
+    def __init__(self, spec: LaplaceSpec) -> None:
+        super().__init__(spec)
+        self.register_buffer("prior_precision", torch.zeros(()))  # 0: not fitted yet
+
+    def prior_scale(self) -> float | None:
+        return float(self.prior_precision.rsqrt()) if self.prior_precision > 0 else None
+
+    def check_likelihood(self, likelihood) -> None:
+        if not isinstance(likelihood, (CategoricalLikelihood, GaussianLikelihood)):
+            raise ValueError(f"prior family 'laplace' fits classification and regression heads; the likelihood is a "
+                             f"{type(likelihood).__name__}")
+
+    @property
+    def linearized(self) -> bool:
+        return self.spec.predictive == "linearized" and self.prior_precision > 0
+
+    def fit_posterior(self, module, loader, device: torch.device) -> dict[str, Any]:
+        """The diagonal GGN over ``loader``'s rows, the prior precision, and the guides' posterior precision."""
+        start = time.perf_counter()
+        ggn = diagonal_ggn(module, loader, device)
+        h = torch.cat([ggn[g.key].flatten() for g in module.groups])
+        theta = torch.cat([module.factor_means(g).detach().flatten() for g in module.groups])
+        delta = self.spec.prior_precision or optimal_prior_precision(h, theta)
+        self.prior_precision.fill_(delta)
+        for group in module.groups:
+            module.group_guides[group.key].precision.copy_(ggn[group.key] + delta)
+        return {"prior_precision": delta, "ggn_mean": float(h.mean()),
+                "log_evidence": log_evidence(delta, h.double().cpu().numpy(), float(theta.double().square().sum())),
+                "laplace_fit_seconds": time.perf_counter() - start}
+
+    def linearized_outputs(self, module, batch, num_samples: int) -> dict[str, torch.Tensor]:
+        variances = {g.key: module.group_guides[g.key].precision.reciprocal() for g in module.groups}
+        outputs, covariance = linear_output_covariance(module, batch, variances)
+        return module.likelihood.linearized_predictive(outputs, covariance, num_samples)

@@ -1,0 +1,191 @@
+"""The Laplace approximation: its curvature against per-example Jacobians taken one example at a time, and
+its posterior, predictive and evidence against the exact ones of a linear-Gaussian model."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from conftest import tiny_batch, tiny_bert
+from torch import nn
+
+from monteclora_pyro import adapters
+from monteclora_pyro.adapters import load_adapter, save_adapter
+from monteclora_pyro.bayesian_lora import bayesian_lora_from_model
+from monteclora_pyro.declarations import PriorSpec, load_prior
+from monteclora_pyro.laplace import diagonal_ggn, linear_output_covariance, log_evidence, optimal_prior_precision
+from monteclora_pyro.likelihoods import GaussianLikelihood, TokenLikelihood
+from monteclora_pyro.prediction import predict
+
+
+def laplace_module(num_labels: int, **fields) -> object:
+    spec = PriorSpec(family="laplace", targets=("query", "value"), rank=2, alpha=4.0, stochastic=("A", "B"), **fields)
+    module = bayesian_lora_from_model(tiny_bert(num_labels), spec, num_data=16, num_labels=num_labels)
+    torch.manual_seed(1)
+    for site in module.sites:  # B starts at zero, where A's gradients vanish
+        module._layers[site.parameter].weight.data.normal_(0, 0.3)
+    return module.eval()
+
+
+def batches(num_labels: int) -> list[dict[str, torch.Tensor]]:
+    """Two batches, the second padded: padding must not reach the curvature."""
+    first, second = tiny_batch(5, 9, num_labels, seed=0), tiny_batch(3, 12, num_labels, seed=1)
+    second["attention_mask"][:, 8:] = 0
+    if num_labels == 1:
+        for batch in (first, second):
+            batch["labels"] = batch["labels"].float()
+    return [first, second]
+
+
+def one_by_one_jacobian(module, batch: dict, outputs) -> torch.Tensor:
+    """(examples x K x parameters): each example alone, each output's gradient by its own backward pass."""
+    parameters = [module._layers[s.parameter].weight for g in module.groups for s in g.sites]
+    rows = []
+    for n in range(len(batch["labels"])):
+        single = {k: v[n:n + 1] for k, v in batch.items()}
+        values = outputs(module.network_output(single, {}))[0]
+        rows.append(torch.stack([torch.cat([g.flatten() for g in torch.autograd.grad(v, parameters,
+                                                                                      retain_graph=True)])
+                                 for v in values]))
+    return torch.stack(rows)
+
+
+def flat(per_group: dict, module) -> torch.Tensor:
+    return torch.cat([per_group[g.key].flatten() for g in module.groups])
+
+
+@pytest.mark.parametrize("num_labels", [1, 2, 3])
+def test_diagonal_ggn_equals_one_example_at_a_time(num_labels):
+    module = laplace_module(num_labels)
+    data = batches(num_labels)
+    expected = 0
+    for batch in data:
+        jacobian = one_by_one_jacobian(module, batch, lambda out: out.reshape(out.shape[0], -1))  # logits
+        logits = module.network_output(batch, {}).detach().reshape(len(jacobian), -1)
+        if num_labels == 1:
+            hessian = torch.ones(len(logits), 1, 1) / module.likelihood.log_scale.exp().detach() ** 2
+        else:
+            p = logits.softmax(-1)
+            hessian = torch.diag_embed(p) - p[:, :, None] * p[:, None, :]
+        expected = expected + torch.einsum("ncp,ncd,ndp->p", jacobian, hessian, jacobian)
+    ggn = flat(diagonal_ggn(module, data, torch.device("cpu")), module)
+    assert expected.abs().max() > 0
+    torch.testing.assert_close(ggn, expected.detach(), rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("num_labels", [1, 2, 3])
+def test_linear_output_covariance_equals_jacobian_sandwich(num_labels):
+    module = laplace_module(num_labels)
+    batch = batches(num_labels)[1]
+    variances = {g.key: torch.rand(len(g.sites), *g.shape) for g in module.groups}
+    outputs, covariance = linear_output_covariance(module, batch, variances)
+    jacobian = one_by_one_jacobian(module, batch, module.likelihood.linear_outputs)
+    expected = torch.einsum("nkp,p,nmp->nkm", jacobian, flat(variances, module), jacobian)
+    torch.testing.assert_close(covariance, expected.detach(), rtol=1e-4, atol=1e-7)
+    assert outputs.shape == covariance.shape[:2]
+
+
+class LinearRegressor(nn.Module):
+    """f(x) = query(x): with LoRA on ``query`` (W0 = 0, A = I) the output is B x, linear in B."""
+
+    def __init__(self, features: int) -> None:
+        super().__init__()
+        self.query = nn.Linear(features, 1, bias=False)
+        nn.init.zeros_(self.query.weight)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.query(x)
+
+
+def test_laplace_is_the_exact_posterior_of_a_linear_gaussian_model():
+    """With orthogonal features the GGN is the exact (diagonal) Hessian, so the Laplace posterior over B, its
+    linearized predictive and its evidence are the conjugate model's exactly."""
+    torch.manual_seed(0)
+    features, noise, delta = 3, 0.5, 2.0
+    x = torch.linalg.qr(torch.randn(8, features, dtype=torch.float64))[0].float() * torch.tensor([3.0, 1.0, 0.5])
+    y = x @ torch.tensor([1.0, -2.0, 0.5]) + noise * torch.randn(8)
+    spec = PriorSpec(family="laplace", targets=("query",), rank=features, alpha=float(features), stochastic=("B",),
+                     prior_precision=delta)
+    likelihood = GaussianLikelihood(noise, learn_scale=False)
+    module = bayesian_lora_from_model(LinearRegressor(features), spec, num_data=8, likelihood=likelihood).eval()
+    (site,) = module.sites
+    a_site = site.parameter.replace("lora_B", "lora_A")
+    module.network.get_parameter(a_site).data.copy_(torch.eye(features))
+    precision = x.T @ x / noise**2 + delta * torch.eye(features)  # the conjugate posterior
+    posterior_mean = torch.linalg.solve(precision, x.T @ y / noise**2)
+    module._layers[site.parameter].weight.data.copy_(posterior_mean[None])
+    loader = [{"x": x[:5], "labels": y[:5], "idx": torch.arange(5)},
+              {"x": x[5:], "labels": y[5:], "idx": torch.arange(5, 8)}]
+
+    record = module.fit_posterior(loader, torch.device("cpu"))
+    (guide,) = module.group_guides.values()
+    torch.testing.assert_close(guide.precision.flatten(), precision.diagonal(), rtol=1e-5, atol=1e-5)
+    assert record["prior_precision"] == delta and not module.point_estimate and module.linearized
+
+    test = torch.randn(4, features)
+    result = predict(module, [{"x": test, "labels": torch.zeros(4), "idx": torch.arange(4)}], num_samples=20000)
+    exact_var = torch.einsum("nd,de,ne->n", test, torch.linalg.inv(precision), test)
+    torch.testing.assert_close(result["predictive"], test @ posterior_mean, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(result["mean"], test @ posterior_mean, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(result["predictive_var"], exact_var, rtol=0.05, atol=1e-4)  # 20000 draws
+    _, covariance = linear_output_covariance(module, {"x": test}, {g.key: 1 / module.group_guides[g.key].precision
+                                                                   for g in module.groups})
+    torch.testing.assert_close(covariance[:, 0, 0], exact_var, rtol=1e-4, atol=1e-6)
+
+    # the evidence: log p(D | theta*) + log_evidence(delta) = log N(y; 0, sigma^2 I + X X^T / delta)
+    log_likelihood = torch.distributions.Normal(x @ posterior_mean, noise).log_prob(y).sum()
+    laplace = float(log_likelihood) + log_evidence(delta, guide.precision.double().numpy().ravel() - delta,
+                                                   float(posterior_mean.double().square().sum()))
+    marginal = torch.distributions.MultivariateNormal(torch.zeros(8), noise**2 * torch.eye(8) + x @ x.T / delta)
+    exact = marginal.log_prob(y)
+    assert laplace == pytest.approx(float(exact), abs=1e-3)
+
+
+def test_the_chosen_prior_precision_maximizes_the_evidence():
+    torch.manual_seed(0)
+    ggn, theta = torch.rand(500) * 50, torch.randn(500) * 0.3
+    best = optimal_prior_precision(ggn, theta)
+    h, norm = ggn.double().numpy(), float(theta.double().square().sum())
+    assert log_evidence(best, h, norm) >= max(log_evidence(best * f, h, norm) for f in (0.9, 1.1, 0.5, 2.0))
+    # the stationarity condition: ||theta||^2 = P / delta - sum 1 / (h + delta)
+    assert norm == pytest.approx(500 / best - float((1 / (h + best)).sum()), rel=1e-3)
+
+
+def test_a_fitted_laplace_posterior_saves_and_predicts_the_same(tmp_path, monkeypatch):
+    module = laplace_module(2)
+    data = batches(2)
+    assert module.point_estimate and not module.linearized  # before the fit: plain LoRA
+    record = module.fit_posterior(data, torch.device("cpu"))
+    assert record["prior_precision"] > 0 and module.linearized and not module.point_estimate
+    first = predict(module, data, num_samples=4)
+    assert torch.allclose(first["predictive"].sum(-1), torch.ones(8))
+    assert first["draws"].shape == (8, 4, 2)
+    # the probit predictive is less confident than the trained weights' wherever the outputs are uncertain
+    assert (first["predictive"].max(-1).values <= first["mean"].max(-1).values + 1e-6).all()
+    save_adapter(module, tmp_path / "laplace", "unused", num_labels=2)
+    monkeypatch.setattr(adapters, "load_classifier", lambda model, num_labels: (tiny_bert(num_labels), None))
+    loaded, _ = load_adapter(tmp_path / "laplace")
+    torch.testing.assert_close(predict(loaded, data, 4)["predictive"], first["predictive"])
+
+
+def test_laplace_refuses_a_causal_lm_before_training():
+    spec = load_prior("laplace")
+    with pytest.raises(ValueError, match="classification and regression heads"):
+        bayesian_lora_from_model(tiny_bert(2), spec, num_data=4, likelihood=TokenLikelihood())
+    with pytest.raises(ValueError, match="predictive = 'mean'"):
+        spec.replace(predictive="mean")
+    with pytest.raises(ValueError, match="prior_precision = -1"):
+        spec.replace(prior_precision=-1.0)
+
+
+def test_sampled_laplace_draws_spread_around_the_mean():
+    module = laplace_module(2, predictive="sampled")
+    module.fit_posterior(batches(2), torch.device("cpu"))
+    assert not module.linearized
+    draws = [module.posterior_draw() for _ in range(400)]
+    name = module.sites[0].parameter
+    values = torch.stack([d[name] for d in draws])
+    (guide,) = [module.group_guides[g.key] for g in module.groups if g.sites[0].parameter == name]
+    expected_std = guide.precision[0].rsqrt()
+    assert math.isclose(float((values.std(0) / expected_std).mean()), 1.0, rel_tol=0.05)
