@@ -1,64 +1,8 @@
-r"""The overfitting benchmark: small GLUE training sets, several epochs, calibration per method.
+"""``monteclora overfit-glue`` from a checkout:
+:mod:`monteclora_pyro.commands.overfit_glue`
+(``--help`` for what it does)."""
 
-Every method trains on the same seeded subset (a share held out for temperature scaling) once per
-seed, and is also scored after temperature scaling (``<method>+temperature``); ``map`` also yields
-``map+mc_dropout``.  Each method's per-row NLL is compared with ``map``'s and ``map+temperature``'s
-(paired bootstrap intervals).  Resumable, and processes may share OUT if they split --seeds or
---tasks.  Writes OUT/<task>/overfitting.csv, OUT/<task>/comparisons.csv, OUT/summary.json and
-OUT/plots/ece_vs_epoch_<task>.png.
-
-    python experiments/overfit_glue.py --tasks sst2,mrpc,stsb --seeds 0,1,2 \
-        --methods map,monteclora,monteclora_scaled,gaussian,peft-monteclora --output-dir results/overfitting
-"""
-
-from __future__ import annotations
-
-import argparse
-import sys
-
-from monteclora_pyro.kinds import integer, number_list
-from monteclora_pyro.runner.options import add_config_arguments, config_values
-from monteclora_pyro.tasks.glue.settings import GlueRunConfig
-
-BENCHMARK_DEFAULTS = {"max_train_samples": 1000, "holdout_fraction": 0.1, "epochs": 6, "mc_dropout_samples": 8,
-                      "max_eval_samples": 500, "progress": False}
-
-
-def main(argv: list[str] | None = None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--tasks", default="sst2,mrpc,stsb", help="comma-separated GLUE tasks")
-    p.add_argument("--methods", default="map,monteclora,monteclora_scaled,gaussian,peft-monteclora",
-                   help="bundled prior names or .toml paths (ours) and peft-lora / peft-monteclora")
-    p.add_argument("--seeds", type=number_list(integer), default=[0, 1, 2])
-    p.add_argument("--output-dir", default="runs/overfitting")
-    p.add_argument("--report-only", action="store_true", help="run nothing: summarize the finished cells")
-    add_config_arguments(p, GlueRunConfig, skip=("task", "output_dir", "prior", "guide", "peer", "seed",
-                                                 "eval_each_epoch"))
-    p.set_defaults(**BENCHMARK_DEFAULTS)
-    args = p.parse_args(argv)
-    from monteclora_pyro.tasks.glue.overfitting import run_overfitting
-
-    split = [t.strip() for t in args.tasks.split(",") if t.strip()], [m.strip() for m in args.methods.split(",")]
-    try:
-        base = GlueRunConfig(**config_values(args, GlueRunConfig))
-        summary = run_overfitting(base, *split, args.seeds, args.output_dir, run_missing=not args.report_only)
-    except ValueError as error:
-        p.error(str(error))
-    for task, result in summary["tasks"].items():
-        print(f"\n{task} ({result['metric']}; mean +- std over seeds; ece_floor: the ECE of a calibrated model "
-              "with the same confidences on these rows)")
-        columns = [s for s in ("metric", "nll", "ece", "ece_floor", "ece_debiased", "brier", "crps")
-                   if any(s in scores for scores in result["methods"].values())]
-        print(f"{'method':<32}" + "".join(f"{s:>18}" for s in columns))
-        for method, scores in result["methods"].items():
-            cells = [f"{scores[s]['mean']:.4f} +- {scores[s]['std']:.4f}" if s in scores else "-" for s in columns]
-            print(f"{method:<32}" + "".join(f"{c:>18}" for c in cells))
-        print("\nNLL minus the baseline's on the same rows, pooled over seeds (paired bootstrap 95 % interval)")
-        for row in result["nll_versus"]:
-            print(f"{row['method']:<32} - {row['baseline']:<16} {row['nll_difference']:+.4f} "
-                  f"[{row['low']:+.4f}, {row['high']:+.4f}]  ({row['rows']} rows, {row['pairs']} pairs)")
-    return summary
-
+from monteclora_pyro.commands.overfit_glue import main  # noqa: F401
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    main()

@@ -1,68 +1,8 @@
-r"""Score a saved causal-LM posterior in a new process, export it, and hand it to lm-evaluation-harness.
+"""``monteclora predict`` from a checkout:
+:mod:`monteclora_pyro.commands.predict_commonsense`
+(``--help`` for what it does)."""
 
-A run of ``svi_commonsense.py`` saves its posterior in OUT/adapter.  This script loads it, scores the
-test rows of the evaluation tasks by option likelihood (posterior mean and S-draw predictive:
-accuracy, NLL, ECE, Brier), and optionally exports the posterior-mean adapter in PEFT's format or
-merged into the backbone, and writes lm-evaluation-harness tasks of the same rows:
-
-    python experiments/predict_commonsense.py --adapter runs/svi_commonsense/adapter --eval-tasks ARC-Easy,boolq \
-        --max-eval-examples 100 --export-peft runs/cs-peft --lm-eval-dir runs/cs-lm-eval
-    lm_eval --model hf --model_args pretrained=BACKBONE,peft=runs/cs-peft --include_path runs/cs-lm-eval \
-        --tasks monteclora_arc_easy,monteclora_boolq
-"""
-
-from __future__ import annotations
-
-import argparse
-import json
-import sys
-
-from monteclora_pyro.runner.options import add_config_arguments, config_values
-from monteclora_pyro.tasks.commonsense.settings import CommonsenseRunConfig
-
-SETTINGS = ("data_dir", "eval_tasks", "max_eval_examples", "num_samples", "answer_format", "eval_batch_size", "seed",
-            "device", "model")  # the run settings that apply to scoring, as a run declares them
-
-
-def main(argv: list[str] | None = None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--adapter", required=True, help="a saved posterior (a run's OUT/adapter folder)")
-    p.add_argument("--export-peft", default=None, help="write the posterior-mean adapter here (PEFT format)")
-    p.add_argument("--export-merged", default=None, help="write the backbone with the adapter merged here")
-    p.add_argument("--lm-eval-dir", default=None, help="write lm-evaluation-harness tasks of the same rows here")
-    add_config_arguments(p, CommonsenseRunConfig, only=SETTINGS)
-    p.set_defaults(max_eval_examples=100)
-    args = p.parse_args(argv)
-    try:
-        config = CommonsenseRunConfig(**config_values(args, CommonsenseRunConfig)).resolved()
-    except ValueError as error:
-        p.error(str(error))
-    import pyro
-
-    from monteclora_pyro.adapters import export_merged, export_peft, load_adapter
-    from monteclora_pyro.backbones import resolve_device
-    from monteclora_pyro.tasks.commonsense.family import CommonsenseFamily, write_lm_eval_task
-
-    try:
-        device = resolve_device(config.device)
-        module, tokenizer = load_adapter(args.adapter, device, args.model)
-        family = CommonsenseFamily(config)
-        family.load_eval_sets(tokenizer)
-    except ValueError as error:
-        sys.exit(f"predict_commonsense.py: error: {error}")
-    pyro.set_rng_seed(config.seed)
-    metrics = family.evaluate(module, device, None).metrics
-    if args.export_peft:
-        export_peft(module, args.export_peft)
-    if args.export_merged:
-        export_merged(module, args.export_merged, tokenizer)
-    if args.lm_eval_dir:
-        metrics["lm_eval_tasks"] = [write_lm_eval_task(config.data_dir, task, args.lm_eval_dir,
-                                                       config.max_eval_examples, config.seed, config.answer_format)
-                                    for task in config.eval_task_list()]
-    print(json.dumps(metrics, indent=2))
-    return metrics
-
+from monteclora_pyro.commands.predict_commonsense import main  # noqa: F401
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    main()

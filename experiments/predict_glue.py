@@ -1,73 +1,8 @@
-r"""Predict with a saved posterior in a new process, and export it for deployment.
+"""``monteclora predict`` from a checkout:
+:mod:`monteclora_pyro.commands.predict_glue`
+(``--help`` for what it does)."""
 
-A run of ``svi_glue.py`` saves its posterior in OUT/adapter.  This script loads it, evaluates the
-posterior-mean and the S-draw predictive on a GLUE dev set, and optionally exports the
-posterior-mean adapter in PEFT's format (``PeftModel.from_pretrained``) or merged into the backbone.
-
-    python experiments/predict_glue.py --adapter runs/sst2-monteclora/adapter --task sst2 --num-samples 8 \
-        --export-peft runs/sst2-peft --export-merged runs/sst2-merged
-"""
-
-from __future__ import annotations
-
-import argparse
-import json
-import sys
-
-from monteclora_pyro.runner.options import add_config_arguments, config_values
-from monteclora_pyro.tasks.glue.settings import GlueRunConfig, default_glue_dir, get_task
-
-SETTINGS = ("task", "data_dir", "model", "num_samples", "max_eval_samples", "max_length", "eval_batch_size", "seed",
-            "device")  # the run settings that apply to predicting, as a run declares them
-
-
-def main(argv: list[str] | None = None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--adapter", required=True, help="a saved posterior (a run's OUT/adapter folder)")
-    p.add_argument("--export-peft", default=None, help="write the posterior-mean adapter here (PEFT format)")
-    p.add_argument("--export-merged", default=None, help="write the backbone with the adapter merged here")
-    add_config_arguments(p, GlueRunConfig, only=SETTINGS)
-    args = p.parse_args(argv)
-    try:
-        config = GlueRunConfig(**config_values(args, GlueRunConfig))
-        task = get_task(config.task)
-    except ValueError as error:
-        p.error(str(error))
-    import pyro
-    from transformers import DataCollatorWithPadding
-
-    from monteclora_pyro.adapters import export_merged, export_peft, load_adapter
-    from monteclora_pyro.backbones import resolve_device
-    from monteclora_pyro.metrics import classification_metrics
-    from monteclora_pyro.prediction import predict
-    from monteclora_pyro.runner.pipeline import make_loader
-    from monteclora_pyro.tasks.glue.data import load_glue
-
-    try:
-        device = resolve_device(config.device)
-        module, tokenizer = load_adapter(args.adapter, device, config.model)
-    except ValueError as error:
-        sys.exit(f"predict_glue.py: error: {error}")
-    pyro.set_rng_seed(config.seed)
-    data = load_glue(task, config.data_dir or default_glue_dir(), tokenizer, config.max_length, 1,
-                     config.max_eval_samples, config.seed)
-    loader = make_loader(data[task.dev_splits[0]], DataCollatorWithPadding(tokenizer), config.eval_batch_size,
-                         shuffle=False)
-    predictions = predict(module, loader, config.num_samples, device)
-    labels = predictions["labels"]
-    if task.num_labels > 1:
-        report = {f"mean_{k}": v for k, v in classification_metrics(predictions["mean"], labels).items()}
-        report.update(classification_metrics(predictions["predictive"], labels))
-    else:
-        report = {"mean_mse": float(((predictions["mean"] - labels) ** 2).mean()),
-                  "mse": float(((predictions["predictive"] - labels) ** 2).mean())}
-    if args.export_peft:
-        export_peft(module, args.export_peft)
-    if args.export_merged:
-        export_merged(module, args.export_merged, tokenizer)
-    print(json.dumps(report | {"examples": len(labels), "num_samples": config.num_samples}, indent=2))
-    return report
-
+from monteclora_pyro.commands.predict_glue import main  # noqa: F401
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    main()

@@ -1,27 +1,8 @@
-r"""Robustness sweep over learning rates, batch sizes and seeds for several methods on commonsense reasoning.
+"""``monteclora sweep-commonsense`` from a checkout:
+:mod:`monteclora_pyro.commands.sweep_commonsense`
+(``--help`` for what it does)."""
 
-Every setting of a single run (``svi_commonsense.py --help``) applies to all cells; the headline is
-the accuracy averaged over the evaluated tasks.  Resumable: finished cells
-(OUT/cells/<cell>/metrics.json) are not rerun.  Writes OUT/sweep.csv (one row per cell),
-OUT/robustness.json (mean, std, min, max, max - min per method) and OUT/plots/metric_vs_lr.png.
-
-    python experiments/sweep_commonsense.py --lrs 1e-4,3e-4,1e-3 --batch-sizes 8 --seeds 0,1 \
-        --methods map,monteclora,peft-monteclora --train-tasks ARC-Easy,ARC-Challenge,openbookqa \
-        --max-train-samples 200 --epochs 3 --output-dir results/commonsense/robustness
-"""
-
-from __future__ import annotations
-
-import sys
-
-from monteclora_pyro.runner.sweep import sweep_main
-from monteclora_pyro.tasks.commonsense.family import CommonsenseFamily
-
-
-def main(argv: list[str] | None = None) -> dict:
-    return sweep_main(CommonsenseFamily, __doc__, argv, lrs=[1e-4, 3e-4, 1e-3], batch_sizes=[8],
-                      progress=False)
-
+from monteclora_pyro.commands.sweep_commonsense import main  # noqa: F401
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    main()

@@ -1,9 +1,10 @@
 """monteclora-pyro: robust Bayesian LoRA fine-tuning (MonteCLoRA) as a Pyro probabilistic program.
 
 The package is layered, each layer importing only those below it: the library (this folder's modules,
-``priors/``, ``guides/``, ``models/``), the runner (``runner/``), the task families (``tasks/``) and the
-benchmarks (``benchmarks/``).  The public names here load their modules on first use (PEP 562), so a
-command line can parse and validate its arguments before torch, pyro, peft or transformers load.
+``priors/``, ``guides/``, ``models/``), the runner (``runner/``), the task families (``tasks/``), the
+benchmarks (``benchmarks/``) and the command lines (``commands/``).  The public names here load their
+modules on first use (PEP 562), so a command line can parse and validate its arguments before torch,
+pyro, peft or transformers load.
 """
 
 from __future__ import annotations
@@ -21,8 +22,10 @@ _EXPORTS = {
     "lora_method": ("LoRAMethod",),
     "lora_sites": ("FactorSite", "factor_sites", "inject_lora"),
     "methods": ("build_method",),
-    "prediction": ("mc_dropout", "predict"),
+    "adapters": ("export_merged", "export_peft", "load_adapter", "save_adapter"),
+    "prediction": ("mc_dropout", "predict", "uncertainty"),
     "priors": ("PRIOR_FAMILIES", "PriorFamily", "register_prior"),
+    "runner.hf_trainer": ("BayesianTrainer",),
     "runner.settings": ("RunConfig", "TrainConfig"),
     "runner.training": ("TrainHistory", "train"),
 }

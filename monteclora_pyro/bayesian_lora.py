@@ -252,13 +252,15 @@ def bayesian_lora_from_model(
     autocast_dtype: torch.dtype | None = None,
     likelihood: nn.Module | None = None,
     group_by_shape: bool = True,
+    lora_dropout: float = 0.0,
 ) -> BayesianLoRA:
     """The Bayesian model of ``model`` under a prior (a declaration, or a bundled name or TOML path).
 
     ``model``: a transformers (or torch) model, into which the LoRA sites the prior declares are injected,
     or a PEFT model of yours (``peft.get_peft_model``), whose LoRA configuration then sets the prior's
     targets, rank and alpha.  The likelihood is ``likelihood``, or that of a head with ``num_labels``
-    outputs (:func:`build_likelihood`).
+    outputs (:func:`build_likelihood`).  ``lora_dropout``: PEFT's dropout on the factors' input, for LoRA
+    injected here (a PEFT model keeps its own).
     """
     if likelihood is None:
         if num_labels is None:
@@ -273,6 +275,6 @@ def bayesian_lora_from_model(
         spec = spec.replace(rank=config.r, alpha=float(config.lora_alpha), targets=targets)
         network = model
     else:
-        network = inject_lora(model, spec.targets, spec.rank, spec.alpha)
+        network = inject_lora(model, spec.targets, spec.rank, spec.alpha, lora_dropout=lora_dropout)
     return BayesianLoRA(network, spec, likelihood, num_data, guide, kl_weight, guide_options, autocast_dtype,
                         group_by_shape)

@@ -10,12 +10,11 @@ pick by the family's name.  Every bad value fails with the key, the value and wh
 from __future__ import annotations
 
 import dataclasses
+import tomllib
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
-
-import tomllib
 
 __all__ = ["FACTORS", "PEERS", "PriorSpec", "available_priors", "load_prior"]
 

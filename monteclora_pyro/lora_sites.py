@@ -160,10 +160,11 @@ def _linear_leaf_names(model: nn.Module) -> list[str]:
 
 
 def lora_config(model: nn.Module, targets: Sequence[str], rank: int, alpha: float,
-                trainable_modules: Sequence[str] | None = None, **options) -> LoraConfig:
+                trainable_modules: Sequence[str] | None = None, lora_dropout: float = 0.0, **options) -> LoraConfig:
     """PEFT's ``LoraConfig`` for ``model``: LoRA (rank, alpha) at every linear module whose name ends in a
-    target, no LoRA dropout, and the task heads of :data:`HEAD_MODULE_NAMES` present in the model trained
-    (unless ``trainable_modules`` says otherwise); ``options`` go to ``LoraConfig`` as they are.
+    target, dropout ``lora_dropout`` on the factors' input (PEFT's; none by default), and the task heads of
+    :data:`HEAD_MODULE_NAMES` present in the model trained (unless ``trainable_modules`` says otherwise);
+    ``options`` go to ``LoraConfig`` as they are.
 
     An unknown target raises ``ValueError`` listing the linear modules that exist.
     """
@@ -177,7 +178,7 @@ def lora_config(model: nn.Module, targets: Sequence[str], rank: int, alpha: floa
     if trainable_modules is None:
         leaf_names = {n.rsplit(".", 1)[-1] for n in names}
         trainable_modules = [h for h in HEAD_MODULE_NAMES if h in leaf_names]
-    return LoraConfig(r=rank, lora_alpha=alpha, target_modules=list(targets), lora_dropout=0.0,
+    return LoraConfig(r=rank, lora_alpha=alpha, target_modules=list(targets), lora_dropout=lora_dropout,
                       modules_to_save=list(trainable_modules) or None, **options)
 
 
@@ -187,9 +188,10 @@ def inject_lora(
     rank: int,
     alpha: float,
     trainable_modules: Sequence[str] | None = None,
+    lora_dropout: float = 0.0,
 ) -> PeftModel:
     """Freeze ``model`` and add LoRA (:func:`lora_config`) whose factors can hold a posterior draw."""
-    return make_drawable(peft_model(model, lora_config(model, targets, rank, alpha, trainable_modules)))
+    return make_drawable(peft_model(model, lora_config(model, targets, rank, alpha, trainable_modules, lora_dropout)))
 
 
 def make_drawable(network: PeftModel) -> PeftModel:

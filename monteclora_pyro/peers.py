@@ -20,7 +20,8 @@ from .lora_sites import lora_config, peft_model
 __all__ = ["PeftPeer", "peft_peer"]
 
 
-def peft_peer(model: nn.Module, peer: str, spec: PriorSpec, kl_loss_weight: float = 1e-5) -> PeftModel:
+def peft_peer(model: nn.Module, peer: str, spec: PriorSpec, kl_loss_weight: float = 1e-5,
+              lora_dropout: float = 0.0) -> PeftModel:
     """PEFT LoRA (``peft-lora``) or PEFT MonteCLoRA (``peft-monteclora``) with the declaration's
     targets, rank, alpha, number of components, perturbation scale and Dirichlet concentration."""
     if peer not in PEERS:
@@ -29,7 +30,8 @@ def peft_peer(model: nn.Module, peer: str, spec: PriorSpec, kl_loss_weight: floa
     if peer == "peft-monteclora":
         monteclora = MontecloraConfig(num_samples=spec.num_components, sample_scaler=spec.perturbation_scale,
                                       kl_loss_weight=kl_loss_weight, dirichlet_prior=spec.dirichlet_concentration)
-    return peft_model(model, lora_config(model, spec.targets, spec.rank, spec.alpha, monteclora_config=monteclora))
+    return peft_model(model, lora_config(model, spec.targets, spec.rank, spec.alpha, lora_dropout=lora_dropout,
+                                         monteclora_config=monteclora))
 
 
 class PeftPeer(LoRAMethod):

@@ -69,6 +69,8 @@ def test_svi_glue_script_end_to_end(glue_dir, tmp_path):
     assert len(rows) == 24 and len({r["row"] for r in rows}) == 24  # one per dev example, the same predictive
     assert sum(r["nll"] for r in rows) / 24 == pytest.approx(written["nll"], abs=1e-5)
     assert sum(r["predicted"] == r["label"] for r in rows) / 24 == pytest.approx(written["accuracy"])
+    assert sum(r["entropy"] for r in rows) / 24 == pytest.approx(written["entropy"], abs=1e-9)
+    assert sum(r["mutual_information"] for r in rows) / 24 == pytest.approx(written["mutual_information"], abs=1e-9)
     for r in rows:
         assert sum(r["probabilities"]) == pytest.approx(1.0, abs=1e-5) and r["mutual_information"] >= 0
         assert r["entropy"] == pytest.approx(r["expected_entropy"] + r["mutual_information"], abs=1e-9)

@@ -19,7 +19,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-__all__ = ["World", "sharded_loader", "unwrap", "world"]
+__all__ = ["World", "seeded_sampler", "sharded_loader", "unwrap", "world"]
 
 
 @dataclass(frozen=True)
@@ -60,13 +60,20 @@ def world() -> World:
                  int(os.environ.get("LOCAL_RANK", 0)))
 
 
+def seeded_sampler(dataset: Dataset, seed: int, world: World | None = None) -> DistributedSampler:
+    """Each epoch's order, a permutation drawn from ``seed + epoch`` alone (``set_epoch``), this process's share
+    of it in a multi-process ``world``: no other random stream moves it, and none is moved by it."""
+    world = world or World()
+    return DistributedSampler(dataset, num_replicas=world.size, rank=world.rank, shuffle=True, seed=seed)
+
+
 def sharded_loader(dataset: Dataset, collate_fn, global_batch_size: int, world: World, seed: int) -> DataLoader:
     """This process's share of each shuffled global batch (``global_batch_size / world.size`` rows)."""
     if global_batch_size % world.size:
         raise ValueError(f"batch_size = {global_batch_size} (the global batch) must be divisible by the "
                          f"{world.size} processes")
-    sampler = DistributedSampler(dataset, num_replicas=world.size, rank=world.rank, shuffle=True, seed=seed)
-    return DataLoader(dataset, batch_size=global_batch_size // world.size, sampler=sampler, collate_fn=collate_fn)
+    return DataLoader(dataset, batch_size=global_batch_size // world.size, sampler=seeded_sampler(dataset, seed, world),
+                      collate_fn=collate_fn)
 
 
 def unwrap(module: nn.Module) -> nn.Module:

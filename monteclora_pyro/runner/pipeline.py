@@ -40,9 +40,10 @@ from ..kinds import positive_int
 from ..lora_method import LoRAMethod
 from ..methods import build_method
 from .checkpoints import Checkpointer
-from .distributed import World, sharded_loader, world
+from .distributed import World, seeded_sampler, sharded_loader, world
 from .plots import plot_elbo, plot_posterior_spread
 from .settings import RunConfig
+from .tracking import check_tracker, open_tracker
 from .training import train
 
 __all__ = ["Evaluation", "TaskFamily", "environment", "make_loader", "run", "run_or_exit"]
@@ -114,13 +115,15 @@ class TaskFamily(abc.ABC):
 
 def make_loader(dataset: Dataset, collate: Callable, batch_size: int, shuffle: bool, seed: int = 0,
                 world: World | None = None) -> DataLoader:
-    """A minibatch loader, shuffled by a seeded generator; in a multi-process ``world``, this process's
-    share of each global batch of ``batch_size`` rows."""
+    """A minibatch loader, shuffled each epoch by a permutation drawn from ``seed`` and the epoch alone
+    (:func:`~monteclora_pyro.runner.distributed.seeded_sampler`, as the Trainer's); in a multi-process
+    ``world``, this process's share of each global batch of ``batch_size`` rows."""
     positive_int.check("batch_size", batch_size)
     if world is not None and world.distributed:
         return sharded_loader(dataset, collate, batch_size, world, seed)
-    generator = torch.Generator().manual_seed(seed)
-    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, collate_fn=collate, generator=generator)
+    if not shuffle:
+        return DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate)
+    return DataLoader(dataset, batch_size=batch_size, sampler=seeded_sampler(dataset, seed), collate_fn=collate)
 
 
 def run(family: TaskFamily) -> dict[str, Any]:
@@ -130,6 +133,7 @@ def run(family: TaskFamily) -> dict[str, Any]:
     _check_output_dir(Path(config.output_dir), config.overwrite_output_dir)
     spec = config.prior_spec()
     resolve_device(config.device)
+    check_tracker(config.report_to)
     check_backbone(config.model, spec.targets, spec.rank, family.num_labels or 2, family.kind)
     processes = world()
     if processes.distributed and config.resume:
@@ -190,7 +194,7 @@ def run_or_exit(family: TaskFamily, script: str) -> dict[str, Any]:
     print("config:", json.dumps(dataclasses.asdict(family.config), sort_keys=True), flush=True)
     try:
         return run(family)
-    except (ValueError, FloatingPointError) as error:
+    except (ValueError, FloatingPointError, OSError) as error:  # OSError: a file or the network (offline)
         sys.exit(f"{script}: error: {error}")
     except KeyboardInterrupt:
         sys.exit(f"{script}: interrupted; checkpoint in {family.config.checkpoint_path()}: run the same command "
@@ -204,7 +208,8 @@ def _method(family: TaskFamily, model: nn.Module, num_data: int, device: torch.d
     return build_method(model, config.prior_spec(), family.likelihood(peer=config.peer is not None), num_data,
                         peer=config.peer, guide=config.guide, kl_weight=config.kl_weight,
                         guide_options=guide_options, peft_kl_loss_weight=config.peft_kl_loss_weight,
-                        autocast_dtype=torch.bfloat16 if device.type == "cuda" else None).to(device)
+                        autocast_dtype=torch.bfloat16 if device.type == "cuda" else None,
+                        lora_dropout=config.lora_dropout).to(device)
 
 
 def _run(family: TaskFamily, output_dir: Path | None, processes: World) -> dict[str, Any]:
@@ -236,14 +241,26 @@ def _run(family: TaskFamily, output_dir: Path | None, processes: World) -> dict[
                               extra={"config": config.record(), "epochs": []},
                               compare=lambda saved: config.changes_from(saved["config"]))
 
+    tracker = None if output_dir is None else open_tracker(  # written with the run, in OUTPUT_DIR/logs
+        config.report_to, Path(config.output_dir).name, output_dir / "logs", config.record())
+
     def evaluate_epoch(epoch: int) -> None:
         if epoch < total_epochs and processes.is_main:  # the final evaluation below is the last epoch's
-            checkpoint.extra["epochs"].append({"epoch": epoch} | family.epoch_scores(module, device))
+            scores = family.epoch_scores(module, device)
+            checkpoint.extra["epochs"].append({"epoch": epoch} | scores)
+            if tracker is not None:
+                tracker.log({f"dev/{k}": v for k, v in scores.items()}, step=epoch * len(train_loader))
 
     start = time.perf_counter()
-    history = train(processes.wrap(module, device), train_loader, config, device=device,
-                    checkpoint=checkpoint if processes.is_main else None,
-                    on_epoch_end=evaluate_epoch if config.eval_each_epoch else None)
+    try:
+        history = train(processes.wrap(module, device), train_loader, config, device=device,
+                        checkpoint=checkpoint if processes.is_main else None,
+                        on_epoch_end=evaluate_epoch if config.eval_each_epoch else None,
+                        on_log=None if tracker is None else
+                        lambda step, values: tracker.log({f"train/{k}": v for k, v in values.items()}, step=step))
+    finally:
+        if tracker is not None:
+            tracker.finish()
     if not processes.is_main:
         return {}
     metrics: dict[str, Any] = family.describe() | {

@@ -33,29 +33,32 @@ from ..kinds import (
 )
 from .options import check_options, option
 
-__all__ = ["BACKBONE_DTYPES", "RESUME_IGNORED", "RunConfig", "TrainConfig", "default_data_dir"]
+__all__ = ["BACKBONE_DTYPES", "REPORT_TO", "RESUME_IGNORED", "RunConfig", "TrainConfig", "default_data_dir"]
 
 # settings a resumed run (or a finished sweep cell) may differ in: where things are, how progress is shown
 RESUME_IGNORED = ("output_dir", "data_dir", "model", "device", "progress", "resume", "checkpoint_every",
-                  "overwrite_output_dir")
+                  "overwrite_output_dir", "report_to")
 BACKBONE_DTYPES = ("float32", "bfloat16", "float16")
+REPORT_TO = ("none", "tensorboard", "wandb")
 
 
 @dataclass
 class TrainConfig:
     """The training loop's settings (:func:`~monteclora_pyro.runner.training.train`)."""
 
-    lr: float = option(2e-3, "learning rate of the LoRA weights and the task head", positive_float)
+    lr: float = option(2e-3, "learning rate of the LoRA weights and the task head", positive_float,
+                       aliases=("--learning_rate", "--learning-rate"))
     variational_lr: float | None = option(1e-2, "learning rate of the guides' own parameters (scales, "
                                                 "concentrations) and of a regression likelihood's noise scale; "
                                                 "'same' for lr", optional(positive_float))
     weight_decay: float = option(0.0, "AdamW weight decay of the network parameters", nonnegative_float)
     warmup_ratio: float = option(0.06, "linear warm-up share of the steps", fraction)
-    grad_clip: float = option(1.0, "gradient-norm clipping ('inf' disables it)", positive_float)
-    epochs: int = option(2, "passes over the training rows", positive_int)
+    grad_clip: float = option(1.0, "gradient-norm clipping ('inf' disables it)", positive_float,
+                              aliases=("--max_grad_norm",))
+    epochs: int = option(2, "passes over the training rows", positive_int, aliases=("--num_train_epochs",))
     max_steps: int | None = option(None, "stop after this many steps (overrides --epochs)", optional(positive_int))
     kl_anneal_steps: int = option(0, "linear KL warm-up steps (0 = none)", nonnegative_int)
-    log_every: int = option(10, "record the ELBO's terms every N steps", positive_int)
+    log_every: int = option(10, "record the ELBO's terms every N steps", positive_int, aliases=("--logging_steps",))
     divergence_factor: float = option(10.0, "stop the run as failed when the loss of the last steps (their median) "
                                             "is over this many times the first step's (0: never)", nonnegative_float)
     progress: bool = option(True, "progress bar")
@@ -76,21 +79,26 @@ class RunConfig(TrainConfig):
     prior: str = option("monteclora", "bundled prior name (models/*.toml) or a .toml path")
     guide: str | None = option(None, "guide name (guides/); default: the prior family's own")
     peer: str | None = option(None, "train a PEFT peer instead of ours", choices=PEERS)
-    model: str | None = option(None, "Hugging Face model id or directory (default: the family's packaged model)")
-    rank: int | None = option(None, "LoRA rank (overrides the prior's)", optional(positive_int))
+    model: str | None = option(None, "Hugging Face model id or directory (default: the family's packaged model)",
+                               aliases=("--model_name_or_path",))
+    rank: int | None = option(None, "LoRA rank (overrides the prior's)", optional(positive_int), aliases=("--lora_r",))
+    alpha: float | None = option(None, "LoRA alpha: the update is alpha / rank * B A (overrides the prior's)",
+                                 optional(positive_float), aliases=("--lora_alpha",))
+    lora_dropout: float = option(0.0, "dropout on the LoRA factors' input while training (PEFT's lora_dropout)",
+                                 fraction)
     targets: str | None = option(None, "comma-separated module names to adapt, overriding the prior's ('none': "
                                        "the prior's)", optional(text))
     perturbation_scale: float | None = option(None, "eps of the monteclora perturbations (overrides the prior's)",
                                               optional(positive_float))
-    batch_size: int = option(32, "training batch size", positive_int)
-    eval_batch_size: int = option(64, "evaluation batch size", positive_int)
+    batch_size: int = option(32, "training batch size", positive_int, aliases=("--per_device_train_batch_size",))
+    eval_batch_size: int = option(64, "evaluation batch size", positive_int, aliases=("--per_device_eval_batch_size",))
     seed: int = option(0, "seed of the data order, the subset and every draw", integer)
     num_samples: int = option(8, "posterior draws averaged by the predictive", positive_int)
     kl_weight: float = option(1.0, "ELBO tempering beta (1 = the ELBO; the paper's lambda is beta / N_train)",
                               nonnegative_float)
     peft_kl_loss_weight: float = option(1e-5, "PEFT MonteCLoRA's kl_loss_weight (peer only)", real)
     dirichlet_sampler: str = option("exact", "q(pi) sampler of the monteclora guide", choices=("exact", "laplace"))
-    max_length: int = option(128, "tokens per example", positive_int)
+    max_length: int = option(128, "tokens per example", positive_int, aliases=("--max_seq_length",))
     backbone_dtype: str = option("float32", "dtype of the frozen backbone's weights (bfloat16 halves their memory; "
                                             "LoRA and variational parameters stay float32)", choices=BACKBONE_DTYPES)
     gradient_checkpointing: bool = option(False, "recompute activations in the backward pass (less memory; the "
@@ -102,6 +110,8 @@ class RunConfig(TrainConfig):
     overwrite_output_dir: bool = option(False, "replace what output_dir holds (a finished run); without it such "
                                                "a folder is refused")
     device: str = option("auto", "where to train: auto (CUDA when present), cpu, cuda, cuda:0, ...", device)
+    report_to: str = option("none", "also log the training curves to TensorBoard (in OUTPUT_DIR/logs) or Weights & "
+                                    "Biases, through Accelerate's trackers", choices=REPORT_TO)
 
     def default_model(self) -> str:
         """The family's embedded backbone (a packaged model when installed, else its hub id)."""
@@ -137,7 +147,7 @@ class RunConfig(TrainConfig):
         return None if self.targets is None else [t.strip() for t in self.targets.split(",") if t.strip()]
 
     def _spec_key(self) -> tuple:
-        return self.prior, self.rank, self.targets, self.perturbation_scale
+        return self.prior, self.rank, self.alpha, self.targets, self.perturbation_scale
 
     def prior_spec(self) -> PriorSpec:
         """The prior declaration with this run's overrides, read once per run."""
@@ -145,7 +155,7 @@ class RunConfig(TrainConfig):
         cached = self.__dict__.get("_prior_spec")
         if cached is None or cached[0] != key:
             targets = tuple(self.target_list() or ()) or None
-            spec = load_prior(self.prior, rank=self.rank, targets=targets)
+            spec = load_prior(self.prior, rank=self.rank, alpha=self.alpha, targets=targets)
             if self.perturbation_scale is not None and hasattr(spec, "perturbation_scale"):
                 spec = spec.replace(perturbation_scale=self.perturbation_scale)
             self.__dict__["_prior_spec"] = cached = (key, spec)

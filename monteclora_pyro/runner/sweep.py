@@ -24,7 +24,7 @@ from typing import Any
 from ..artifacts import atomic_write_csv, atomic_write_json
 from ..declarations import PEERS
 from ..kinds import integer, number_list, positive_float, positive_int
-from .options import add_config_arguments, config_values
+from .options import add_config_arguments, config_values, parse_arguments
 from .pipeline import TaskFamily, run
 from .plots import plot_metric_vs_lr
 from .settings import RunConfig
@@ -207,14 +207,16 @@ def run_sweep(
 
 
 def sweep_main(family: type[TaskFamily], description: str, argv: Sequence[str] | None = None,
-               **defaults: Any) -> dict[str, Any]:
+               prog: str | None = None, **defaults: Any) -> dict[str, Any]:
     """The command line of a sweep over runs of ``family``: the grid's options, and every setting of a single
     run (its settings class's) applied to all cells (``defaults`` change the run's defaults)."""
     import datasets
 
     settings = family.settings
-    p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--output-dir", required=True, help="the sweep's folder (cells/, sweep.csv, robustness.json)")
+    p = argparse.ArgumentParser(prog=prog, description=description,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--output-dir", "--output_dir", required=True,
+                   help="the sweep's folder (cells/, sweep.csv, robustness.json)")
     p.add_argument("--methods", default="map,monteclora,peft-monteclora",
                    help="bundled prior names or .toml paths (ours) and peft-lora / peft-monteclora")
     p.add_argument("--lrs", type=number_list(positive_float), default=[1e-4, 3e-4, 1e-3, 3e-3])
@@ -224,7 +226,7 @@ def sweep_main(family: type[TaskFamily], description: str, argv: Sequence[str] |
                    help="run nothing: write the CSV, statistics and plot of the cells finished so far")
     add_config_arguments(p, settings, skip=("output_dir", "prior", "guide", "peer", "lr", "batch_size", "seed"))
     p.set_defaults(**defaults)
-    args = p.parse_args(argv)
+    args = parse_arguments(p, None if argv is None else list(argv))
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     datasets.disable_progress_bars()
     try:

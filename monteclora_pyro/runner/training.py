@@ -31,7 +31,7 @@ from .checkpoints import Checkpointer, learnable_state, load_learnable, restore_
 from .distributed import unwrap
 from .settings import TrainConfig
 
-__all__ = ["TrainHistory", "train"]
+__all__ = ["TrainHistory", "parameter_groups", "train"]
 
 LossFn = Callable[[nn.Module, Mapping[str, torch.Tensor], float], torch.Tensor]
 
@@ -67,13 +67,14 @@ def method_loss(module: nn.Module, batch: Mapping[str, torch.Tensor], kl_weight:
     return module(batch, kl_weight=kl_weight)
 
 
-def _parameter_groups(method: LoRAMethod, params: list[nn.Parameter], config: TrainConfig) -> list[dict]:
-    """The network's parameters at ``lr``; the variational ones at ``variational_lr``, without weight decay."""
+def parameter_groups(method: LoRAMethod, params: list[nn.Parameter], variational_lr: float | None) -> list[dict]:
+    """The network's parameters at the optimizer's learning rate; the variational ones at ``variational_lr``
+    (None: the same), without weight decay."""
     variational = {id(p) for p in method.variational_parameters()}
-    if config.variational_lr is None or not variational:
+    if variational_lr is None or not variational:
         return [{"params": params}]
     return [{"params": [p for p in params if id(p) not in variational]},
-            {"params": [p for p in params if id(p) in variational], "lr": config.variational_lr, "weight_decay": 0.0}]
+            {"params": [p for p in params if id(p) in variational], "lr": variational_lr, "weight_decay": 0.0}]
 
 
 def _check_gradients(total_norm: torch.Tensor, names: Mapping[int, str], params: list[nn.Parameter], step: int,
@@ -158,6 +159,7 @@ def train(
     device: torch.device | str | None = None,
     on_epoch_end: Callable[[int], None] | None = None,
     checkpoint: Checkpointer | None = None,
+    on_log: Callable[[int, dict[str, float]], None] | None = None,
 ) -> TrainHistory:
     """Optimize ``loss_fn`` over the trainable parameters of ``module`` (a :class:`LoRAMethod`, or one in a
     DDP wrapper); returns the history.
@@ -166,7 +168,8 @@ def train(
     evaluate; the module is put back in training mode after it.  With ``checkpoint``, the state is
     written every ``checkpoint.every`` steps, at the end and on Ctrl-C or SIGTERM (which then raise
     KeyboardInterrupt after the step in progress), and a run with ``checkpoint.resume`` continues
-    from the saved state exactly.
+    from the saved state exactly.  ``on_log(step, values)`` receives the loss, learning rate and (for a
+    method with a KL) the ELBO's terms every ``config.log_every`` steps, e.g. for a tracker.
     """
     device = torch.device(device) if device is not None else next(module.parameters()).device
     params = [p for p in module.parameters() if p.requires_grad]
@@ -174,7 +177,7 @@ def train(
         raise ValueError("the module has no trainable parameters")
     method: LoRAMethod = unwrap(module)  # attributes live on the module inside a DDP wrapper
     total = config.total_steps(len(loader))  # type: ignore[arg-type]
-    optimizer = torch.optim.AdamW(_parameter_groups(method, params, config), lr=config.lr,
+    optimizer = torch.optim.AdamW(parameter_groups(method, params, config.variational_lr), lr=config.lr,
                                   weight_decay=config.weight_decay)
     schedule = get_linear_schedule_with_warmup(optimizer, int(config.warmup_ratio * total), total)
     beta = method.kl_weight
@@ -221,7 +224,8 @@ def train(
             history.loss.append(loss_value)
             _check_divergence(history.loss, config, step)
             if step % config.log_every == 0 or step == total - 1:
-                with torch.no_grad():
+                # the record's draws come from a fork of the random streams: logging never moves the training's
+                with torch.no_grad(), torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
                     kl_total = method.kl_divergence()
                 if kl_total is not None:  # a method with a KL: the ELBO's terms per example
                     kl = float(kl_total) / method.num_data
@@ -229,6 +233,12 @@ def train(
                     history.kl.append(kl)
                     history.kl_weight.append(kl_weight)
                     history.expected_log_likelihood.append(-(loss_value - kl_weight * kl))
+                if on_log is not None:
+                    values = {"loss": loss_value, "lr": schedule.get_last_lr()[0]}
+                    if kl_total is not None:
+                        values |= {"kl_per_example": kl, "kl_weight": kl_weight,
+                                   "expected_log_likelihood": history.expected_log_likelihood[-1]}
+                    on_log(step, values)
             bar.update(1)
             bar.set_postfix(loss=f"{loss_value:.4f}")
             if on_epoch_end is not None and (step + 1) % len(loader) == 0:  # type: ignore[arg-type]

@@ -1,6 +1,7 @@
-"""GLUE data through ``datasets``: a local directory in the standard GLUE layout, or the Hugging Face hub.
+"""GLUE data through ``datasets``: a local directory in the standard GLUE layout, the Hugging Face hub, or
+your own CSV / TSV / JSON / JSON-lines files (a task of :func:`~.settings.file_task`).
 
-Local TSVs are read with ``quoting=3`` (QUOTE_NONE): several GLUE files hold bare quotes.  CoLA has
+Local GLUE TSVs are read with ``quoting=3`` (QUOTE_NONE): several GLUE files hold bare quotes.  CoLA has
 no header.  Labels are mapped to the hub's integer convention (e.g. RTE: entailment = 0).  Every
 example gets an ``idx`` (its row in the training set) for the likelihood's subsampling plate.
 """
@@ -18,28 +19,40 @@ from .settings import GlueTask
 __all__ = ["load_glue"]
 
 
-def _read_local(task: GlueTask, data_dir: Path) -> datasets.DatasetDict:
-    folder = data_dir / task.directory
-    if not folder.is_dir():
-        raise FileNotFoundError(
-            f"{folder} does not exist: --data-dir must hold the GLUE folders ({task.directory}/ ...)"
-        )
+def _reader(task: GlueTask, suffix: str) -> tuple[str, dict, int]:
+    """(``datasets`` builder, its options, the file line of the first data row) for a task's files."""
+    if not task.data_files:  # GLUE's TSVs
+        return "csv", {"delimiter": "\t", "quoting": 3} | ({"header": None, "names": list(task.header)}
+                                                          if task.header else {}), 1 if task.header else 2
+    if suffix in (".json", ".jsonl"):
+        return "json", {}, 1
+    return "csv", {"delimiter": "\t"} if suffix == ".tsv" else {}, 2
+
+
+def _read_local(task: GlueTask, data_dir: Path | None) -> datasets.DatasetDict:
+    if not task.data_files:
+        folder = data_dir / task.directory
+        if not folder.is_dir():
+            raise FileNotFoundError(
+                f"{folder} does not exist: --data-dir must hold the GLUE folders ({task.directory}/ ...)"
+            )
     files = task.files(data_dir)
     missing = [str(p) for p in files.values() if not p.exists()]
     if missing:
-        raise FileNotFoundError(f"GLUE task {task.name!r}: missing files {missing}")
-    options: dict = {"delimiter": "\t", "quoting": 3}
-    if task.header:
-        options.update(header=None, names=list(task.header))
+        raise FileNotFoundError(f"task {task.name!r}: missing files {missing}")
+    suffixes = {path.suffix for path in files.values()}
+    if len(suffixes) > 1:
+        raise ValueError(f"task {task.name!r}: give files of one format, not {sorted(suffixes)}")
+    builder, options, first_line = _reader(task, suffixes.pop())
     for path in files.values():
-        _check_text(path, header_lines=0 if task.header else 1)
-    raw = datasets.load_dataset("csv", data_files={k: str(v) for k, v in files.items()}, **options)
+        _check_text(path, header_lines=first_line - 1)
+    raw = datasets.load_dataset(builder, data_files={k: str(v) for k, v in files.items()}, **options)
     columns = list(task.text_columns) + [task.label_column]
     for split, path in files.items():
         missing = [c for c in columns if c not in raw[split].column_names]
         if missing:
             raise ValueError(f"{path}: columns {missing} are missing; {task.name} needs {columns}")
-        _check_rows(task, path, raw[split].select_columns(columns))
+        _check_rows(task, path, raw[split].select_columns(columns), first_line)
     raw = raw.select_columns(columns)
     rename = {c: f"text{i}" for i, c in enumerate(task.text_columns)} | {task.label_column: "label"}
     raw = raw.rename_columns(rename)
@@ -61,9 +74,9 @@ def _check_text(path: Path, header_lines: int) -> None:
         raise ValueError(f"{path} has no data rows")
 
 
-def _check_rows(task: GlueTask, path: Path, rows: datasets.Dataset) -> None:
-    """Every row complete and its label one the task allows; else an error naming the file and line."""
-    first_line = 1 if task.header else 2  # the line of the first data row
+def _check_rows(task: GlueTask, path: Path, rows: datasets.Dataset, first_line: int) -> None:
+    """Every row complete and its label one the task allows; else an error naming the file and line (of the first
+    data row: ``first_line``)."""
     table = rows.to_dict()
     for column, values in table.items():
         for index, value in enumerate(values):
@@ -87,7 +100,11 @@ def _allowed_label(task: GlueTask):
 
 
 def _read_hub(task: GlueTask) -> datasets.DatasetDict:
-    raw = datasets.load_dataset("nyu-mll/glue", task.name)
+    try:
+        raw = datasets.load_dataset("nyu-mll/glue", task.name)
+    except (OSError, ConnectionError) as error:  # offline, or the hub unreachable
+        raise ValueError(f"no local copy of GLUE {task.name!r} and the hub is unreachable ({type(error).__name__}); "
+                         f"give --data-dir DIR (holding {task.directory}/) or set $MONTECLORA_GLUE_DIR") from None
     splits = {"train": raw["train"], **{s: raw[h] for s, h in zip(task.dev_splits, task.hub_dev_splits, strict=True)}}
     out = datasets.DatasetDict(splits).select_columns(list(task.hub_text_columns) + ["label"])
     return out.rename_columns({c: f"text{i}" for i, c in enumerate(task.hub_text_columns)})
@@ -111,7 +128,10 @@ def load_glue(
     """
     if not 0 <= holdout_fraction < 1:
         raise ValueError(f"holdout_fraction = {holdout_fraction!r} must be in [0, 1)")
-    raw = _read_local(task, Path(data_dir)) if data_dir is not None else _read_hub(task)
+    if task.data_files or data_dir is not None:
+        raw = _read_local(task, None if data_dir is None else Path(data_dir))
+    else:
+        raw = _read_hub(task)
     raw = datasets.DatasetDict({split: rows.add_column("row", list(range(len(rows)))) for split, rows in raw.items()})
     limits = {"train": max_train_samples} | {s: max_eval_samples for s in task.dev_splits}
     for split, limit in limits.items():

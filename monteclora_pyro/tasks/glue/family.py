@@ -31,7 +31,7 @@ from ...regression_calibration import (
 from ...runner.pipeline import Evaluation, TaskFamily, make_loader, run
 from ...runner.plots import plot_quantile_calibration, plot_reliability
 from .data import load_glue
-from .settings import GlueRunConfig, GlueTask, get_task
+from .settings import GlueRunConfig, GlueTask
 
 __all__ = ["GlueFamily", "dev_scores", "run_glue"]
 
@@ -53,15 +53,17 @@ def _report(predictions: dict[str, torch.Tensor], task: GlueTask, scale: float |
     """Metrics of the posterior-mean predictions (``mean_*``) and of the predictive ones (unprefixed)."""
     labels, mean = predictions["labels"], predictions["mean"]
     report = {f"mean_{k}": v for k, v in dev_scores(mean, labels, task, mean.reshape(len(mean), -1), scale).items()}
+    if task.num_labels > 1:  # the predictive's mean entropy and its split (predictions.jsonl has each row's)
+        report |= {k: float(v.mean()) for k, v in uncertainty(predictions["draws"]).items()}
     return report | dev_scores(predictions["predictive"], labels, task, predictions["draws"], scale)
 
 
 def _per_example(predictions: dict[str, torch.Tensor], task: GlueTask, scale: float | None,
-                 fitted: dict[str, Any]) -> list[dict[str, Any]]:
+                 fitted: dict[str, Any], save_draws: bool = False) -> list[dict[str, Any]]:
     """One record per dev example (``predictions.jsonl``): its ``row`` in the task's file and ``label``; for
     classification the predictive's ``probabilities``, ``predicted`` class, NLL, entropy and its aleatoric /
     epistemic split, for regression the prediction, the draws' spread and the NLL; after the held-out fit,
-    ``ts_nll``."""
+    ``ts_nll``; with ``save_draws``, each draw's probabilities (or prediction), ``draws``."""
     labels, columns = predictions["labels"], {"row": predictions["rows"], "label": predictions["labels"]}
     if task.num_labels > 1:
         probs = predictions["predictive"].double()
@@ -76,6 +78,8 @@ def _per_example(predictions: dict[str, torch.Tensor], task: GlueTask, scale: fl
             columns["nll"] = -mixture_log_density(predictions["draws"], labels, scale)
         if "holdout_noise_scale" in fitted:
             columns["ts_nll"] = -mixture_log_density(predictions["draws"], labels, fitted["holdout_noise_scale"])
+    if save_draws:
+        columns["draws"] = predictions["draws"]
     return [{name: values[i].tolist() for name, values in columns.items()} for i in range(len(labels))]
 
 
@@ -87,7 +91,7 @@ class GlueFamily(TaskFamily):
 
     def __init__(self, config: GlueRunConfig) -> None:
         super().__init__(config)
-        self.task = get_task(self.config.task)
+        self.task = self.config.glue_task()
         self.loaders: dict[str, Any] = {}
         self.target_scale = 1.0  # regression: the training targets' standard deviation (prepare_model)
 
@@ -186,7 +190,7 @@ class GlueFamily(TaskFamily):
             first_split = split == task.dev_splits[0]
             metrics.update({("" if first_split else f"{split}_") + k: v for k, v in report.items()})
             atomic_write_jsonl(output_dir / ("predictions.jsonl" if first_split else f"predictions_{split}.jsonl"),
-                               _per_example(predictions, task, scale, metrics))
+                               _per_example(predictions, task, scale, metrics, config.save_draws))
             if first_split:
                 labels = predictions["labels"]
                 evaluation.epoch_scores = dev_scores(predictions["predictive"], labels, task, predictions["draws"],
