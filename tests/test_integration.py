@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -270,3 +271,37 @@ def test_torchrun_two_processes_share_the_global_batch(glue_dir, tmp_path):
     assert (config["world_size"], config["global_batch_size"]) == (2, 8)
     assert metrics["steps"] == 4 and metrics["num_train"] == 32  # 32 rows in global batches of 8
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]  # one writer, nothing left behind
+
+
+def test_a_two_process_run_killed_and_resumed_ends_as_an_uninterrupted_one(glue_dir, tmp_path):
+    def command(out: Path, *extra: str) -> list[str]:
+        return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                "experiments/svi_glue.py", "--task", "sst2", "--data-dir", str(glue_dir), "--prior",
+                "monteclora_scaled_ab", "--max-train-samples", "64", "--batch-size", "8", "--epochs", "2",
+                "--max-eval-samples", "8", "--max-length", "32", "--num-samples", "2", "--no-progress",
+                "--checkpoint-every", "1", "--output-dir", str(out), *extra]
+
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    killed, whole = tmp_path / "killed", tmp_path / "whole"
+    checkpoint = tmp_path / "killed.checkpoint" / "checkpoint.pt"
+    child = subprocess.Popen(command(killed), cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                             text=True)
+    deadline = time.monotonic() + 300
+    while not (checkpoint.exists() and torch.load(checkpoint, weights_only=False)["step"] >= 4):
+        assert child.poll() is None and time.monotonic() < deadline, child.communicate()[1][-2000:]
+        time.sleep(0.05)
+    for proc in Path("/proc").iterdir():  # the launcher and both processes (each in a session of its own)
+        try:
+            if str(killed) in (proc / "cmdline").read_bytes().decode(errors="replace"):
+                os.kill(int(proc.name), signal.SIGKILL)
+        except (OSError, ValueError):
+            continue
+    child.wait()
+    assert 4 <= torch.load(checkpoint, weights_only=False)["step"] < 16 and not killed.exists()
+    for out, extra in ((killed, ["--resume"]), (whole, [])):
+        done = subprocess.run(command(out, *extra), cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stderr[-3000:]
+    resumed, reference = (torch.load(out / "checkpoint.pt", weights_only=False) for out in (killed, whole))
+    assert resumed["step"] == reference["step"] == 16
+    for name, value in reference["learnable"].items():
+        torch.testing.assert_close(resumed["learnable"][name], value, rtol=0, atol=0, msg=name)

@@ -48,7 +48,9 @@ class Checkpointer:
     path: the checkpoint file.  every: write after every ``every`` steps (0: only at the end and when
     interrupted).  extra: the caller's own state, saved and restored (in place) with the checkpoint.
     resume: continue from ``path`` if it exists.  compare: given the saved ``extra``, the settings in
-    which it differs from this run (a resume with any is refused, naming them).
+    which it differs from this run (a resume with any is refused, naming them).  writer: whether this
+    process writes it (in a multi-process run rank 0 writes it, with every process's random streams,
+    and every process resumes from it).
     """
 
     path: Path
@@ -56,6 +58,7 @@ class Checkpointer:
     extra: dict[str, Any] = field(default_factory=dict)
     resume: bool = False
     compare: Callable[[dict[str, Any]], list[str]] | None = None
+    writer: bool = True
 
     def __post_init__(self) -> None:
         self.path = Path(self.path)
@@ -65,6 +68,8 @@ class Checkpointer:
         return self.every > 0 and step % self.every == 0
 
     def save(self, state: dict[str, Any]) -> None:
+        if not self.writer:
+            return
         with atomic_output(self.path) as tmp:
             torch.save(state | {"extra": self.extra}, tmp)
 

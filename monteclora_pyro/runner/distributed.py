@@ -73,7 +73,7 @@ def sharded_loader(dataset: Dataset, collate_fn, global_batch_size: int, world: 
         raise ValueError(f"batch_size = {global_batch_size} (the global batch) must be divisible by the "
                          f"{world.size} processes")
     return DataLoader(dataset, batch_size=global_batch_size // world.size, sampler=seeded_sampler(dataset, seed, world),
-                      collate_fn=collate_fn)
+                      collate_fn=collate_fn, generator=torch.Generator().manual_seed(seed))  # not the global stream
 
 
 def unwrap(module: nn.Module) -> nn.Module:

@@ -61,6 +61,7 @@ class BayesianTrainer(Trainer):
             raise ValueError("the Trainer needs a train_dataset to train")
         loader = DataLoader(self.train_dataset, batch_size=self._train_batch_size, collate_fn=self.data_collator,
                             sampler=seeded_sampler(self.train_dataset, self.args.seed),
+                            generator=torch.Generator().manual_seed(self.args.seed),
                             num_workers=self.args.dataloader_num_workers, drop_last=self.args.dataloader_drop_last)
         return self.accelerator.prepare(loader)
 

@@ -123,7 +123,8 @@ def make_loader(dataset: Dataset, collate: Callable, batch_size: int, shuffle: b
         return sharded_loader(dataset, collate, batch_size, world, seed)
     if not shuffle:
         return DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate)
-    return DataLoader(dataset, batch_size=batch_size, sampler=seeded_sampler(dataset, seed), collate_fn=collate)
+    return DataLoader(dataset, batch_size=batch_size, sampler=seeded_sampler(dataset, seed), collate_fn=collate,
+                      generator=torch.Generator().manual_seed(seed))  # its worker seeds too: never the global stream
 
 
 def run(family: TaskFamily) -> dict[str, Any]:
@@ -136,8 +137,6 @@ def run(family: TaskFamily) -> dict[str, Any]:
     check_tracker(config.report_to)
     check_backbone(config.model, spec.targets, spec.rank, family.num_labels or 2, family.kind)
     processes = world()
-    if processes.distributed and config.resume:
-        raise ValueError("resume = True: resuming is for single-process runs for now")
     if not processes.is_main:  # only rank 0 writes files
         return _run(family, None, processes)
     with atomic_run_dir(config.output_dir) as staging:
@@ -208,8 +207,13 @@ def _method(family: TaskFamily, model: nn.Module, num_data: int, device: torch.d
     return build_method(model, config.prior_spec(), family.likelihood(peer=config.peer is not None), num_data,
                         peer=config.peer, guide=config.guide, kl_weight=config.kl_weight,
                         guide_options=guide_options, peft_kl_loss_weight=config.peft_kl_loss_weight,
-                        autocast_dtype=torch.bfloat16 if device.type == "cuda" else None,
+                        autocast_dtype=_autocast(config, device),
                         lora_dropout=config.lora_dropout).to(device)
+
+
+def _autocast(config: RunConfig, device: torch.device) -> torch.dtype | None:
+    name = config.autocast_dtype(device.type)
+    return None if name is None else getattr(torch, name)
 
 
 def _run(family: TaskFamily, output_dir: Path | None, processes: World) -> dict[str, Any]:
@@ -236,10 +240,12 @@ def _run(family: TaskFamily, output_dir: Path | None, processes: World) -> dict[
     module = _method(family, model, len(train_set), device)
 
     # train, with the scores after each epoch when asked (by rank 0)
-    total_epochs = math.ceil(config.total_steps(len(train_loader)) / len(train_loader))
+    steps_per_epoch = math.ceil(len(train_loader) / config.gradient_accumulation_steps)
+    total_epochs = math.ceil(config.total_steps(steps_per_epoch) / steps_per_epoch)
     checkpoint = Checkpointer(config.checkpoint_path(), config.checkpoint_every, resume=config.resume,
                               extra={"config": config.record(), "epochs": []},
-                              compare=lambda saved: config.changes_from(saved["config"]))
+                              compare=lambda saved: config.changes_from(saved["config"]),
+                              writer=processes.is_main)  # every process resumes from it; rank 0 writes it
 
     tracker = None if output_dir is None else open_tracker(  # written with the run, in OUTPUT_DIR/logs
         config.report_to, Path(config.output_dir).name, output_dir / "logs", config.record())
@@ -249,12 +255,12 @@ def _run(family: TaskFamily, output_dir: Path | None, processes: World) -> dict[
             scores = family.epoch_scores(module, device)
             checkpoint.extra["epochs"].append({"epoch": epoch} | scores)
             if tracker is not None:
-                tracker.log({f"dev/{k}": v for k, v in scores.items()}, step=epoch * len(train_loader))
+                tracker.log({f"dev/{k}": v for k, v in scores.items()}, step=epoch * steps_per_epoch)
 
     start = time.perf_counter()
     try:
         history = train(processes.wrap(module, device), train_loader, config, device=device,
-                        checkpoint=checkpoint if processes.is_main else None,
+                        checkpoint=checkpoint,
                         on_epoch_end=evaluate_epoch if config.eval_each_epoch else None,
                         on_log=None if tracker is None else
                         lambda step, values: tracker.log({f"train/{k}": v for k, v in values.items()}, step=step))

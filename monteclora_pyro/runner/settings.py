@@ -33,13 +33,15 @@ from ..kinds import (
 )
 from .options import check_options, option
 
-__all__ = ["BACKBONE_DTYPES", "REPORT_TO", "RESUME_IGNORED", "RunConfig", "TrainConfig", "default_data_dir"]
+__all__ = ["BACKBONE_DTYPES", "MIXED_PRECISION", "REPORT_TO", "RESUME_IGNORED", "RunConfig", "TrainConfig",
+           "default_data_dir"]
 
 # settings a resumed run (or a finished sweep cell) may differ in: where things are, how progress is shown
 RESUME_IGNORED = ("output_dir", "data_dir", "model", "device", "progress", "resume", "checkpoint_every",
                   "overwrite_output_dir", "report_to")
 BACKBONE_DTYPES = ("float32", "bfloat16", "float16")
 REPORT_TO = ("none", "tensorboard", "wandb")
+MIXED_PRECISION = ("auto", "no", "bf16", "fp16")
 
 
 @dataclass
@@ -57,6 +59,8 @@ class TrainConfig:
                               aliases=("--max_grad_norm",))
     epochs: int = option(2, "passes over the training rows", positive_int, aliases=("--num_train_epochs",))
     max_steps: int | None = option(None, "stop after this many steps (overrides --epochs)", optional(positive_int))
+    gradient_accumulation_steps: int = option(1, "minibatches per optimizer step (their losses averaged: k batches "
+                                                 "of b rows step as one of k b)", positive_int)
     kl_anneal_steps: int = option(0, "linear KL warm-up steps (0 = none)", nonnegative_int)
     log_every: int = option(10, "record the ELBO's terms every N steps", positive_int, aliases=("--logging_steps",))
     divergence_factor: float = option(10.0, "stop the run as failed when the loss of the last steps (their median) "
@@ -66,9 +70,9 @@ class TrainConfig:
     def __post_init__(self) -> None:
         check_options(self)
 
-    def total_steps(self, batches_per_epoch: int) -> int:
-        """``max_steps`` when set (it overrides ``epochs``, as in Hugging Face), else epochs x batches."""
-        return self.max_steps or self.epochs * batches_per_epoch
+    def total_steps(self, steps_per_epoch: int) -> int:
+        """``max_steps`` when set (it overrides ``epochs``, as in Hugging Face), else epochs x steps per epoch."""
+        return self.max_steps or self.epochs * steps_per_epoch
 
 
 @dataclass
@@ -99,6 +103,9 @@ class RunConfig(TrainConfig):
     peft_kl_loss_weight: float = option(1e-5, "PEFT MonteCLoRA's kl_loss_weight (peer only)", real)
     dirichlet_sampler: str = option("exact", "q(pi) sampler of the monteclora guide", choices=("exact", "laplace"))
     max_length: int = option(128, "tokens per example", positive_int, aliases=("--max_seq_length",))
+    mixed_precision: str = option("auto", "autocast of the backbone's forward: auto (bf16 on a CUDA device that has "
+                                          "it, else fp16 on CUDA, none on CPU), no, bf16 or fp16 (with loss "
+                                          "scaling); samplers and KLs stay float32", choices=MIXED_PRECISION)
     backbone_dtype: str = option("float32", "dtype of the frozen backbone's weights (bfloat16 halves their memory; "
                                             "LoRA and variational parameters stay float32)", choices=BACKBONE_DTYPES)
     gradient_checkpointing: bool = option(False, "recompute activations in the backward pass (less memory; the "
@@ -179,6 +186,16 @@ class RunConfig(TrainConfig):
         spec_then = _defaults(type(self.prior_spec())) | dict(written.get("prior_spec") or {})
         return changes + [f"prior_spec.{k}: {spec_then.get(k)!r} there, {v!r} now"
                           for k, v in now["prior_spec"].items() if k != "name" and spec_then.get(k) != v]
+
+    def autocast_dtype(self, device_type: str) -> str | None:
+        """The autocast dtype's name (``bfloat16``, ``float16``) of ``mixed_precision`` on a device type, or None."""
+        if self.mixed_precision == "auto":
+            if device_type != "cuda":
+                return None
+            import torch
+
+            return "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
+        return {"no": None, "bf16": "bfloat16", "fp16": "float16"}[self.mixed_precision]
 
     def checkpoint_path(self) -> Path:
         """``<output_dir>.checkpoint/checkpoint.pt``: beside the run's folder, so it survives a failed run."""

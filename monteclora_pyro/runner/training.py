@@ -114,6 +114,11 @@ def _batches(loader: Iterable, start: int, epoch_rng: torch.Tensor | None) -> It
             step += 1
 
 
+def _rank() -> int:
+    initialized = torch.distributed.is_available() and torch.distributed.is_initialized()
+    return torch.distributed.get_rank() if initialized else 0
+
+
 DIVERGENCE_WINDOW = 5  # a diverged loss stays high: the median of this many last steps, not one spike
 
 
@@ -176,7 +181,9 @@ def train(
     if not params:
         raise ValueError("the module has no trainable parameters")
     method: LoRAMethod = unwrap(module)  # attributes live on the module inside a DDP wrapper
-    total = config.total_steps(len(loader))  # type: ignore[arg-type]
+    accumulate = config.gradient_accumulation_steps
+    total = config.total_steps(math.ceil(len(loader) / accumulate))  # type: ignore[arg-type]
+    scaler = torch.amp.GradScaler(device.type, enabled=method.autocast_dtype == torch.float16)
     optimizer = torch.optim.AdamW(parameter_groups(method, params, config.variational_lr), lr=config.lr,
                                   weight_decay=config.weight_decay)
     schedule = get_linear_schedule_with_warmup(optimizer, int(config.warmup_ratio * total), total)
@@ -191,34 +198,45 @@ def train(
         schedule.load_state_dict(saved["schedule"])
         history = TrainHistory(**saved["history"])
         start_step, epoch_rng = saved["step"], saved["epoch_rng"]
-        restore_rng(saved["rng"])
+        restore_rng(saved["rng_by_rank"][_rank()] if "rng_by_rank" in saved else saved["rng"])
 
     def save(next_step: int, epoch_state) -> None:
+        rng = {"rng": rng_state()}
+        if torch.distributed.is_available() and torch.distributed.is_initialized():  # each process's own streams
+            rng["rng_by_rank"] = [None] * torch.distributed.get_world_size()
+            torch.distributed.all_gather_object(rng["rng_by_rank"], rng["rng"])
         checkpoint.save({"step": next_step, "epoch_rng": epoch_state, "learnable": learnable_state(module),
                          "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
-                         "history": dataclasses.asdict(history), "rng": rng_state()})
+                         "history": dataclasses.asdict(history)} | rng)
 
     module.train()
     bar = tqdm(total=total, initial=start_step, disable=not config.progress, desc="train", dynamic_ncols=True)
+    batches = _batches(loader, start_step * accumulate, epoch_rng)
     with _interrupt_flag() as interrupted:
-        for step, batch, epoch_state in _batches(loader, start_step, epoch_rng):
-            if step >= total:
-                break
+        for step in range(start_step, total):
             start = time.perf_counter()
-            batch = move_to(batch, device)
             kl_weight = beta * min(1.0, (step + 1) / config.kl_anneal_steps) if config.kl_anneal_steps else beta
-            loss = loss_fn(module, batch, kl_weight)
-            loss_value = loss.item()
-            if not math.isfinite(loss_value):
-                raise FloatingPointError(f"step {step}: the loss is {loss_value} (lr = {config.lr}); "
-                                         "lower the learning rate")
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            loss_value, finished_epoch = 0.0, None
+            for _ in range(accumulate):  # the step's minibatches, each loss a share of the step's
+                position, batch, epoch_state = next(batches)
+                loss = loss_fn(module, move_to(batch, device), kl_weight) / accumulate
+                value = loss.item()
+                if not math.isfinite(value):
+                    raise FloatingPointError(f"step {step}: the loss is {value} (lr = {config.lr}); "
+                                             "lower the learning rate")
+                scaler.scale(loss).backward()
+                loss_value += value
+                if (position + 1) % len(loader) == 0:  # type: ignore[arg-type]
+                    finished_epoch = (position + 1) // len(loader)  # type: ignore[arg-type]
+            scaler.unscale_(optimizer)
             total_norm = torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
-            _check_gradients(total_norm, names, params, step, config.lr)
+            if not scaler.is_enabled():  # fp16's scaler skips a step with non-finite gradients itself
+                _check_gradients(total_norm, names, params, step, config.lr)
             if config.grad_clip != math.inf:
                 torch.nn.utils.clip_grads_with_norm_(params, config.grad_clip, total_norm)
-            optimizer.step()
+            scaler.step(optimizer)
+            scaler.update()
             schedule.step()
             history.step_seconds.append(time.perf_counter() - start)
             history.loss.append(loss_value)
@@ -241,8 +259,8 @@ def train(
                     on_log(step, values)
             bar.update(1)
             bar.set_postfix(loss=f"{loss_value:.4f}")
-            if on_epoch_end is not None and (step + 1) % len(loader) == 0:  # type: ignore[arg-type]
-                on_epoch_end((step + 1) // len(loader))  # type: ignore[arg-type]
+            if on_epoch_end is not None and finished_epoch is not None:
+                on_epoch_end(finished_epoch)
                 module.train()
             if checkpoint is not None and (checkpoint.due(step + 1) or step + 1 == total or interrupted[0]):
                 save(step + 1, epoch_state)

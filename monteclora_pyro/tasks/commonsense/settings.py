@@ -112,8 +112,9 @@ class CommonsenseRunConfig(RunConfig):
             return self
         data_dir = self.data_dir if self.data_dir is not None else default_commonsense_dir()
         if data_dir is None or not Path(data_dir).is_dir():
-            raise ValueError(f"data_dir = {str(data_dir)!r} is not a folder; give the folder of the task folders "
-                             "(boolq/, ARC-Easy/, ...) in the LLM-Adapters format")
+            raise ValueError(f"data_dir = {str(data_dir)!r} is not a folder; give --data-dir DIR (the folder of the "
+                             "task folders boolq/, ARC-Easy/, ... in the LLM-Adapters format) or set "
+                             "$MONTECLORA_COMMONSENSE_DIR")
         train = self.train_task_list()
         if not train:
             raise ValueError("train_tasks is empty: name task folders or a JSON file")
