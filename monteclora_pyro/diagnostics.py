@@ -4,7 +4,8 @@
 prior family reduce each draw to a few interpretable numbers per factor site
 (:meth:`~monteclora_pyro.priors.PriorFamily.summaries`: e.g. MonteCLoRA's ``sigma_diag``,
 ``mixture_weights`` and ``perturbation_std``), stacked along a ``layer`` dim whose coordinates are the
-site names.  One chain.
+site names.  One chain.  For a family whose summaries of prior draws mean the same (MonteCLoRA's), the
+model's own draws fill a ``prior`` group too, so ``az.plot_dist_comparison`` shows what the data moved.
 """
 
 from __future__ import annotations
@@ -23,10 +24,12 @@ from .kinds import positive_int
 __all__ = ["posterior_inference_data", "save_posterior"]
 
 
-def _site_summaries(module: BayesianLoRA, means: dict[str, torch.Tensor]) -> dict[str, list[torch.Tensor]]:
-    """One posterior draw reduced to {variable: [value per factor site, in ``module.sites`` order]}."""
-    with poutine.block():  # the guide alone: the model's prior statements are not needed here
-        nodes = poutine.trace(module.sample_guide).get_trace().nodes
+def _site_summaries(module: BayesianLoRA, means: dict[str, torch.Tensor], prior: bool = False
+                    ) -> dict[str, list[torch.Tensor]]:
+    """One posterior draw (or, with ``prior``, one prior draw) reduced to {variable: [value per factor site, in
+    ``module.sites`` order]}."""
+    with poutine.block():  # the guide alone (or the model's prior statements alone)
+        nodes = poutine.trace(module.sample_factors if prior else module.sample_guide).get_trace(means).nodes
     by_site: dict[str, dict[str, torch.Tensor]] = {}
     for group in module.groups:  # every latent has a leading layer dim (the group's plate)
         summaries = module.prior.summaries(group, nodes, means[group.key])
@@ -58,14 +61,19 @@ def posterior_inference_data(
     if y is not None and ll is not None and ll.shape[1] != y.shape[0]:
         raise ValueError(f"log_likelihood has {ll.shape[1]} examples but observed has {y.shape[0]}")
 
+    def stacked(draws: list[dict[str, list[torch.Tensor]]]) -> dict[str, np.ndarray]:
+        return {name: torch.stack([torch.stack(d[name]) for d in draws])[None].numpy() for name in draws[0]}
+
     with torch.no_grad():
         means = module.stacked_means()
-        draws = [_site_summaries(module, means) for _ in range(num_draws)]
-    posterior = {name: torch.stack([torch.stack(d[name]) for d in draws])[None].numpy() for name in draws[0]}
+        posterior = stacked([_site_summaries(module, means) for _ in range(num_draws)])
+        prior = (stacked([_site_summaries(module, means, prior=True) for _ in range(num_draws)])
+                 if module.prior.summarizes_prior else None)
     extra_dims = module.prior.summary_dims
     dims = {name: ["layer", *extra_dims.get(name, ())] for name in posterior} | {"y": ["example"]}
     return az.from_dict(
         posterior=posterior,
+        prior=prior,
         observed_data=None if y is None else {"y": y},
         log_likelihood=None if ll is None else {"y": ll[None]},
         coords={"layer": [site.name for site in module.sites]},

@@ -135,7 +135,7 @@ def test_save_round_trips_through_netcdf(idata, tmp_path):
     assert path == tmp_path / "run" / "posterior.nc"
     assert [p.name for p in path.parent.iterdir()] == ["posterior.nc"]  # no temporary file left behind
     loaded = az.from_netcdf(path)
-    assert set(loaded.groups()) == {"posterior", "observed_data", "log_likelihood"}
+    assert set(loaded.groups()) == {"posterior", "prior", "observed_data", "log_likelihood"}
     assert loaded.posterior["layer"].values.tolist() == idata.posterior["layer"].values.tolist()
     for name in idata.posterior.data_vars:
         np.testing.assert_array_equal(loaded.posterior[name].values, idata.posterior[name].values)
@@ -168,3 +168,17 @@ def test_arviz_summary_and_plots_run(idata):
     az.plot_forest(idata, var_names=["perturbation_std"], combined=True)
     az.plot_posterior(idata, var_names=["perturbation_std"])
     plt.close("all")
+
+
+def test_the_prior_group_holds_the_models_own_draws(module, idata):
+    """E[diag Sigma] = wishart_scale under the Wishart prior (Monte Carlo over draws, layers and rank), the
+    moved guide's is not, and az.plot_dist_comparison sets the two side by side."""
+    import matplotlib.pyplot as plt
+
+    assert "prior" in idata.groups() and set(idata.prior.data_vars) == set(idata.posterior.data_vars)
+    prior_mean = float(idata.prior["sigma_diag"].mean())
+    assert prior_mean == pytest.approx(module.spec.wishart_scale, rel=0.05)
+    assert float(idata.posterior["sigma_diag"].mean()) != pytest.approx(prior_mean, rel=0.05)
+    az.plot_dist_comparison(idata, var_names=["perturbation_std"], coords={"layer": [module.sites[0].name]})
+    plt.close("all")
+    assert "prior" not in posterior_inference_data(tiny_module("map"), 2).groups()  # a flat prior has no draws

@@ -41,6 +41,8 @@ class PriorFamily(nn.Module):
     default_guide: the name of its own guide (``guides/``).
     summary_dims: the extra dims of a summary (``{"sigma_diag": ("rank",)}``); others are one number per layer.
     panels: the :class:`Panel` objects of its summaries.
+    summarizes_prior: whether :meth:`summaries` of the model's own (prior) draws describe the prior as those of
+    the guide's describe the posterior (``posterior.nc`` then has a ``prior`` group).
     and implement :meth:`forward` (the model statements) and :meth:`summaries`.
     """
 
@@ -49,6 +51,7 @@ class PriorFamily(nn.Module):
     default_guide: ClassVar[str]
     summary_dims: ClassVar[Mapping[str, tuple[str, ...]]] = {}
     panels: ClassVar[tuple[Panel, ...]] = ()
+    summarizes_prior: ClassVar[bool] = False  # its summaries of prior draws mean what the posterior's do
 
     def __init__(self, spec: Any) -> None:
         super().__init__()

@@ -91,6 +91,7 @@ class MonteCLoRAPrior(PriorFamily):
     declaration = MonteCLoRASpec
     default_guide = "monteclora"
     summary_dims = {"sigma_diag": ("rank",), "mixture_weights": ("component",)}
+    summarizes_prior = True
     panels = (
         Panel("sigma_diag", "mean of diag(Sigma) over rank", lambda values: values.mean("rank")),
         Panel("perturbation_std", "perturbation std"),

@@ -90,7 +90,8 @@ def _short_names(names: Sequence[str]) -> list[str]:
 
 def plot_posterior_spread(idata: az.InferenceData, path: str | Path) -> Path:
     """Per-layer box plots (over draws) of the posterior's summaries, one panel per summary a prior family
-    declares (:attr:`~monteclora_pyro.priors.PriorFamily.panels`) that ``idata`` holds."""
+    declares (:attr:`~monteclora_pyro.priors.PriorFamily.panels`) that ``idata`` holds; beside each, in gray,
+    the prior's when ``idata`` has a ``prior`` group."""
     posterior = idata.posterior
     declared = {panel.variable: panel for family in PRIOR_FAMILIES.values() for panel in family.panels}
     panels = [(panel, panel.reduce(posterior[name])) for name, panel in declared.items() if name in posterior]
@@ -99,9 +100,19 @@ def plot_posterior_spread(idata: az.InferenceData, path: str | Path) -> Path:
     layers = _short_names(posterior["layer"].values.tolist())
     figure = Figure(figsize=(3.6 * len(panels) + 1.5, 1.6 + 0.35 * len(layers)), layout="constrained")
     axes = figure.subplots(1, len(panels), sharey=True, squeeze=False)[0]
+    prior = idata.prior if "prior" in idata.groups() else None
     for axis, (panel, values) in zip(axes, panels, strict=True):
         draws = values.transpose("chain", "draw", "layer").values.reshape(-1, len(layers))  # chains pooled
-        axis.boxplot(draws, orientation="horizontal", showfliers=False)
+        positions = np.arange(1, len(layers) + 1)
+        if prior is not None and panel.variable in prior:
+            before = panel.reduce(prior[panel.variable]).transpose("chain", "draw", "layer").values
+            axis.boxplot(before.reshape(-1, len(layers)), positions=positions + 0.2, widths=0.3,
+                         orientation="horizontal", showfliers=False, patch_artist=True,
+                         boxprops={"facecolor": "lightgray", "color": "gray"}, medianprops={"color": "gray"},
+                         whiskerprops={"color": "gray"}, capprops={"color": "gray"})
+            positions = positions - 0.2
+        axis.boxplot(draws, positions=positions, widths=0.3 if prior is not None else 0.5, orientation="horizontal",
+                     showfliers=False)
         axis.set_title(panel.title, fontsize=10)
         axis.grid(axis="x", alpha=0.3)
         axis.xaxis.set_major_locator(MaxNLocator(5))
@@ -110,7 +121,8 @@ def plot_posterior_spread(idata: az.InferenceData, path: str | Path) -> Path:
             axis.axvline(panel.reference(posterior), color="gray", linestyle=":")
     axes[0].set_yticks(range(1, len(layers) + 1), layers)
     axes[0].invert_yaxis()  # first layer at the top
-    figure.suptitle(f"Posterior spread across adapted layers ({posterior.sizes['draw']} draws)")
+    against = " (gray: the prior)" if prior is not None else ""
+    figure.suptitle(f"Posterior spread across adapted layers ({posterior.sizes['draw']} draws){against}")
     return _save(figure, path)
 
 
