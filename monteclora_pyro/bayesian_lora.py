@@ -83,6 +83,8 @@ class BayesianLoRA(LoRAMethod):
         self.prior = build_prior(spec)
         self.prior.check(self.groups)
         self.prior.check_likelihood(likelihood)
+        for layer in self._layers.values():
+            layer.flipout = self.prior.flipout
         self.guide_options = dict(guide_options or {})
         self.group_guides = nn.ModuleDict(
             {g.key: build_group_guide(self.guide_name, g, spec, **self.guide_options) for g in self.groups}
@@ -134,6 +136,8 @@ class BayesianLoRA(LoRAMethod):
     def forward(self, batch: Mapping[str, torch.Tensor], kl_weight: float | None = None) -> torch.Tensor:
         """-ELBO_beta / N for one minibatch (``batch["idx"]``: the rows' indices in the training set)."""
         means = self.stacked_means()
+        if not self.prior.kl_in_loss:  # the family takes the KL in a step of its own (after_step)
+            kl_weight = 0.0
         with pyro.validation_enabled(not self._validated):  # laws and values checked on the first step
             guide_trace = poutine.trace(self.guide).get_trace(batch, kl_weight, means)
             replayed = poutine.replay(self.model, trace=guide_trace)
@@ -194,6 +198,16 @@ class BayesianLoRA(LoRAMethod):
     def point_estimate(self) -> bool:
         """Whether the guide is a point mass (``delta``, or ``laplace`` before its fit): every draw is the same."""
         return all(guide.point_mass for guide in self.group_guides.values())
+
+    @property
+    def kl_in_loss(self) -> bool:
+        return self.prior.kl_in_loss
+
+    def separately_optimized(self) -> list[nn.Parameter]:
+        return self.prior.separately_optimized(self)
+
+    def after_step(self, step: int, steps_per_epoch: int, rows_per_step: int, lr_scale: float) -> dict[str, Any]:
+        return self.prior.after_step(self, step, steps_per_epoch, rows_per_step, lr_scale)
 
     def fit_posterior(self, loader, device: torch.device) -> dict[str, Any]:
         """The prior family's post-hoc fit on the training rows (the Laplace approximation); what it records."""

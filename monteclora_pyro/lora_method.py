@@ -67,6 +67,16 @@ class LoRAMethod(nn.Module, abc.ABC):
         """One draw of the stochastic factors ({PEFT parameter name: value}); {} for the trained weights."""
         return {}
 
+    kl_in_loss: bool = True  # the loss holds the (tempered) KL; False: after_step takes it
+
+    def separately_optimized(self) -> list[nn.Parameter]:
+        """Parameters the training loop's optimizer leaves alone (:meth:`after_step` moves them)."""
+        return []
+
+    def after_step(self, step: int, steps_per_epoch: int, rows_per_step: int, lr_scale: float) -> dict[str, Any]:
+        """A second update after each optimizer step (BLoB's KL step); what to record.  Default: none."""
+        return {}
+
     def fit_posterior(self, loader: Any, device: torch.device) -> dict[str, Any]:
         """Fit the posterior after training on the training rows (a Laplace approximation); what to record.
         Default: nothing (the posterior was trained with the weights)."""

@@ -147,12 +147,22 @@ def group_sites(sites: Sequence[FactorSite], by_shape: bool = True) -> list[Site
 
 
 class DrawnLinear(nn.Linear):
-    """A LoRA factor's linear map by the posterior draw it holds (``draw``), or by its weight when none is."""
+    """A LoRA factor's linear map by the posterior draw it holds (``draw``), or by its weight when none is.
+
+    With ``flipout`` (Wen et al. 2018, as BLoB uses it) the draw's deviation from the weight enters with random
+    signs on each token's input and output, ``x W^T + ((x * r) (draw - W)^T) * s``: one draw, pseudo-independent
+    perturbations per example."""
 
     draw: torch.Tensor | None = None
+    flipout: bool = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, self.weight if self.draw is None else self.draw, self.bias)
+        if self.draw is None or not self.flipout:
+            return F.linear(x, self.weight if self.draw is None else self.draw, self.bias)
+        mean = F.linear(x, self.weight, self.bias)
+        signs_in = torch.empty_like(x).uniform_(-1, 1).sign()
+        signs_out = torch.empty_like(mean).uniform_(-1, 1).sign()
+        return mean + F.linear(x * signs_in, self.draw - self.weight) * signs_out
 
 
 def _linear_leaf_names(model: nn.Module) -> list[str]:

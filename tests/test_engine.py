@@ -50,7 +50,7 @@ def test_a_perturbation_scale_that_drowns_the_signal_is_refused_before_training(
 def test_guide_must_fit_the_prior_family():
     with pytest.raises(ValueError, match=r"guide = 'monteclora' fits priors of family monteclora, not 'map'"):
         make("map", guide="monteclora")
-    with pytest.raises(ValueError, match=r"guide = 'kfac' is unknown; available: delta, laplace, mean_field, monteclo"):
+    with pytest.raises(ValueError, match=r"guide = 'kfac' is unknown; available: blob, delta, laplace, mean_field, mo"):
         make("monteclora", guide="kfac")
     with pytest.raises(ValueError, match=r"guide = 'laplace' fits priors of family laplace, not 'monteclora'"):
         make("monteclora", guide="laplace")

@@ -33,7 +33,7 @@ def test_wheel_layout_and_import_from_the_installed_wheel(tmp_path):
                          env={"PYTHONPATH": str(site), "PATH": "/usr/bin:/bin"}).stdout.splitlines()
     assert out[0].startswith(str(site))
     declared = sorted(path.stem for path in (REPO / "models").glob("*.toml"))  # every one is packaged
-    assert out[1:] == [str(declared), "['delta', 'laplace', 'mean_field', 'monteclora']", "10.0"]
+    assert out[1:] == [str(declared), "['blob', 'delta', 'laplace', 'mean_field', 'monteclora']", "10.0"]
 
 
 def _requirement_names(requirements: list[str]) -> set[str]:

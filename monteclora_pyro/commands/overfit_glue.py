@@ -45,7 +45,8 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> dict:
     for task, result in summary["tasks"].items():
         print(f"\n{task} ({result['metric']}; mean +- std over seeds; ece_floor: the ECE of a calibrated model "
               "with the same confidences on these rows)")
-        columns = [s for s in ("metric", "nll", "ece", "ece_floor", "ece_debiased", "brier", "crps")
+        columns = [s for s in ("metric", "nll", "ece", "ece_floor", "ece_debiased", "brier", "crps", "auroc_entropy",
+                               "auroc_mi")
                    if any(s in scores for scores in result["methods"].values())]
         print(f"{'method':<32}" + "".join(f"{s:>18}" for s in columns))
         for method, scores in result["methods"].items():

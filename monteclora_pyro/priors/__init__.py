@@ -67,6 +67,20 @@ class PriorFamily(nn.Module):
     def check_likelihood(self, likelihood: nn.Module) -> None:
         """Refuse, before any training, an observation model the family cannot work with (default: none)."""
 
+    # a family trained its own way (BLoB: the KL in a step of its own, flipout) overrides these
+    kl_in_loss: ClassVar[bool] = True  # the KL is in the loss (the tempered ELBO); False: after_step takes it
+    flipout: bool = False  # the factor draws enter by flipout (per-token sign flips)
+
+    def separately_optimized(self, module: Any) -> list[nn.Parameter]:
+        """Parameters the training loop's optimizer leaves to :meth:`after_step` (default: none)."""
+        return []
+
+    def after_step(self, module: Any, step: int, steps_per_epoch: int, rows_per_step: int, lr_scale: float
+                   ) -> dict[str, Any]:
+        """A second update after the loop's optimizer step (``lr_scale``: that step's learning-rate factor of the
+        warm-up and decay schedule); what to record (default: nothing)."""
+        return {}
+
     # a family fitted after training (the Laplace approximation) overrides these
     fitted_buffers: ClassVar[tuple[str, ...]] = ()  # buffers set by fit_posterior, saved with the posterior
     linearized: bool = False  # whether the predictive is the linearized model's (linearized_outputs)

@@ -86,9 +86,9 @@ def _check_gradients(total_norm: torch.Tensor, names: Mapping[int, str], params:
     """
     if bool(torch.isfinite(total_norm)):
         return
-    bad = next(p for p in params if p.grad is not None and not bool(torch.isfinite(p.grad).all()))
-    raise FloatingPointError(f"step {step}: the gradient of parameter {names[id(bad)]} is non-finite "
-                             f"(lr = {lr}); lower the learning rate")
+    bad = next((p for p in params if p.grad is not None and not bool(torch.isfinite(p.grad).all())), None)
+    what = f"the gradient of parameter {names[id(bad)]}" if bad is not None else "the gradients' norm"
+    raise FloatingPointError(f"step {step}: {what} is non-finite (lr = {lr}); lower the learning rate")
 
 
 def _batches(loader: Iterable, start: int, epoch_rng: torch.Tensor | None) -> Iterator[tuple[int, Any, Any]]:
@@ -177,12 +177,16 @@ def train(
     method with a KL) the ELBO's terms every ``config.log_every`` steps, e.g. for a tracker.
     """
     device = torch.device(device) if device is not None else next(module.parameters()).device
-    params = [p for p in module.parameters() if p.requires_grad]
+    separate = {id(p) for p in unwrap(module).separately_optimized()}  # moved by the method's after_step
+    params = [p for p in module.parameters() if p.requires_grad and id(p) not in separate]
     if not params:
         raise ValueError("the module has no trainable parameters")
     method: LoRAMethod = unwrap(module)  # attributes live on the module inside a DDP wrapper
     accumulate = config.gradient_accumulation_steps
-    total = config.total_steps(math.ceil(len(loader) / accumulate))  # type: ignore[arg-type]
+    steps_per_epoch = math.ceil(len(loader) / accumulate)  # type: ignore[arg-type]
+    total = config.total_steps(steps_per_epoch)
+    world = torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
+    rows_per_step = (getattr(loader, "batch_size", None) or 1) * accumulate * world
     scaler = torch.amp.GradScaler(device.type, enabled=method.autocast_dtype == torch.float16)
     optimizer = torch.optim.AdamW(parameter_groups(method, params, config.variational_lr), lr=config.lr,
                                   weight_decay=config.weight_decay)
@@ -237,7 +241,9 @@ def train(
                 torch.nn.utils.clip_grads_with_norm_(params, config.grad_clip, total_norm)
             scaler.step(optimizer)
             scaler.update()
+            lr_scale = schedule.get_last_lr()[0] / config.lr  # this step's factor of the warm-up and decay
             schedule.step()
+            recorded = method.after_step(step, steps_per_epoch, rows_per_step, lr_scale)
             history.step_seconds.append(time.perf_counter() - start)
             history.loss.append(loss_value)
             _check_divergence(history.loss, config, step)
@@ -249,12 +255,13 @@ def train(
                     kl = float(kl_total) / method.num_data
                     history.logged_steps.append(step)
                     history.kl.append(kl)
-                    history.kl_weight.append(kl_weight)
-                    history.expected_log_likelihood.append(-(loss_value - kl_weight * kl))
+                    weight = kl_weight if method.kl_in_loss else recorded.get("kl_weight", 0.0)
+                    history.kl_weight.append(weight)
+                    history.expected_log_likelihood.append(-(loss_value - (weight * kl if method.kl_in_loss else 0)))
                 if on_log is not None:
                     values = {"loss": loss_value, "lr": schedule.get_last_lr()[0]}
                     if kl_total is not None:
-                        values |= {"kl_per_example": kl, "kl_weight": kl_weight,
+                        values |= {"kl_per_example": kl, "kl_weight": history.kl_weight[-1],
                                    "expected_log_likelihood": history.expected_log_likelihood[-1]}
                     on_log(step, values)
             bar.update(1)
