@@ -146,3 +146,17 @@ def test_missing_data_offline_is_one_line_naming_the_variable(installed, tmp_pat
     assert done.returncode == 1
     last = done.stderr.strip().splitlines()[-1]
     assert "hub is unreachable" in last and "$MONTECLORA_GLUE_DIR" in last, done.stderr[-2000:]
+
+
+def test_the_command_list_and_a_predict_without_a_saved_posterior(capsys, tmp_path):
+    from monteclora_pyro import commands
+
+    commands.main([])
+    listed = capsys.readouterr().out
+    assert all(name in listed for name in commands.COMMANDS)
+    with pytest.raises(SystemExit):
+        commands.main(["predict", "--adapter", str(tmp_path)])
+    assert "is not a saved posterior" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:
+        commands.main(["train"])
+    assert "'train' is not a command" in str(exit_info.value.code)
