@@ -15,7 +15,8 @@ from torch import nn
 from .kinds import positive_int
 from .lora_method import LoRAMethod
 
-__all__ = ["Predictions", "draw_outputs", "mc_dropout", "move_to", "posterior_draws", "predict", "uncertainty"]
+__all__ = ["Predictions", "draw_outputs", "mc_dropout", "mixture", "move_to", "posterior_draws", "predict",
+           "uncertainty"]
 
 Predictions = dict[str, torch.Tensor]
 
@@ -82,6 +83,26 @@ def predict(module: LoRAMethod, loader: Iterable, num_samples: int, device=None,
     if module.likelihood.regression:
         result["predictive_var"] = stacked.var(1) if stacked.shape[1] > 1 else torch.zeros_like(stacked[:, 0])
     return result
+
+
+def mixture(members: list[Predictions]) -> Predictions:
+    """The equal-weight mixture of several models' predictions on the same rows (a LoRA ensemble, arXiv
+    2310.00035: each member a point mass, or a posterior of its own): ``predictive`` and ``mean`` averaged,
+    ``draws`` side by side (examples x every member's draws x ...), so :func:`uncertainty` splits the
+    ensemble's entropy into its members' average and their disagreement."""
+    if not members:
+        raise ValueError("a mixture needs at least one member's predictions")
+    labels = members[0]["labels"]
+    if any(not torch.equal(m["labels"], labels) for m in members):
+        raise ValueError("the members' predictions are not of the same rows (their labels differ)")
+    out: Predictions = {key: value for key, value in members[0].items() if key in ("labels", "rows")}
+    out["draws"] = torch.cat([m["draws"] for m in members], dim=1)
+    out["predictive"] = torch.stack([m["predictive"] for m in members]).mean(0)
+    if all("mean" in m for m in members):
+        out["mean"] = torch.stack([m["mean"] for m in members]).mean(0)
+    if "predictive_var" in members[0]:  # regression: the spread of every member's draws around the mixture
+        out["predictive_var"] = out["draws"].var(1) if out["draws"].shape[1] > 1 else torch.zeros_like(labels)
+    return out
 
 
 def uncertainty(draws: torch.Tensor) -> dict[str, torch.Tensor]:

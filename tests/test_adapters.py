@@ -58,8 +58,15 @@ def test_saved_posterior_reloads_exports_and_merges_with_equal_outputs(tmp_path,
                             cwd=REPO, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(result.stdout[result.stdout.index("{"):])
-    assert report["examples"] == 16 and report["num_samples"] == 2
+    assert report["examples"] == 16 and report["num_samples"] == 2 and report["members"] == 1
     assert {"accuracy", "mean_accuracy", "nll", "ece"} <= set(report)
+    two = ",".join([str(tmp_path / "adapter")] * 2)  # a mixture of two members: one posterior mean, 4 draws
+    result = subprocess.run([sys.executable, "experiments/predict_glue.py", "--adapter", two, "--task", "sst2",
+                             "--data-dir", str(glue_dir), "--max-eval-samples", "16", "--num-samples", "2",
+                             "--max-length", "32"], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    mixed = json.loads(result.stdout[result.stdout.index("{"):])
+    assert mixed["members"] == 2 and mixed["mean_nll"] == pytest.approx(report["mean_nll"], rel=1e-5)
 
 
 def test_a_folder_that_is_no_saved_posterior_is_named(tmp_path):

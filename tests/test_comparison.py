@@ -99,3 +99,20 @@ def test_the_error_detection_auroc_ranks_wrong_predictions_above_right_ones():
     assert error_detection_auroc(torch.tensor([0.9, 0.8, 0.2, 0.1]), wrong) == 0.0
     assert error_detection_auroc(torch.tensor([0.1, 0.8, 0.2, 0.9]), wrong) == 0.75  # 3 of the 4 pairs ordered
     assert error_detection_auroc(torch.ones(4), torch.zeros(4, dtype=torch.bool)) is None
+
+
+def test_a_mixture_averages_the_members_and_keeps_their_draws():
+    from monteclora_pyro.prediction import mixture
+
+    labels = torch.tensor([0, 1])
+    first = {"labels": labels, "predictive": torch.tensor([[0.9, 0.1], [0.2, 0.8]]),
+             "draws": torch.tensor([[[0.9, 0.1]], [[0.2, 0.8]]]), "mean": torch.tensor([[0.9, 0.1], [0.2, 0.8]])}
+    second = {"labels": labels, "predictive": torch.tensor([[0.5, 0.5], [0.4, 0.6]]),
+              "draws": torch.tensor([[[0.5, 0.5]], [[0.4, 0.6]]]), "mean": torch.tensor([[0.5, 0.5], [0.4, 0.6]])}
+    both = mixture([first, second])
+    torch.testing.assert_close(both["predictive"], torch.tensor([[0.7, 0.3], [0.3, 0.7]]))
+    assert both["draws"].shape == (2, 2, 2)
+    split = uncertainty(both["draws"])  # the members disagree on row 0 more than on row 1
+    assert split["mutual_information"][0] > split["mutual_information"][1] > 0
+    with pytest.raises(ValueError, match="not of the same rows"):
+        mixture([first, second | {"labels": torch.tensor([1, 1])}])

@@ -3,9 +3,11 @@ r"""Predict with a saved posterior in a new process, and export it for deploymen
 A run of ``svi_glue.py`` saves its posterior in OUT/adapter.  This script loads it, evaluates the
 posterior-mean and the S-draw predictive on a GLUE dev set, and optionally exports the
 posterior-mean adapter in PEFT's format (``PeftModel.from_pretrained``) or merged into the backbone.
+Several adapters (comma-separated) are scored as their equal-weight mixture: a LoRA ensemble.
 
     python experiments/predict_glue.py --adapter runs/sst2-monteclora/adapter --task sst2 --num-samples 8 \
         --export-peft runs/sst2-peft --export-merged runs/sst2-merged
+    python experiments/predict_glue.py --adapter runs/seed0/adapter,runs/seed1/adapter,runs/seed2/adapter --task sst2
 """
 
 from __future__ import annotations
@@ -23,7 +25,8 @@ SETTINGS = ("task", "data_dir", "model", "num_samples", "max_eval_samples", "max
 
 def main(argv: list[str] | None = None, prog: str | None = None) -> dict:
     p = command_parser(__doc__, prog)
-    p.add_argument("--adapter", required=True, help="a saved posterior (a run's OUT/adapter folder)")
+    p.add_argument("--adapter", required=True, help="a saved posterior (a run's OUT/adapter folder), or several, "
+                                                    "comma-separated: their equal-weight mixture (a LoRA ensemble)")
     p.add_argument("--export-peft", default=None, help="write the posterior-mean adapter here (PEFT format)")
     p.add_argument("--export-merged", default=None, help="write the backbone with the adapter merged here")
     add_config_arguments(p, GlueRunConfig, only=SETTINGS)
@@ -39,21 +42,25 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> dict:
     from ..adapters import export_merged, export_peft, load_adapter
     from ..backbones import resolve_device
     from ..metrics import classification_metrics
-    from ..prediction import predict
+    from ..prediction import mixture, predict
     from ..runner.pipeline import make_loader
     from ..tasks.glue.data import load_glue
 
+    folders = [a.strip() for a in args.adapter.split(",") if a.strip()]
+    if len(folders) > 1 and (args.export_peft or args.export_merged):
+        p.error("--export-peft / --export-merged write one adapter; give one --adapter")
     try:
         device = resolve_device(config.device)
-        module, tokenizer = load_adapter(args.adapter, device, config.model)
+        members = [load_adapter(folder, device, config.model) for folder in folders]  # all checked first
     except ValueError as error:
         sys.exit(f"{p.prog}: error: {error}")
+    module, tokenizer = members[0]
     pyro.set_rng_seed(config.seed)
     data = load_glue(task, config.data_dir or default_glue_dir(), tokenizer, config.max_length, 1,
                      config.max_eval_samples, config.seed)
     loader = make_loader(data[task.dev_splits[0]], DataCollatorWithPadding(tokenizer), config.eval_batch_size,
                          shuffle=False)
-    predictions = predict(module, loader, config.num_samples, device)
+    predictions = mixture([predict(member, loader, config.num_samples, device) for member, _ in members])
     labels = predictions["labels"]
     if task.num_labels > 1:
         report = {f"mean_{k}": v for k, v in classification_metrics(predictions["mean"], labels).items()}
@@ -65,7 +72,8 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> dict:
         export_peft(module, args.export_peft)
     if args.export_merged:
         export_merged(module, args.export_merged, tokenizer)
-    print(json.dumps(report | {"examples": len(labels), "num_samples": config.num_samples}, indent=2))
+    print(json.dumps(report | {"examples": len(labels), "num_samples": config.num_samples, "members": len(members)},
+                     indent=2))
     return report
 
 
