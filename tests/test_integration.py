@@ -183,6 +183,9 @@ def test_overfitting_benchmark_script_on_real_sst2_rows(glue_dir, tmp_path):
     assert len((tmp_path / "sst2" / "comparisons.csv").read_text().splitlines()) == 1 + len(versus)
     again = script.main([*argv, "--report-only"])
     assert again["tasks"] == summary["tasks"]
+    table = (tmp_path / "summary.md").read_text().splitlines()
+    assert table[0].startswith("| task | method | metric | NLL |") and len(table) == 2 + len(methods)
+    assert any(line.startswith("| sst2 | `laplace` |") for line in table)
 
 
 @pytest.mark.parametrize(

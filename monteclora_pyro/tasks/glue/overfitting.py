@@ -4,12 +4,13 @@ Per GLUE task, every method trains on the same seeded subset (a share held out) 
 once per seed, as the cells of a :func:`~monteclora_pyro.runner.sweep.run_sweep` grid (resumable,
 shareable by processes that split the seeds).  Every method is also scored after temperature scaling
 fitted on the held-out rows (``<method>+temperature``; for regression a refitted noise scale), and the
-``map`` (plain LoRA) cells give ``map+mc_dropout``.  Each method's per-row NLL is compared with
-``map``'s and ``map+temperature``'s by a paired bootstrap interval.  The finished ``map`` cells of all seeds together
-are a LoRA ensemble (``map_ensemble``, arXiv 2310.00035: members differing in initialization, data order
-and training subset), scored as the mixture of its members' predictives.  Writes per task
+``map`` (plain LoRA) cells give ``map+mc_dropout``.  The finished ``map`` cells of all seeds together are
+a LoRA ensemble (``map_ensemble``, arXiv 2310.00035: members differing in initialization, data order and
+training subset), scored as the mixture of its members' predictives.  Each method's per-row NLL is
+compared with ``map``'s and ``map+temperature``'s by a paired bootstrap interval.  Writes per task
 ``overfitting.csv`` and ``comparisons.csv``, and ``summary.json`` (mean and std over seeds of each
-score, the comparisons, the ECE after each epoch) and ``plots/ece_vs_epoch_<task>.png``.
+score, the comparisons, the ECE after each epoch), ``summary.md`` (one table of it all) and
+``plots/ece_vs_epoch_<task>.png``.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from typing import Any
 
 import torch
 
-from ...artifacts import atomic_write_csv, atomic_write_json
+from ...artifacts import atomic_write_bytes, atomic_write_csv, atomic_write_json
 from ...calibration import apply_temperature
 from ...comparison import paired_bootstrap
 from ...metrics import error_detection_auroc, example_nll
@@ -36,7 +37,7 @@ from .family import GlueFamily, dev_scores
 from .settings import GlueRunConfig, get_task, primary_metric
 
 __all__ = ["BASELINES", "COMPARISON_COLUMNS", "ENSEMBLE", "SCORES", "comparisons", "ensemble", "overfitting_rows",
-           "run_overfitting", "summarize"]
+           "run_overfitting", "summarize", "summary_table"]
 
 # regression: no accuracy, Brier or binned ECE; its ece is the quantile calibration error, and CRPS.
 # auroc_entropy / auroc_mi: how well the predictive's entropy / the mutual information (its epistemic part)
@@ -243,4 +244,37 @@ def run_overfitting(
         if ece_by_epoch:
             plot_ece_vs_epoch(ece_by_epoch, output_dir / "plots" / f"ece_vs_epoch_{config.task}.png", config.task)
     atomic_write_json(output_dir / "summary.json", summary)
+    atomic_write_bytes(output_dir / "summary.md", summary_table(summary).encode())
     return summary
+
+
+def _interval(row: Mapping[str, Any] | None) -> str:
+    return "" if row is None else f"{row['nll_difference']:+.4f} [{row['low']:+.4f}, {row['high']:+.4f}]"
+
+
+def _formatter(scores: Mapping[str, Mapping[str, float]]):
+    def mean(name: str, digits: int = 4) -> str:
+        return f"{scores[name]['mean']:.{digits}f}" if name in scores else ""
+
+    return mean
+
+
+def summary_table(summary: Mapping[str, Any]) -> str:
+    """The summary as one Markdown table (``summary.md``): per task and method the headline metric, NLL, its
+    difference to ``map`` and to ``map+temperature`` with the intervals, the ECE beside its calibrated floor,
+    the debiased calibration error, Brier (CRPS for regression) and the error-detection AUROC of the
+    entropy, means over the seeds (how many in the last column)."""
+    lines = ["| task | method | metric | NLL | NLL − `map` [95 %] | NLL − `map+temperature` [95 %] | ECE (floor) "
+             "| debiased ECE | Brier / CRPS | AUROC (entropy) | seeds |", "|" + "---|" * 11]
+    for task, result in summary["tasks"].items():
+        versus = {(r["method"], r["baseline"]): r for r in result["nll_versus"]}
+        for method, scores in result["methods"].items():
+            mean = _formatter(scores)
+            ece = mean("ece", 3) + (f" ({mean('ece_floor', 3)})" if "ece_floor" in scores else "")
+            seeds = scores["nll"]["seeds"] if "nll" in scores else ""
+            lines.append(f"| {task} | `{method}` | {mean('metric')} | {mean('nll')} | "
+                         f"{_interval(versus.get((method, 'map')))} | "
+                         f"{_interval(versus.get((method, 'map+temperature')))} | {ece} | "
+                         f"{mean('ece_debiased', 3)} | {mean('brier') or mean('crps')} | {mean('auroc_entropy', 3)} | "
+                         f"{seeds} |")
+    return "\n".join(lines) + "\n"
