@@ -29,7 +29,8 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> dict:
                    help="bundled prior names or .toml paths (ours) and peft-lora / peft-monteclora")
     p.add_argument("--seeds", type=number_list(integer), default=[0, 1, 2])
     p.add_argument("--output-dir", "--output_dir", default="runs/overfitting")
-    p.add_argument("--report-only", action="store_true", help="run nothing: summarize the finished cells")
+    p.add_argument("--report-only", "--report_only", action="store_true",
+                   help="run nothing: summarize the finished cells")
     add_config_arguments(p, GlueRunConfig, skip=("task", "output_dir", "prior", "guide", "peer", "seed",
                                                  "eval_each_epoch"))
     p.set_defaults(**BENCHMARK_DEFAULTS)

@@ -27,9 +27,12 @@ SETTINGS = ("data_dir", "eval_tasks", "max_eval_examples", "num_samples", "answe
 def main(argv: list[str] | None = None, prog: str | None = None) -> dict:
     p = command_parser(__doc__, prog)
     p.add_argument("--adapter", required=True, help="a saved posterior (a run's OUT/adapter folder)")
-    p.add_argument("--export-peft", default=None, help="write the posterior-mean adapter here (PEFT format)")
-    p.add_argument("--export-merged", default=None, help="write the backbone with the adapter merged here")
-    p.add_argument("--lm-eval-dir", default=None, help="write lm-evaluation-harness tasks of the same rows here")
+    p.add_argument("--export-peft", "--export_peft", default=None,
+                   help="write the posterior-mean adapter here (PEFT format)")
+    p.add_argument("--export-merged", "--export_merged", default=None,
+                   help="write the backbone with the adapter merged here")
+    p.add_argument("--lm-eval-dir", "--lm_eval_dir", default=None,
+                   help="write lm-evaluation-harness tasks of the same rows here")
     add_config_arguments(p, CommonsenseRunConfig, only=SETTINGS)
     p.set_defaults(max_eval_examples=100)
     args = parse_arguments(p, argv)

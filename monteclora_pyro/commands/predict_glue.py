@@ -27,8 +27,10 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> dict:
     p = command_parser(__doc__, prog)
     p.add_argument("--adapter", required=True, help="a saved posterior (a run's OUT/adapter folder), or several, "
                                                     "comma-separated: their equal-weight mixture (a LoRA ensemble)")
-    p.add_argument("--export-peft", default=None, help="write the posterior-mean adapter here (PEFT format)")
-    p.add_argument("--export-merged", default=None, help="write the backbone with the adapter merged here")
+    p.add_argument("--export-peft", "--export_peft", default=None,
+                   help="write the posterior-mean adapter here (PEFT format)")
+    p.add_argument("--export-merged", "--export_merged", default=None,
+                   help="write the backbone with the adapter merged here")
     add_config_arguments(p, GlueRunConfig, only=SETTINGS)
     args = parse_arguments(p, argv)
     try:

@@ -220,9 +220,9 @@ def sweep_main(family: type[TaskFamily], description: str, argv: Sequence[str] |
     p.add_argument("--methods", default="map,monteclora,peft-monteclora",
                    help="bundled prior names or .toml paths (ours) and peft-lora / peft-monteclora")
     p.add_argument("--lrs", type=number_list(positive_float), default=[1e-4, 3e-4, 1e-3, 3e-3])
-    p.add_argument("--batch-sizes", type=number_list(positive_int), default=[16, 32])
+    p.add_argument("--batch-sizes", "--batch_sizes", type=number_list(positive_int), default=[16, 32])
     p.add_argument("--seeds", type=number_list(integer), default=[0, 1])
-    p.add_argument("--report-only", action="store_true",
+    p.add_argument("--report-only", "--report_only", action="store_true",
                    help="run nothing: write the CSV, statistics and plot of the cells finished so far")
     add_config_arguments(p, settings, skip=("output_dir", "prior", "guide", "peer", "lr", "batch_size", "seed"))
     p.set_defaults(**defaults)
