@@ -71,3 +71,35 @@ def test_fp16_and_the_flag_resolve():
     assert RunConfig(mixed_precision="fp16").autocast_dtype("cuda") == "float16"
     with pytest.raises(ValueError, match="mixed_precision = 'fp8' is unknown; allowed: auto, no, bf16, fp16"):
         RunConfig(mixed_precision="fp8")
+
+
+def test_an_epoch_ends_where_its_rows_do_whatever_the_accumulation():
+    """8 batches an epoch, 3 a step: steps of 3, 3 and 2 batches, each epoch exactly its 8 batches."""
+    module, rows = module_and_rows()
+    seen = []
+
+    def counting(module, batch, kl_weight):
+        seen.append(int(batch["idx"][0]))
+        return training.method_loss(module, batch, kl_weight)
+
+    epochs = []
+    history = train(module, DataLoader(rows, batch_size=2), TrainConfig(epochs=2, gradient_accumulation_steps=3,
+                                                                         progress=False), loss_fn=counting,
+                    on_epoch_end=epochs.append)
+    assert history.steps == 6 and epochs == [1, 2]
+    assert seen == [0, 2, 4, 6, 8, 10, 12, 14] * 2  # no epoch reaches into the next
+
+
+def test_a_checkpoint_resumes_only_with_as_many_processes(tmp_path):
+    from monteclora_pyro.runner.checkpoints import Checkpointer
+
+    module, rows = module_and_rows()
+    path = tmp_path / "checkpoint.pt"
+    train(module, DataLoader(rows, batch_size=8), TrainConfig(max_steps=1, progress=False),
+          checkpoint=Checkpointer(path))
+    state = torch.load(path, weights_only=False)
+    assert state["world_size"] == 1
+    torch.save(state | {"world_size": 2}, path)
+    with pytest.raises(ValueError, match="written by 2 process"):
+        train(module, DataLoader(rows, batch_size=8), TrainConfig(max_steps=2, progress=False),
+              checkpoint=Checkpointer(path, resume=True))

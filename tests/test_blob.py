@@ -121,3 +121,16 @@ def test_a_training_step_is_the_reference_loops():
             torch.testing.assert_close(mine[name], value, rtol=1e-4, atol=1e-6, msg=name)
     rho = next(n for n in start if n.endswith("rho"))
     assert not torch.allclose(mine[rho], start[rho])  # rho moved, by the KL step's SGD
+
+
+def test_blob_refuses_fp16_loss_scaling_and_the_trainer(tmp_path):
+    from transformers import TrainingArguments
+
+    from monteclora_pyro.runner.hf_trainer import BayesianTrainer
+
+    module = blob_module()
+    module.autocast_dtype = torch.float16
+    with pytest.raises(ValueError, match="fp16 loss scaling does not reach"):
+        train(module, [tiny_batch(8, 10)], TrainConfig(max_steps=1, progress=False))
+    with pytest.raises(ValueError, match="takes its KL in a step of its own"):
+        BayesianTrainer(blob_module(), TrainingArguments(str(tmp_path), report_to=[], use_cpu=True))

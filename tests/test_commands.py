@@ -51,6 +51,7 @@ def test_a_config_file_gives_the_run_of_its_flags_and_the_command_line_wins(tmp_
     ("lr = -1\n", "lr: -1.0 must be > 0"),
     ("progress = 3\n", "progress = 3 must be true or false"),
     ("lr = [\n", "is not valid TOML"),
+    ("no_progress = true\n", "'no_progress' is not a setting"),  # a switch by its own name: progress = false
 ])
 def test_a_bad_config_file_is_one_line_naming_it(tmp_path, capsys, content, message):
     path = tmp_path / "bad.toml"

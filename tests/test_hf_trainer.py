@@ -92,3 +92,19 @@ def test_a_users_peft_model_trains_through_the_trainer_and_its_draws_change_the_
         mean = module.network_output(batch)
         drawn = [module.network_output(batch, module.posterior_draw()) for _ in range(2)]
     assert not torch.allclose(drawn[0], mean) and not torch.allclose(drawn[0], drawn[1])
+
+
+def test_a_laplace_model_trains_through_the_trainer_and_predicts_with_its_linearized_predictive(tmp_path):
+    pyro.set_rng_seed(0)
+    module = bayesian_lora_from_model(tiny_bert(2), load_prior("laplace", targets=("query", "value"), rank=2),
+                                      num_data=16, num_labels=2)
+    data = rows()
+    trainer = BayesianTrainer(module, arguments(tmp_path, num_train_epochs=1), train_dataset=data,
+                              data_collator=default_data_collator, num_samples=4)
+    trainer.train()
+    plain = trainer.predict(data).predictions  # a point mass before the fit: every draw the posterior mean
+    module.fit_posterior(make_loader(data.with_format("torch"), default_data_collator, 8, shuffle=False),
+                         torch.device("cpu"))
+    assert module.linearized
+    fitted = trainer.predict(data).predictions
+    assert abs(fitted.sum(-1) - 1).max() < 1e-5 and not (abs(fitted - plain) < 1e-7).all()

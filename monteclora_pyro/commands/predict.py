@@ -21,8 +21,12 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> Any:
     pre.add_argument("--adapter")
     known, _ = pre.parse_known_args(argv)
     if known.adapter is None:
+        if {"-h", "--help"} & set(argv):
+            from .predict_glue import main as predict_glue
+
+            return predict_glue(argv, prog=prog)
         command_parser(__doc__, prog).error("--adapter DIR is required (a run's OUT/adapter folder)")
-    meta = Path(known.adapter) / "posterior.json"
+    meta = Path(known.adapter.split(",")[0].strip()) / "posterior.json"  # an ensemble's members are of one kind
     try:
         kind = json.loads(meta.read_text()).get("kind", "classifier")
     except (OSError, json.JSONDecodeError) as error:

@@ -16,11 +16,12 @@ import json
 import sys
 
 from ..runner.options import add_config_arguments, config_values, parse_arguments
-from ..tasks.glue.settings import GlueRunConfig, default_glue_dir, get_task
+from ..tasks.glue.settings import GlueRunConfig, default_glue_dir
 from . import command_parser
 
+# the run settings that apply to predicting, as a run declares them (your own files: the training run's)
 SETTINGS = ("task", "data_dir", "model", "num_samples", "max_eval_samples", "max_length", "eval_batch_size", "seed",
-            "device")  # the run settings that apply to predicting, as a run declares them
+            "device", "train_file", "validation_file", "text_columns", "label_column")
 
 
 def main(argv: list[str] | None = None, prog: str | None = None) -> dict:
@@ -35,7 +36,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> dict:
     args = parse_arguments(p, argv)
     try:
         config = GlueRunConfig(**config_values(args, GlueRunConfig))
-        task = get_task(config.task)
+        task = config.glue_task()  # a GLUE task, or your own files (the ones the adapter was trained on)
     except ValueError as error:
         p.error(str(error))
     import pyro
@@ -58,8 +59,8 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> dict:
         sys.exit(f"{p.prog}: error: {error}")
     module, tokenizer = members[0]
     pyro.set_rng_seed(config.seed)
-    data = load_glue(task, config.data_dir or default_glue_dir(), tokenizer, config.max_length, 1,
-                     config.max_eval_samples, config.seed)
+    data_dir = None if task.data_files else config.data_dir or default_glue_dir()
+    data = load_glue(task, data_dir, tokenizer, config.max_length, 1, config.max_eval_samples, config.seed)
     loader = make_loader(data[task.dev_splits[0]], DataCollatorWithPadding(tokenizer), config.eval_batch_size,
                          shuffle=False)
     predictions = mixture([predict(member, loader, config.num_samples, device) for member, _ in members])

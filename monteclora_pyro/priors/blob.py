@@ -104,7 +104,8 @@ class BLoBPrior(FactorPrior):
         for p in parameters:
             if id(p) not in separate:
                 p.grad = None
-        with torch.enable_grad(), torch.random.fork_rng(devices=[]):  # analytic: the draws the trace takes are unused
+        cuda = [p.device for p in parameters[:1] if p.device.type == "cuda"]
+        with torch.enable_grad(), torch.random.fork_rng(devices=cuda):  # analytic: the trace's draws are unused
             kl = module.kl_divergence()
             (pi * kl).backward()
         with torch.no_grad():

@@ -40,6 +40,9 @@ class BayesianTrainer(Trainer):
         if not isinstance(model, LoRAMethod):
             raise ValueError(f"model is a {type(model).__name__}; give a Bayesian LoRA model "
                              "(monteclora_pyro.bayesian_lora_from_model)")
+        if model.separately_optimized() or not model.kl_in_loss:
+            raise ValueError(f"{type(model).__name__} takes its KL in a step of its own (BLoB); train it with "
+                             "monteclora_pyro.train or the command lines, not the Trainer")
         nonnegative_int.check("kl_anneal_steps", kl_anneal_steps)
         positive_int.check("num_samples", num_samples)
         super().__init__(model, *args, **kwargs)
@@ -108,14 +111,17 @@ class BayesianTrainer(Trainer):
     def prediction_step(self, model, inputs: Mapping[str, Any], prediction_loss_only: bool, ignore_keys=None):
         """(the predictive's NLL, its class probabilities (regression: its mean), the labels) of one batch."""
         batch = self._prepare_inputs(inputs)
-        draws = self._draws if self._draws is not None else posterior_draws(model, self.num_samples)
         with torch.no_grad():
-            per_draw = draw_outputs(model, batch, draws)
+            if model.linearized:  # a fitted Laplace approximation's own predictive
+                per_draw = model.linearized_outputs(batch, self.num_samples)["draws"]
+            else:
+                draws = self._draws if self._draws is not None else posterior_draws(model, self.num_samples)
+                per_draw = draw_outputs(model, batch, draws)
             labels = batch.get("labels")
             loss = None
             if labels is not None:
                 log_likelihood = model.likelihood.draw_log_likelihood(per_draw.cpu(), labels.cpu())  # draws x rows
-                loss = -(log_likelihood.logsumexp(0) - torch.log(torch.tensor(float(len(draws))))).mean()
+                loss = -(log_likelihood.logsumexp(0) - torch.log(torch.tensor(float(per_draw.shape[1])))).mean()
         if prediction_loss_only:
             return loss, None, None
         return loss, per_draw.mean(1), labels

@@ -123,7 +123,8 @@ def _config_defaults(parser: argparse.ArgumentParser, path: str) -> dict[str, An
     """The file's settings as the parser's defaults, each name as any of its flags (``lr``, ``learning_rate``,
     ``learning-rate``) and each value checked as the command line checks it."""
     by_name = {flag.lstrip("-").replace("-", "_"): action for action in parser._actions
-               for flag in action.option_strings if flag.startswith("--") and action.dest not in ("help", "config")}
+               for flag in action.option_strings if flag.startswith("--") and not flag.startswith(("--no-", "--no_"))
+               and action.dest not in ("help", "config")}  # a switch by its own name: progress = false
     defaults = {}
     for name, value in read_config_file(path).items():
         action = by_name.get(str(name).replace("-", "_"))

@@ -114,6 +114,16 @@ def _batches(loader: Iterable, start: int, epoch_rng: torch.Tensor | None) -> It
             step += 1
 
 
+def _agreed(flag: bool, device: torch.device) -> bool:
+    """``flag`` of any process (a signal reaches each process at its own step): every process then stops, and
+    saves, at the same step."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return flag
+    value = torch.tensor([int(flag)], device=device if device.type == "cuda" else "cpu")
+    torch.distributed.all_reduce(value, op=torch.distributed.ReduceOp.MAX)
+    return bool(value.item())
+
+
 def _rank() -> int:
     initialized = torch.distributed.is_available() and torch.distributed.is_initialized()
     return torch.distributed.get_rank() if initialized else 0
@@ -188,6 +198,15 @@ def train(
     world = torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
     rows_per_step = (getattr(loader, "batch_size", None) or 1) * accumulate * world
     scaler = torch.amp.GradScaler(device.type, enabled=method.autocast_dtype == torch.float16)
+    if scaler.is_enabled() and separate:
+        raise ValueError("fp16 loss scaling does not reach the parameters this method updates in a step of its own "
+                         "(BLoB's rho); use --mixed-precision bf16 or no")
+
+    def first_batch(step: int) -> int:
+        """The position (counted over epochs of ``len(loader)`` batches) of ``step``'s first minibatch: a step
+        takes ``accumulate`` of them, the last step of an epoch what remains of it."""
+        epoch, within = divmod(step, steps_per_epoch)
+        return epoch * len(loader) + within * accumulate  # type: ignore[arg-type]
     optimizer = torch.optim.AdamW(parameter_groups(method, params, config.variational_lr), lr=config.lr,
                                   weight_decay=config.weight_decay)
     schedule = get_linear_schedule_with_warmup(optimizer, int(config.warmup_ratio * total), total)
@@ -202,6 +221,9 @@ def train(
         schedule.load_state_dict(saved["schedule"])
         history = TrainHistory(**saved["history"])
         start_step, epoch_rng = saved["step"], saved["epoch_rng"]
+        if saved.get("world_size", 1) != world:
+            raise ValueError(f"checkpoint {checkpoint.path} was written by {saved.get('world_size', 1)} process(es); "
+                             f"resume it with as many, not {world}")
         restore_rng(saved["rng_by_rank"][_rank()] if "rng_by_rank" in saved else saved["rng"])
 
     def save(next_step: int, epoch_state) -> None:
@@ -211,20 +233,21 @@ def train(
             torch.distributed.all_gather_object(rng["rng_by_rank"], rng["rng"])
         checkpoint.save({"step": next_step, "epoch_rng": epoch_state, "learnable": learnable_state(module),
                          "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
-                         "history": dataclasses.asdict(history)} | rng)
+                         "history": dataclasses.asdict(history), "world_size": world} | rng)
 
     module.train()
     bar = tqdm(total=total, initial=start_step, disable=not config.progress, desc="train", dynamic_ncols=True)
-    batches = _batches(loader, start_step * accumulate, epoch_rng)
+    batches = _batches(loader, first_batch(start_step), epoch_rng)
     with _interrupt_flag() as interrupted:
         for step in range(start_step, total):
             start = time.perf_counter()
             kl_weight = beta * min(1.0, (step + 1) / config.kl_anneal_steps) if config.kl_anneal_steps else beta
             optimizer.zero_grad(set_to_none=True)
             loss_value, finished_epoch = 0.0, None
-            for _ in range(accumulate):  # the step's minibatches, each loss a share of the step's
+            share = min(accumulate, len(loader) - first_batch(step) % len(loader))  # type: ignore[arg-type]
+            for _ in range(share):  # the step's minibatches, each loss a share of the step's
                 position, batch, epoch_state = next(batches)
-                loss = loss_fn(module, move_to(batch, device), kl_weight) / accumulate
+                loss = loss_fn(module, move_to(batch, device), kl_weight) / share
                 value = loss.item()
                 if not math.isfinite(value):
                     raise FloatingPointError(f"step {step}: the loss is {value} (lr = {config.lr}); "
@@ -269,9 +292,10 @@ def train(
             if on_epoch_end is not None and finished_epoch is not None:
                 on_epoch_end(finished_epoch)
                 module.train()
-            if checkpoint is not None and (checkpoint.due(step + 1) or step + 1 == total or interrupted[0]):
+            stop = _agreed(interrupted[0], device)
+            if checkpoint is not None and (checkpoint.due(step + 1) or step + 1 == total or stop):
                 save(step + 1, epoch_state)
-            if interrupted[0]:
+            if stop:
                 raise KeyboardInterrupt(f"interrupted after step {step}; checkpoint at {checkpoint.path}"
                                         if checkpoint is not None else f"interrupted after step {step}")
     bar.close()

@@ -26,7 +26,7 @@ def _reader(task: GlueTask, suffix: str) -> tuple[str, dict, int]:
                                                           if task.header else {}), 1 if task.header else 2
     if suffix in (".json", ".jsonl"):
         return "json", {}, 1
-    return "csv", {"delimiter": "\t"} if suffix == ".tsv" else {}, 2
+    return "csv", {"keep_default_na": False} | ({"delimiter": "\t"} if suffix == ".tsv" else {}), 2  # 'NA' a label
 
 
 def _read_local(task: GlueTask, data_dir: Path | None) -> datasets.DatasetDict:

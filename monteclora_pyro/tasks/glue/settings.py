@@ -105,7 +105,6 @@ def _read_table(path: Path) -> list[dict]:
             return list(csv.DictReader(content.splitlines(), delimiter="\t" if path.suffix == ".tsv" else ","))
         if path.suffix == ".json":
             rows = json.loads(content)
-            rows = rows.get("data", rows) if isinstance(rows, dict) else rows
         else:
             rows = [json.loads(line) for line in content.splitlines() if line.strip()]
     except json.JSONDecodeError as error:
