@@ -24,7 +24,8 @@ def parse_args(argv: list[str] | None = None, prog: str | None = None) -> GlueRu
                    help="where the results go (default runs/TASK-METHOD)")
     args = parse_arguments(p, argv)
     method = args.peer or args.prior.rsplit("/", 1)[-1].removesuffix(".toml")
-    output_dir = args.output_dir or f"runs/{args.task}-{method}"
+    task = "own" if args.train_file else args.task  # your own files' run is not named after a GLUE task
+    output_dir = args.output_dir or f"runs/{task}-{method}"
     return resolve_or_exit(p, GlueRunConfig, config_values(args, GlueRunConfig) | {"output_dir": output_dir})
 
 

@@ -16,6 +16,7 @@ score, the comparisons, the ECE after each epoch), ``summary.md`` (one table of 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import statistics
@@ -62,11 +63,20 @@ def _aurocs(entropy: torch.Tensor, mutual_information: torch.Tensor, wrong: torc
             "auroc_mi": error_detection_auroc(mutual_information, wrong)}
 
 
+@functools.lru_cache(maxsize=256)
+def _read_records(path: Path, modified_ns: int) -> tuple[dict[str, Any], ...]:
+    return tuple(json.loads(line) for line in path.read_text().splitlines())
+
+
+def _records(path: Path) -> tuple[dict[str, Any], ...] | None:
+    """The rows of a cell's ``predictions.jsonl``, parsed once per version of the file (the rows, the ensemble and
+    the comparisons all read it), or None when it is absent."""
+    return _read_records(path, path.stat().st_mtime_ns) if path.exists() else None
+
+
 def _error_aurocs(path: Path) -> dict[str, Any]:
     """The error-detection AUROCs of one cell's classification predictions (none for regression or no file)."""
-    if not path.exists():
-        return {}
-    records = [json.loads(line) for line in path.read_text().splitlines()]
+    records = _records(path)
     if not records or "entropy" not in records[0]:
         return {}
     column = {key: torch.tensor([r[key] for r in records]) for key in ("entropy", "mutual_information")}
@@ -102,10 +112,10 @@ def _read_cell(output_dir: Path, method: str, seed: int, config: GlueRunConfig
                ) -> tuple[dict[str, Any], list[dict[str, Any]]] | None:
     """(metrics, per-row predictions) of a finished cell, or None."""
     cell = _cell_dir(output_dir, method, seed, config)
-    if not (cell / "metrics.json").exists() or not (cell / "predictions.jsonl").exists():
+    records = _records(cell / "predictions.jsonl")
+    if not (cell / "metrics.json").exists() or records is None:
         return None
-    return (json.loads((cell / "metrics.json").read_text()),
-            [json.loads(line) for line in (cell / "predictions.jsonl").read_text().splitlines()])
+    return json.loads((cell / "metrics.json").read_text()), list(records)
 
 
 def ensemble(task: str, output_dir: Path, seeds: Sequence[int], config: GlueRunConfig) -> dict[str, Any] | None:
@@ -153,10 +163,7 @@ def ensemble(task: str, output_dir: Path, seeds: Sequence[int], config: GlueRunC
 def _example_nll(output_dir: Path, method: str, seed: int, config: GlueRunConfig) -> dict[int, float] | None:
     """{dev row: NLL} of one cell's predictive (``<method>+temperature``: after the temperature), or None."""
     base, recalibrated = method.removesuffix(TEMPERATURE), method.endswith(TEMPERATURE)
-    path = _cell_dir(output_dir, base, seed, config) / "predictions.jsonl"
-    if not path.exists():
-        return None
-    records = [json.loads(line) for line in path.read_text().splitlines()]
+    records = _records(_cell_dir(output_dir, base, seed, config) / "predictions.jsonl")
     key = "ts_nll" if recalibrated else "nll"
     if not records or key not in records[0]:
         return None
