@@ -27,7 +27,7 @@ from .declarations import PriorSpec
 from .likelihoods import TokenLikelihood, build_likelihood
 from .lora_sites import lora_settings, peft_model
 
-__all__ = ["export_merged", "export_peft", "load_adapter", "save_adapter"]
+__all__ = ["export_merged", "export_peft", "load_adapter", "load_trained_weights", "save_adapter"]
 
 META_FILE, TENSOR_FILE = "posterior.json", "posterior.safetensors"
 FORMAT = 2  # 2: guide parameters per group of equally shaped sites; 1: per site (read and converted)
@@ -81,6 +81,28 @@ def load_adapter(directory: str | Path, device: str | torch.device = "cpu", mode
                          f"{sorted(learnable - set(state))[:3]}, unexpected {sorted(set(state) - learnable)[:3]}")
     module.load_state_dict(state, strict=False)
     return module.to(device).eval(), tokenizer
+
+
+def load_trained_weights(module: BayesianLoRA, directory: str | Path) -> dict[str, Any]:
+    """Copy a saved posterior's trained network weights (LoRA means and task head, not its guide's parameters)
+    into ``module``, e.g. a ``map`` run's into a ``laplace`` module that then fits its posterior around them.
+    Every trainable weight of ``module``'s network must be in the file with its shape (the same backbone,
+    targets and rank), else a ValueError names the first that is not; returns the saved ``posterior.json``."""
+    directory = Path(directory)
+    if not (directory / META_FILE).is_file() or not (directory / TENSOR_FILE).is_file():
+        raise ValueError(f"init_adapter = {str(directory)!r} is not a saved posterior (an adapter/ folder with "
+                         f"{META_FILE} and {TENSOR_FILE})")
+    state = load_file(str(directory / TENSOR_FILE))
+    wanted = {name: p for name, p in module.named_parameters() if p.requires_grad and name.startswith("network.")}
+    for name, parameter in wanted.items():
+        if name not in state or state[name].shape != parameter.shape:
+            found = "absent" if name not in state else f"of shape {tuple(state[name].shape)}"
+            raise ValueError(f"init_adapter = {str(directory)!r} does not fit this model: {name} "
+                             f"{tuple(parameter.shape)} is {found} there (same backbone, targets and rank needed)")
+    with torch.no_grad():
+        for name, parameter in wanted.items():
+            parameter.copy_(state[name])
+    return json.loads((directory / META_FILE).read_text())
 
 
 def _stored(module: BayesianLoRA) -> dict[str, torch.Tensor]:

@@ -189,10 +189,11 @@ class WishartCholesky(TorchDistribution):
             half_chi2_df = (self.df.expand(shape).unsqueeze(-1) - torch.arange(p, dtype=self.df.dtype,
                                                                                device=self.df.device)) / 2
         # chi2(k) = 2 Gamma(k / 2, 1): the reparameterized sampler torch's Chi2.rsample calls, without
-        # building a distribution per draw; the clamp is Gamma.rsample's (outside the autograd graph)
-        gamma = torch._standard_gamma(half_chi2_df)
-        gamma.detach().clamp_(min=torch.finfo(gamma.dtype).tiny)
-        diag = (2 * gamma).sqrt()
+        # building a distribution per draw; the clamp is Gamma.rsample's (outside the autograd graph, and on
+        # a result of the draw, not the draw itself, whose backward to a learned df needs it unchanged)
+        chi2 = 2 * torch._standard_gamma(half_chi2_df)
+        chi2.detach().clamp_(min=torch.finfo(chi2.dtype).tiny)
+        diag = chi2.sqrt()
         noise = torch.randn(shape + (p, p), dtype=self.df.dtype, device=self.df.device)
         bartlett = torch.tril(noise, diagonal=-1) + torch.diag_embed(diag)
         if self.scale_diag is not None:

@@ -55,7 +55,7 @@ class CategoricalLikelihood(nn.Module):
         return categorical_draw_log_likelihood(draws, labels)
 
     # the Laplace approximation's hooks (monteclora_pyro.laplace)
-    def ggn_outputs(self, output: torch.Tensor) -> torch.Tensor:
+    def ggn_outputs(self, output: torch.Tensor, batch=None) -> torch.Tensor:
         """K scalars per example (examples x K) whose output gradients g_k give the likelihood's Hessian in the
         logits, Lambda = diag(p) - p p^T = sum_k g_k g_k^T: sqrt(p_c) (f_c - p.f) per class, or for two
         classes the one direction sqrt(p_0 p_1) (f_1 - f_0)."""
@@ -129,7 +129,7 @@ class GaussianLikelihood(nn.Module):
         """log N(y_i | draw s, sigma), (draws x examples), from each draw's prediction (examples x draws)."""
         return torch.distributions.Normal(draws, self.log_scale.exp().detach().cpu()).log_prob(labels[:, None]).T
 
-    def ggn_outputs(self, output: torch.Tensor) -> torch.Tensor:
+    def ggn_outputs(self, output: torch.Tensor, batch=None) -> torch.Tensor:
         """f / sigma (examples x 1): the Hessian of -log N(y | f, sigma) in f is 1 / sigma^2."""
         return output.float().reshape(-1, 1) / self.log_scale.detach().exp()
 
@@ -183,6 +183,18 @@ class TokenLikelihood(nn.Module):
         response token."""
         logits, targets, mask = self._aligned(output, labels)
         return F.cross_entropy(logits[mask], targets[mask])
+
+    def ggn_outputs(self, output: torch.Tensor, batch) -> torch.Tensor:
+        """One scalar per example (examples x 1) whose gradient is a one-sample Monte Carlo square root of the
+        GGN of its response tokens: sum_t (e_y~t - p_t) . f_t with y~t drawn from the model's own p_t (the
+        Fisher, which equals the GGN for a softmax; Kunstner et al. 2019).  E[g g^T] = sum_t J_t^T (diag p_t -
+        p_t p_t^T) J_t, since each token's draw is independent and the tokens fed in are the data's; a
+        vocabulary-sized Lambda is never formed."""
+        logits, _, mask = self._aligned(output, batch["labels"])
+        p = logits.detach().softmax(-1)
+        drawn = torch.distributions.Categorical(probs=p).sample()
+        direction = F.one_hot(drawn, p.shape[-1]).to(p.dtype) - p
+        return ((logits * direction).sum(-1) * mask).sum(-1, keepdim=True)
 
 
 def build_likelihood(num_labels: int) -> nn.Module:

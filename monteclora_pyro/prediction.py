@@ -8,15 +8,18 @@ each draw is one coherent model of the whole dev set.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
+from typing import Any
 
 import torch
 from torch import nn
 
+from .calibration import apply_temperature
 from .kinds import positive_int
 from .lora_method import LoRAMethod
+from .metrics import example_nll
 
-__all__ = ["Predictions", "draw_outputs", "mc_dropout", "mixture", "move_to", "posterior_draws", "predict",
-           "uncertainty"]
+__all__ = ["Predictions", "classification_records", "draw_outputs", "mc_dropout", "mixture", "move_to",
+           "posterior_draws", "predict", "uncertainty"]
 
 Predictions = dict[str, torch.Tensor]
 
@@ -116,6 +119,24 @@ def uncertainty(draws: torch.Tensor) -> dict[str, torch.Tensor]:
 
     total, expected = entropy(draws.mean(1)), entropy(draws).mean(1)
     return {"entropy": total, "expected_entropy": expected, "mutual_information": (total - expected).clamp_min(0)}
+
+
+def classification_records(predictive: torch.Tensor, draws: torch.Tensor, labels: torch.Tensor,
+                           rows: torch.Tensor | None = None, temperature: float | None = None,
+                           save_draws: bool = False) -> list[dict[str, Any]]:
+    """One record per example (a predictions file's lines): its ``row`` in the data file when known, ``label``,
+    the predictive's ``probabilities``, ``predicted`` class and ``nll``, its ``entropy`` split into
+    ``expected_entropy`` and ``mutual_information`` (:func:`uncertainty` of the ``draws``, examples x draws x C),
+    ``ts_nll`` after a ``temperature``, and with ``save_draws`` each draw's probabilities (``draws``)."""
+    probs = predictive.double()
+    columns: dict[str, torch.Tensor] = ({} if rows is None else {"row": rows}) | {
+        "label": labels, "probabilities": probs, "predicted": probs.argmax(-1), "nll": example_nll(probs, labels)}
+    columns |= uncertainty(draws)
+    if temperature is not None:
+        columns["ts_nll"] = example_nll(apply_temperature(probs, temperature), labels)
+    if save_draws:
+        columns["draws"] = draws
+    return [{name: values[i].tolist() for name, values in columns.items()} for i in range(len(labels))]
 
 
 def mc_dropout(module: LoRAMethod, loader: Iterable, num_samples: int, device=None) -> Predictions:

@@ -233,9 +233,12 @@ def test_posterior_mean_merges_into_the_weights_and_predictive_averages_draws():
 def test_kl_annealing_and_bad_train_values():
     with pytest.raises(ValueError, match=r"lr = -0.1 must be > 0"):
         TrainConfig(lr=-0.1)
-    with pytest.raises(ValueError, match=r"max_steps = 0 must be an integer >= 1 or None"):
-        TrainConfig(max_steps=0)
+    with pytest.raises(ValueError, match=r"max_steps = -1 must be an integer >= 0 or None"):
+        TrainConfig(max_steps=-1)
     module = make(num_data=32)
+    before = {k: v.clone() for k, v in module.state_dict().items()}
+    untrained = train(module, [tiny_batch(32)], TrainConfig(max_steps=0, progress=False))  # a post-hoc fit's run
+    assert untrained.steps == 0 and all(torch.equal(v, module.state_dict()[k]) for k, v in before.items())
     config = TrainConfig(lr=1e-3, max_steps=4, kl_anneal_steps=4, log_every=1, progress=False)
     history = train(module, [tiny_batch(32)], config)
     assert history.kl_weight == pytest.approx([0.25, 0.5, 0.75, 1.0])

@@ -15,7 +15,7 @@ from monteclora_pyro.adapters import load_adapter, save_adapter
 from monteclora_pyro.bayesian_lora import bayesian_lora_from_model
 from monteclora_pyro.declarations import PriorSpec, load_prior
 from monteclora_pyro.laplace import diagonal_ggn, linear_output_covariance, log_evidence, optimal_prior_precision
-from monteclora_pyro.likelihoods import GaussianLikelihood, TokenLikelihood
+from monteclora_pyro.likelihoods import GaussianLikelihood
 from monteclora_pyro.prediction import predict
 
 
@@ -169,10 +169,13 @@ def test_a_fitted_laplace_posterior_saves_and_predicts_the_same(tmp_path, monkey
     torch.testing.assert_close(predict(loaded, data, 4)["predictive"], first["predictive"])
 
 
-def test_laplace_refuses_a_causal_lm_before_training():
+def test_laplace_refuses_a_likelihood_without_curvature_and_bad_declarations():
+    class Unknown(nn.Module):  # no ggn_outputs: the curvature cannot be fitted
+        regression = False
+
     spec = load_prior("laplace")
-    with pytest.raises(ValueError, match="classification and regression heads"):
-        bayesian_lora_from_model(tiny_bert(2), spec, num_data=4, likelihood=TokenLikelihood())
+    with pytest.raises(ValueError, match="the likelihood is a Unknown"):
+        bayesian_lora_from_model(tiny_bert(2), spec, num_data=4, likelihood=Unknown())
     with pytest.raises(ValueError, match="predictive = 'mean'"):
         spec.replace(predictive="mean")
     with pytest.raises(ValueError, match="prior_precision = -1"):

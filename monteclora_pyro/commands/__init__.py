@@ -21,6 +21,7 @@ COMMANDS = {  # name: (module, what it does)
     "sweep-glue": ("sweep_glue", "learning rates x batch sizes x seeds x methods on a GLUE task"),
     "sweep-commonsense": ("sweep_commonsense", "the same sweep on commonsense reasoning"),
     "overfit-glue": ("overfit_glue", "the overfitting benchmark: calibration of every method on small training sets"),
+    "shift-commonsense": ("shift_commonsense", "calibration under shift: train on OpenBookQA, score it and ARC"),
     "compare-peft": ("compare_peft", "ours and PEFT's peers side by side with identical settings"),
 }
 

@@ -35,6 +35,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> dict:
                                                  "eval_each_epoch"))
     p.set_defaults(**BENCHMARK_DEFAULTS)
     args = parse_arguments(p, argv)
+    from ..runner.benchmark import summary_text
     from ..tasks.glue.overfitting import run_overfitting
 
     split = [t.strip() for t in args.tasks.split(",") if t.strip()], [m.strip() for m in args.methods.split(",")]
@@ -43,20 +44,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> dict:
         summary = run_overfitting(base, *split, args.seeds, args.output_dir, run_missing=not args.report_only)
     except ValueError as error:
         p.error(str(error))
-    for task, result in summary["tasks"].items():
-        print(f"\n{task} ({result['metric']}; mean +- std over seeds; ece_floor: the ECE of a calibrated model "
-              "with the same confidences on these rows)")
-        columns = [s for s in ("metric", "nll", "ece", "ece_floor", "ece_debiased", "brier", "crps", "auroc_entropy",
-                               "auroc_mi")
-                   if any(s in scores for scores in result["methods"].values())]
-        print(f"{'method':<32}" + "".join(f"{s:>18}" for s in columns))
-        for method, scores in result["methods"].items():
-            cells = [f"{scores[s]['mean']:.4f} +- {scores[s]['std']:.4f}" if s in scores else "-" for s in columns]
-            print(f"{method:<32}" + "".join(f"{c:>18}" for c in cells))
-        print("\nNLL minus the baseline's on the same rows, pooled over seeds (paired bootstrap 95 % interval)")
-        for row in result["nll_versus"]:
-            print(f"{row['method']:<32} - {row['baseline']:<16} {row['nll_difference']:+.4f} "
-                  f"[{row['low']:+.4f}, {row['high']:+.4f}]  ({row['rows']} rows, {row['pairs']} pairs)")
+    print(summary_text(summary))
     return summary
 
 

@@ -13,7 +13,7 @@ import torch
 
 from ..declarations import PriorSpec
 from ..laplace import diagonal_ggn, linear_output_covariance, log_evidence, optimal_prior_precision
-from ..likelihoods import CategoricalLikelihood, GaussianLikelihood
+from ..likelihoods import CategoricalLikelihood, GaussianLikelihood, TokenLikelihood
 from . import register_prior
 from .factor import FactorPrior
 
@@ -60,9 +60,9 @@ class LaplacePrior(FactorPrior):
         return float(self.prior_precision.rsqrt()) if self.prior_precision > 0 else None
 
     def check_likelihood(self, likelihood) -> None:
-        if not isinstance(likelihood, (CategoricalLikelihood, GaussianLikelihood)):
-            raise ValueError(f"prior family 'laplace' fits classification and regression heads; the likelihood is a "
-                             f"{type(likelihood).__name__}")
+        if not isinstance(likelihood, (CategoricalLikelihood, GaussianLikelihood, TokenLikelihood)):
+            raise ValueError(f"prior family 'laplace' fits classification and regression heads and causal LMs; the "
+                             f"likelihood is a {type(likelihood).__name__}")
 
     @property
     def linearized(self) -> bool:

@@ -45,6 +45,9 @@ class MonteCLoRASpec(PriorSpec):
     scale_hyperprior_std: s > 0 puts ``tau ~ LogNormal(0, s)`` per layer on the perturbation scale, with its own
         LogNormal variational factor, so the data decide the scale; omitted: eps is fixed (the paper).
     cooperative_weight: weight w >= 0 of the paper's optional cooperative term, log factor -w sum pi^2.
+    learn_df: if true, q(Sigma) has degrees of freedom of its own per layer, learned with its scale (starting
+        at the prior's), so the posterior of Sigma can be tighter than its prior; false: q keeps the prior's
+        df (the paper), and the relative spread of Sigma_ii stays sqrt(2 / df) whatever the data say.
     """
 
     num_components: int = 8
@@ -55,6 +58,7 @@ class MonteCLoRASpec(PriorSpec):
     perturbation_relative: bool = False
     scale_hyperprior_std: float | None = None
     cooperative_weight: float = 0.0
+    learn_df: bool = False
 
     @property
     def df(self) -> float:
@@ -76,6 +80,8 @@ class MonteCLoRASpec(PriorSpec):
             self._fail(f"perturbation_relative = {self.perturbation_relative!r} must be true or false")
         if self.scale_hyperprior_std is not None and not self.scale_hyperprior_std > 0:
             self._fail(f"scale_hyperprior_std = {self.scale_hyperprior_std!r} must be > 0 (or omitted for a fixed eps)")
+        if not isinstance(self.learn_df, bool):
+            self._fail(f"learn_df = {self.learn_df!r} must be true or false")
         if not self.cooperative_weight >= 0:
             self._fail(f"cooperative_weight = {self.cooperative_weight!r} must be >= 0")
 

@@ -32,7 +32,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from ..adapters import save_adapter
+from ..adapters import load_trained_weights, save_adapter
 from ..artifacts import atomic_run_dir, atomic_write_json
 from ..backbones import check_backbone, resolve_device
 from ..diagnostics import posterior_inference_data, save_posterior
@@ -238,6 +238,8 @@ def _run(family: TaskFamily, output_dir: Path | None, processes: World) -> dict[
 
     # model
     module = _method(family, model, len(train_set), device)
+    if config.init_adapter is not None:
+        load_trained_weights(module, config.init_adapter)
 
     # train, with the scores after each epoch when asked (by rank 0)
     steps_per_epoch = math.ceil(len(train_loader) / config.gradient_accumulation_steps)
@@ -272,8 +274,9 @@ def _run(family: TaskFamily, output_dir: Path | None, processes: World) -> dict[
     metrics: dict[str, Any] = family.describe() | {
         "prior": spec.name, "guide": module.guide_name, "method": config.peer or spec.name,
         "seed": config.seed, "steps": history.steps,
-        "train_seconds": time.perf_counter() - start, "median_step_seconds": history.median_step_seconds(),
-        "final_loss": history.loss[-1], "num_train": len(train_set),
+        "train_seconds": time.perf_counter() - start,
+        "median_step_seconds": history.median_step_seconds() if history.steps else None,
+        "final_loss": history.loss[-1] if history.steps else None, "num_train": len(train_set),
         "num_samples": config.num_samples if module.has_posterior else None,
     }
 
@@ -291,12 +294,14 @@ def _run(family: TaskFamily, output_dir: Path | None, processes: World) -> dict[
     # write
     if module.has_posterior:
         _write_posterior(output_dir, family, module, evaluation)
-        plot_elbo(history.elbo_terms(), output_dir / "plots" / "elbo.png", loss=history.loss)
-        metrics["elbo_history"] = history.elbo_terms()
+        if history.steps:
+            plot_elbo(history.elbo_terms(), output_dir / "plots" / "elbo.png", loss=history.loss)
+            metrics["elbo_history"] = history.elbo_terms()
     if epochs:
         metrics["epochs"] = epochs
     atomic_write_json(output_dir / "metrics.json", metrics)
-    os.replace(checkpoint.path, output_dir / "checkpoint.pt")  # the final one, kept with the finished run
+    if checkpoint.path.exists():  # the final one, kept with the finished run (none when nothing trained)
+        os.replace(checkpoint.path, output_dir / "checkpoint.pt")
     shutil.rmtree(checkpoint.path.parent, ignore_errors=True)
     return metrics
 

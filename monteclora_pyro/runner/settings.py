@@ -58,7 +58,8 @@ class TrainConfig:
     grad_clip: float = option(1.0, "gradient-norm clipping ('inf' disables it)", positive_float,
                               aliases=("--max_grad_norm",))
     epochs: int = option(2, "passes over the training rows", positive_int, aliases=("--num_train_epochs",))
-    max_steps: int | None = option(None, "stop after this many steps (overrides --epochs)", optional(positive_int))
+    max_steps: int | None = option(None, "stop after this many steps (overrides --epochs; 0: no training, e.g. a "
+                                         "post-hoc fit to --init-adapter)", optional(nonnegative_int))
     gradient_accumulation_steps: int = option(1, "minibatches per optimizer step (their losses averaged: k batches "
                                                  "of b rows step as one of k b)", positive_int)
     kl_anneal_steps: int = option(0, "linear KL warm-up steps (0 = none)", nonnegative_int)
@@ -72,7 +73,7 @@ class TrainConfig:
 
     def total_steps(self, steps_per_epoch: int) -> int:
         """``max_steps`` when set (it overrides ``epochs``, as in Hugging Face), else epochs x steps per epoch."""
-        return self.max_steps or self.epochs * steps_per_epoch
+        return self.epochs * steps_per_epoch if self.max_steps is None else self.max_steps
 
 
 @dataclass
@@ -111,6 +112,13 @@ class RunConfig(TrainConfig):
     gradient_checkpointing: bool = option(False, "recompute activations in the backward pass (less memory; the "
                                                  "recomputed forward sees the same posterior draw)")
     eval_each_epoch: bool = option(False, "evaluation metrics after every epoch (metrics.json 'epochs')")
+    holdout_fraction: float = option(0.0, "share of the training rows held out to fit a temperature "
+                                          "(regression: a noise scale), reported as ts_*", fraction)
+    save_draws: bool = option(False, "also write each posterior draw's class probabilities (regression: its "
+                                     "prediction) per example in the predictions files")
+    init_adapter: str | None = option(None, "start from this saved posterior's trained weights (an adapter/ folder "
+                                            "of the same backbone, targets and rank: its LoRA means and head); with "
+                                            "--max-steps 0, fit a post-hoc posterior (laplace) to a trained adapter")
     checkpoint_every: int = option(0, "also write a checkpoint every N steps (one is always written at the end "
                                       "and on Ctrl-C)", nonnegative_int)
     resume: bool = option(False, "continue the interrupted run of this output dir from its checkpoint")
@@ -140,6 +148,9 @@ class RunConfig(TrainConfig):
             return self
         if self.targets is not None and not self.target_list():
             raise ValueError(f"targets = {self.targets!r} names no module (comma-separated names, e.g. q_proj,v_proj)")
+        if self.init_adapter is not None and not (Path(self.init_adapter) / "posterior.json").is_file():
+            raise ValueError(f"init_adapter = {self.init_adapter!r} is not a saved posterior (an adapter/ folder "
+                             "with posterior.json, as a run writes into OUTPUT_DIR/adapter)")
         spec = self.prior_spec()
         if self.guide is not None:
             from ..guides import check_guide  # the registry imports torch: only for a guide named by hand

@@ -16,7 +16,7 @@ import itertools
 import json
 import math
 import statistics
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -152,6 +152,7 @@ def run_sweep(
     output_dir: str | Path,
     run_missing: bool = True,
     method_overrides: Mapping[str, Mapping[str, Any]] | None = None,
+    cell_overrides: Callable[[Cell], Mapping[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """Run every unfinished cell of ``family`` (unless ``run_missing`` is False: report on the finished ones only;
     a cell whose training diverges is reported in ``failed_cells`` and tried again by a rerun),
@@ -159,7 +160,8 @@ def run_sweep(
     several tasks also gets ``tasks.csv`` (one row per cell and task) and their means per method
     (``robustness.json``'s ``per_task``).
 
-    ``method_overrides``: settings that differ for one method, {method: {field: value}}.
+    ``method_overrides``: settings that differ for one method, {method: {field: value}}; ``cell_overrides(cell)``:
+    those that differ for one cell (e.g. the trained adapter a post-hoc method starts from).
     """
     output_dir = Path(output_dir)
     cells = _grid(methods, lrs, batch_sizes, seeds)
@@ -167,6 +169,7 @@ def run_sweep(
         cell: dataclasses.replace(
             method_config(base, cell.method, str(output_dir / "cells" / cell.name)),
             lr=cell.lr, batch_size=cell.batch_size, seed=cell.seed, **(method_overrides or {}).get(cell.method, {}),
+            **(cell_overrides(cell) if cell_overrides is not None else {}),
         ).resolved()
         for cell in cells
     }  # every cell's values are checked before the first one trains

@@ -25,11 +25,13 @@ import datasets
 import torch
 from torch import nn
 
-from ...artifacts import atomic_write_bytes
+from ...artifacts import atomic_write_bytes, atomic_write_jsonl
 from ...backbones import load_causal_lm
+from ...calibration import apply_temperature, fit_temperature
+from ...laplace import finite_difference_draws, linearized_values
 from ...likelihoods import IGNORE, TokenLikelihood, categorical_draw_log_likelihood
 from ...metrics import classification_metrics
-from ...prediction import move_to, posterior_draws
+from ...prediction import classification_records, move_to, posterior_draws, uncertainty
 from ...runner.pipeline import Evaluation, TaskFamily, make_loader, run
 from ...runner.plots import plot_reliability
 from .settings import COMMONSENSE_TASKS, CommonsenseRunConfig, task_file
@@ -155,6 +157,7 @@ class CommonsenseFamily(TaskFamily):
         super().__init__(config)
         self.tokenizer = None
         self.eval_sets: dict[str, datasets.Dataset] = {}
+        self.holdout: datasets.Dataset | None = None  # held-out training rows, scored as options (a temperature)
 
     def describe(self) -> dict[str, Any]:
         return {"train_tasks": self.config.train_task_list(), "eval_tasks": self.config.eval_task_list(),
@@ -210,6 +213,11 @@ class CommonsenseFamily(TaskFamily):
                                                                      for t in train]
         records = datasets.concatenate_datasets([read_records(f) for f in files])
         records = _subset(records, config.max_train_samples, config.seed)
+        if config.holdout_fraction > 0:
+            parts = records.train_test_split(test_size=config.holdout_fraction, seed=config.seed)
+            records = parts["train"]
+            task = train[0] if len(train) == 1 and not train[0].endswith(".json") else None
+            self.holdout = self._option_set(parts["test"], task)
         train_set = records.map(self._train_row, remove_columns=records.column_names)
         train_set = train_set.add_column("idx", list(range(len(train_set))))
         return train_set, LeftPaddedBatches(tokenizer.pad_token_id)
@@ -218,44 +226,60 @@ class CommonsenseFamily(TaskFamily):
         """The evaluation tasks' test rows (a seeded subset of ``max_eval_examples`` each), encoded."""
         config = self.config
         self.tokenizer = tokenizer
+        seed = config.seed if config.eval_seed is None else config.eval_seed
         for task in config.eval_task_list():
-            rows = _subset(read_records(task_file(config.data_dir, task, "test")), config.max_eval_examples,
-                           config.seed)
-            row = self._option_row if config.eval_mode == "options" else self._generate_row
-            rows = rows.map(row, fn_kwargs={"task": task}, remove_columns=["input", "output"])
-            if config.eval_mode == "options" and all(len(c) == 1 for r in rows["continuations"] for c in r):
-                rows = rows.map(lambda r: {"options": [c[0] for c in r["continuations"]]})  # one pass scores all
-            self.eval_sets[task] = rows
+            rows = read_records(task_file(config.data_dir, task, "test"))
+            rows = _subset(rows.add_column("row", list(range(len(rows)))), config.max_eval_examples, seed)
+            if config.eval_mode == "options":
+                self.eval_sets[task] = self._option_set(rows, task)
+            else:
+                self.eval_sets[task] = rows.map(self._generate_row, fn_kwargs={"task": task},
+                                                remove_columns=["input", "output"])
+
+    def _option_set(self, records: datasets.Dataset, task: str | None) -> datasets.Dataset:
+        """Records encoded for scoring their options (single-token options as ``options``: one pass scores all)."""
+        rows = records.map(self._option_row, fn_kwargs={"task": task}, remove_columns=["input", "output"])
+        if all(len(c) == 1 for r in rows["continuations"] for c in r):
+            rows = rows.map(lambda r: {"options": [c[0] for c in r["continuations"]]})
+        return rows
 
     def likelihood(self, peer: bool) -> nn.Module:
         return TokenLikelihood()
 
-    def _loader(self, task: str):
-        return make_loader(self.eval_sets[task], LeftPaddedBatches(self.tokenizer.pad_token_id),
-                           self.config.eval_batch_size, shuffle=False)
+    def _loader(self, rows: datasets.Dataset):
+        return make_loader(rows, LeftPaddedBatches(self.tokenizer.pad_token_id), self.config.eval_batch_size,
+                           shuffle=False)
 
     # ------------------------------------------------------------------ evaluation
     @torch.no_grad()
-    def option_probabilities(self, module, task: str, device, draws: list) -> dict[str, torch.Tensor]:
-        """Per example: each draw's distribution over the options (examples x draws x K, padded options 0),
-        the posterior mean's (examples x K) and the answers."""
+    def option_probabilities(self, module, rows: datasets.Dataset | str, device, draws: list,
+                             steps: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """Per example of ``rows`` (or of an evaluation task by its name): each draw's distribution over the
+        options (examples x draws x K, padded options 0), the posterior mean's (examples x K) and the answers.
+        A linearized posterior's draws are :func:`~monteclora_pyro.laplace.finite_difference_draws` and their
+        ``steps``: each pair gives one draw of the linearized network."""
         module.eval()
-        rows = self.eval_sets[task]
-        passes = [*draws] if module.point_estimate else [*draws, None]  # None: the posterior mean
+        rows = self.eval_sets[rows] if isinstance(rows, str) else rows
+        linearized = module.linearized  # draws are then finite_difference_draws: the mean's pass comes first
+        passes = [None, *draws] if linearized else [*draws] if module.point_estimate else [*draws, None]
         if "options" in rows.column_names:
-            log_probs = self._next_token_log_probs(module, task, device, passes)
+            log_probs = self._next_token_log_probs(module, rows, device, passes)
         else:
-            log_probs = self._continuation_log_probs(module, task, device, passes)
+            log_probs = self._continuation_log_probs(module, rows, device, passes)
+        if linearized:  # the linearized network under each pair of draws; softmax over the options
+            log_probs = torch.cat([linearized_values(log_probs[:, :1], log_probs[:, 1:], steps), log_probs[:, :1]], 1)
         probs = log_probs.softmax(-1)  # padded options have log-probability -inf
-        return {"draws": probs[:, :len(draws)], "mean": probs[:, -1], "labels": torch.tensor(rows["answer_index"])}
+        return {"draws": probs[:, :-1] if linearized or not module.point_estimate else probs,
+                "mean": probs[:, -1], "labels": torch.tensor(rows["answer_index"])}
 
-    def _next_token_log_probs(self, module, task: str, device, passes: list) -> torch.Tensor:
+    def _next_token_log_probs(self, module, rows: datasets.Dataset, device, passes: list) -> torch.Tensor:
         """log p(option_k | prefix) of single-token options, one forward per pass: (examples x passes x K)."""
         out = []
-        for batch in self._loader(task):
+        for batch in self._loader(rows):
             batch = move_to(batch, device)
             options = batch.pop("options")
             batch.pop("answer_index")
+            batch.pop("row", None)
             per_pass = []
             for factors in passes:
                 logits = module.network_output(batch, factors)[:, -1].float().log_softmax(-1)
@@ -264,20 +288,23 @@ class CommonsenseFamily(TaskFamily):
         most = max(part.shape[-1] for part in out)
         return torch.cat([torch.nn.functional.pad(part, (0, most - part.shape[-1]), value=-torch.inf) for part in out])
 
-    def _continuation_log_probs(self, module, task: str, device, passes: list) -> torch.Tensor:
+    def _continuation_log_probs(self, module, rows: datasets.Dataset, device, passes: list) -> torch.Tensor:
         """log p(continuation_k | prefix) summed over its tokens: (examples x passes x K).
 
         Per batch of examples and pass, the prefixes run once and their key/value cache serves every
-        option's continuation (the options share the prompt, which is most of the tokens)."""
-        rows = self.eval_sets[task]
+        option's continuation (the options share the prompt, which is most of the tokens); the batches
+        group examples of similar prompt length."""
         most = max(len(row["continuations"]) for row in rows)
         out = torch.full((len(rows), len(passes), most), -torch.inf)
         pad, size = self.tokenizer.pad_token_id, self.config.eval_batch_size
         # the forward's name for a key/value cache: ``cache`` from transformers 5.x, ``past_key_values`` before
         forward = inspect.signature(module.network.get_base_model().forward).parameters
         cache_keyword = "cache" if "cache" in forward else "past_key_values"
+        lengths = [len(prefix) for prefix in rows["prefix"]]
+        order = sorted(range(len(rows)), key=lengths.__getitem__)  # batches of similar length: little padding
         for start in range(0, len(rows), size):
-            chunk = rows[start:start + size]
+            picked = order[start:start + size]
+            chunk = rows.select(picked)[:]
             prefixes = move_to(LeftPaddedBatches(pad)([{"prefix": p, "target": []} for p in chunk["prefix"]]), device)
             options = max(map(len, chunk["continuations"]))
             continuations = [c for cs in chunk["continuations"] for c in cs + [[pad]] * (options - len(cs))]
@@ -301,7 +328,7 @@ class CommonsenseFamily(TaskFamily):
                     logits = torch.cat([logits, rest.logits.float()], 1)
                 token = logits.log_softmax(-1).gather(-1, tokens[..., None]).squeeze(-1)
                 totals = (token * scored).sum(-1).cpu().masked_fill(~real, -torch.inf).view(-1, options)
-                out[start:start + len(totals), p, :options] = totals
+                out[picked, p, :options] = totals
         return out
 
     @torch.no_grad()
@@ -309,7 +336,7 @@ class CommonsenseFamily(TaskFamily):
         """Greedy responses with the posterior-mean adapters, the first option each names (or '')."""
         module.eval()
         texts = []
-        for batch in self._loader(task):
+        for batch in self._loader(self.eval_sets[task]):
             batch = move_to(batch, device)
             out = module.generate(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                                   max_new_tokens=self.config.max_new_tokens, do_sample=False,
@@ -329,21 +356,39 @@ class CommonsenseFamily(TaskFamily):
         return self._score(module, device, output_dir)
 
     def _score(self, module, device, output_dir: Path | None) -> Evaluation:
-        """Each evaluation task's metrics under its name, and their average (``average``)."""
+        """Each evaluation task's metrics under its name, and their average (``average``); with held-out
+        training rows, each task's also after the temperature fitted on them (``ts_*``), and each task's
+        examples in ``predictions_<task>.jsonl`` (:func:`~monteclora_pyro.prediction.classification_records`)."""
         metrics: dict[str, Any] = {}
+        fitted: dict[str, Any] = {}
         labels, log_likelihood = [], []
         if self.config.eval_mode == "options":
-            draws = posterior_draws(module, self.config.num_samples)
-            for task in self.eval_sets:
-                result = self.option_probabilities(module, task, device, draws)
-                predictive = result["draws"].mean(1)
-                metrics[task] = classification_metrics(predictive, result["labels"]) | {
-                    f"mean_{k}": v for k, v in classification_metrics(result["mean"], result["labels"]).items()
-                } | {"examples": len(result["labels"]), "options": predictive.shape[1]}
-                labels.append(result["labels"])
-                log_likelihood.append(categorical_draw_log_likelihood(result["draws"], result["labels"]))
+            steps = None
+            if module.linearized:  # pairs of points around the mean, one draw of the linearized network each
+                draws, steps = finite_difference_draws(module, self.config.num_samples)
+            else:
+                draws = posterior_draws(module, self.config.num_samples)
+            if self.holdout is not None:
+                held_out = self.option_probabilities(module, self.holdout, device, draws, steps)
+                fitted = {"temperature": fit_temperature(held_out["draws"].mean(1), held_out["labels"]),
+                          "num_holdout": len(self.holdout)}
+            for task, rows in self.eval_sets.items():
+                result = self.option_probabilities(module, rows, device, draws, steps)
+                predictive, truth = result["draws"].mean(1), result["labels"]
+                metrics[task] = classification_metrics(predictive, truth) | {
+                    f"mean_{k}": v for k, v in classification_metrics(result["mean"], truth).items()
+                } | {k: float(v.mean()) for k, v in uncertainty(result["draws"]).items()}
+                if fitted:
+                    recalibrated = apply_temperature(predictive, fitted["temperature"])
+                    metrics[task] |= {f"ts_{k}": v for k, v in classification_metrics(recalibrated, truth).items()}
+                metrics[task] |= {"examples": len(truth), "options": predictive.shape[1]}
+                labels.append(truth)
+                log_likelihood.append(categorical_draw_log_likelihood(result["draws"], truth))
                 if output_dir is not None:
-                    plot_reliability(predictive, result["labels"], output_dir / "plots" / f"reliability_{task}.png")
+                    plot_reliability(predictive, truth, output_dir / "plots" / f"reliability_{task}.png")
+                    records = classification_records(predictive, result["draws"], truth, torch.tensor(rows["row"]),
+                                                     fitted.get("temperature"), self.config.save_draws)
+                    atomic_write_jsonl(output_dir / f"predictions_{task}.jsonl", records)
         else:
             for task, rows in self.eval_sets.items():
                 answers = self.generated_answers(module, task, device)
@@ -352,7 +397,7 @@ class CommonsenseFamily(TaskFamily):
                                  "unanswered": sum(a == "" for a in answers) / len(truth), "examples": len(truth)}
         keys = [k for k in metrics[next(iter(metrics))] if k not in ("examples", "options")]
         average = {k: sum(m[k] for m in metrics.values()) / len(metrics) for k in keys}
-        evaluation = Evaluation(metrics | {"average": average}, epoch_scores=average)
+        evaluation = Evaluation(metrics | {"average": average} | fitted, epoch_scores=average)
         if labels:
             evaluation.observed = torch.cat(labels)
             evaluation.log_likelihood = torch.cat(log_likelihood, dim=1)

@@ -14,7 +14,7 @@ import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
 
-from ...kinds import optional, positive_int
+from ...kinds import integer, optional, positive_int
 from ...runner.options import option, redefault
 from ...runner.settings import RunConfig, default_data_dir
 
@@ -82,6 +82,8 @@ class CommonsenseRunConfig(RunConfig):
                                            optional(positive_int))
     max_eval_examples: int | None = option(10, "test rows per task, a seeded subset; 'all' for every row",
                                            optional(positive_int))
+    eval_seed: int | None = option(None, "seed of the scored test rows' subset (default: --seed; fix it to score "
+                                         "every seed's run on the same rows)", optional(integer))
     eval_mode: str = option("options", "options: score each answer option by likelihood (posterior predictive, "
                                        "calibration); generate: greedy answer extraction (LLM-Adapters)",
                             choices=EVAL_MODES)

@@ -20,8 +20,8 @@ from ...artifacts import atomic_write_jsonl
 from ...backbones import load_classifier, output_layer
 from ...calibration import apply_temperature, fit_temperature
 from ...likelihoods import GaussianLikelihood, build_likelihood
-from ...metrics import classification_metrics, example_nll, glue_metrics, regression_metrics
-from ...prediction import mc_dropout, predict, uncertainty
+from ...metrics import classification_metrics, glue_metrics, regression_metrics
+from ...prediction import classification_records, mc_dropout, predict, uncertainty
 from ...regression_calibration import (
     fit_noise_scale,
     mixture_log_density,
@@ -64,20 +64,16 @@ def _per_example(predictions: dict[str, torch.Tensor], task: GlueTask, scale: fl
     classification the predictive's ``probabilities``, ``predicted`` class, NLL, entropy and its aleatoric /
     epistemic split, for regression the prediction, the draws' spread and the NLL; after the held-out fit,
     ``ts_nll``; with ``save_draws``, each draw's probabilities (or prediction), ``draws``."""
-    labels, columns = predictions["labels"], {"row": predictions["rows"], "label": predictions["labels"]}
+    labels = predictions["labels"]
     if task.num_labels > 1:
-        probs = predictions["predictive"].double()
-        columns |= {"probabilities": probs, "predicted": probs.argmax(-1)}
-        columns["nll"] = example_nll(probs, labels)
-        columns |= uncertainty(predictions["draws"])
-        if "temperature" in fitted:
-            columns["ts_nll"] = example_nll(apply_temperature(probs, fitted["temperature"]), labels)
-    else:
-        columns |= {"prediction": predictions["predictive"], "draw_std": predictions["predictive_var"].sqrt()}
-        if scale is not None:
-            columns["nll"] = -mixture_log_density(predictions["draws"], labels, scale)
-        if "holdout_noise_scale" in fitted:
-            columns["ts_nll"] = -mixture_log_density(predictions["draws"], labels, fitted["holdout_noise_scale"])
+        return classification_records(predictions["predictive"], predictions["draws"], labels, predictions["rows"],
+                                      fitted.get("temperature"), save_draws)
+    columns = {"row": predictions["rows"], "label": labels, "prediction": predictions["predictive"],
+               "draw_std": predictions["predictive_var"].sqrt()}
+    if scale is not None:
+        columns["nll"] = -mixture_log_density(predictions["draws"], labels, scale)
+    if "holdout_noise_scale" in fitted:
+        columns["ts_nll"] = -mixture_log_density(predictions["draws"], labels, fitted["holdout_noise_scale"])
     if save_draws:
         columns["draws"] = predictions["draws"]
     return [{name: values[i].tolist() for name, values in columns.items()} for i in range(len(labels))]

@@ -11,7 +11,7 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ...kinds import fraction, nonnegative_int, optional, positive_int, text
+from ...kinds import nonnegative_int, optional, positive_int, text
 from ...runner.options import option, redefault
 from ...runner.settings import RunConfig, default_data_dir
 
@@ -185,8 +185,6 @@ class GlueRunConfig(RunConfig):
     max_train_samples: int | None = option(2000, "training rows, a seeded subset; 'all' for the full set",
                                            optional(positive_int))
     max_eval_samples: int | None = option(None, "dev rows, a seeded subset (default: all)", optional(positive_int))
-    holdout_fraction: float = option(0.0, "share of the training rows held out to fit a temperature "
-                                          "(regression: a noise scale), reported as ts_*", fraction)
     mc_dropout_samples: int = option(0, "> 0: also report MC dropout with this many passes (mcd_*)",
                                      nonnegative_int)
     train_file: str | None = option(None, "your own training rows instead of a GLUE task: a .csv, .tsv, .json or "
@@ -196,8 +194,6 @@ class GlueRunConfig(RunConfig):
                                       optional(text))
     label_column: str = option("label", "the label column of your files: classes (integers or names), or numbers "
                                         "not all whole for regression", text)
-    save_draws: bool = option(False, "also write each posterior draw's class probabilities (regression: its "
-                                     "prediction) per example in predictions.jsonl")
 
     def default_model(self) -> str:
         return default_model()
