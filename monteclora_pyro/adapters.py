@@ -38,6 +38,7 @@ def save_adapter(module: BayesianLoRA, directory: str | Path, model: str, num_la
     """Write the posterior of ``module`` (trained on backbone ``model``: a ``classifier`` with ``num_labels``
     outputs or a ``causal_lm``) to ``directory``."""
     directory = Path(directory)
+    module.set_draws({})  # the point estimate in place (an ensemble's member 0), not the last draw
     tensors = {name: p.detach().float().cpu().contiguous() for name, p in _stored(module).items()}
     meta: dict[str, Any] = {
         "format": FORMAT, "model": model, "kind": kind, "num_labels": num_labels, "num_data": module.num_data,

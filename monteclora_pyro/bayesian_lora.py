@@ -92,6 +92,7 @@ class BayesianLoRA(LoRAMethod):
         self._validated = False
         self.num_data = num_data
         self.kl_weight = float(kl_weight)
+        self.prior.attach(self)
 
     # ----------------------------------------------------------------- the probabilistic program
     def _tempered(self, kl_weight: float):
@@ -160,12 +161,17 @@ class BayesianLoRA(LoRAMethod):
     def set_draws(self, factors: Mapping[str, torch.Tensor]) -> None:
         """Put ``factors`` ({PEFT parameter name: value}) in place of the PEFT weights; the others (and all
         of them, for ``{}``) are the posterior mean.  They stay until the next call, so a recomputed
-        forward (gradient checkpointing) sees the same draw."""
+        forward (gradient checkpointing) sees the same draw.  A draw of an ensemble names its member, whose
+        weights the prior family puts in place."""
+        factors = self.prior.place(self, dict(factors))
         for site in self.sites:
             self._layers[site.parameter].draw = factors.get(site.parameter)
 
     def posterior_draw(self) -> dict[str, torch.Tensor]:
-        """One draw of every stochastic factor from the variational posterior."""
+        """One draw of every stochastic factor from the variational posterior (of an ensemble: a member)."""
+        own = self.prior.draw()
+        if own is not None:
+            return own
         with poutine.block():
             guide_trace = poutine.trace(self.sample_guide).get_trace()
             with poutine.replay(trace=guide_trace):
@@ -196,8 +202,27 @@ class BayesianLoRA(LoRAMethod):
 
     @property
     def point_estimate(self) -> bool:
-        """Whether the guide is a point mass (``delta``, or ``laplace`` before its fit): every draw is the same."""
-        return all(guide.point_mass for guide in self.group_guides.values())
+        """Whether the guide is a point mass (``delta``, or ``laplace`` before its fit) and no mixture of members
+        replaces it: every draw is the same."""
+        return self.prior.predictive_draws(1) is None and all(g.point_mass for g in self.group_guides.values())
+
+    def predictive_draws(self, num_samples: int) -> list[dict[str, torch.Tensor]]:
+        own = self.prior.predictive_draws(num_samples)
+        return own if own is not None else super().predictive_draws(num_samples)
+
+    @property
+    def ensemble_size(self) -> int:
+        return self.prior.members
+
+    def start_member(self, member: int, seed: int) -> None:
+        self.prior.start_member(self, member, seed)
+
+    def store_member(self, member: int) -> None:
+        self.prior.store_member(self, member)
+
+    @property
+    def post_hoc(self) -> bool:
+        return self.prior.post_hoc
 
     @property
     def kl_in_loss(self) -> bool:
@@ -232,6 +257,9 @@ class BayesianLoRA(LoRAMethod):
         scale), apart from the LoRA means and the head: scales that must move in log space faster than
         the LoRA weights' learning rate allows."""
         return [*self.group_guides.parameters(), *self.likelihood.parameters()]
+
+    def guide_parameters(self) -> list[nn.Parameter]:
+        return list(self.group_guides.parameters())
 
 
 def _total(terms: list[torch.Tensor]) -> torch.Tensor | float:

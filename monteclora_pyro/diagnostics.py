@@ -64,9 +64,14 @@ def posterior_inference_data(
     def stacked(draws: list[dict[str, list[torch.Tensor]]]) -> dict[str, np.ndarray]:
         return {name: torch.stack([torch.stack(d[name]) for d in draws])[None].numpy() for name in draws[0]}
 
+    def posterior_summaries() -> dict[str, list[torch.Tensor]]:
+        module.set_draws(module.prior.draw() or {})  # an ensemble's draw puts a member's weights in place
+        return _site_summaries(module, module.stacked_means())
+
     with torch.no_grad():
+        posterior = stacked([posterior_summaries() for _ in range(num_draws)])
+        module.set_draws({})
         means = module.stacked_means()
-        posterior = stacked([_site_summaries(module, means) for _ in range(num_draws)])
         prior = (stacked([_site_summaries(module, means, prior=True) for _ in range(num_draws)])
                  if module.prior.summarizes_prior else None)
     extra_dims = module.prior.summary_dims

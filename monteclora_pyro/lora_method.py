@@ -67,6 +67,22 @@ class LoRAMethod(nn.Module, abc.ABC):
         """One draw of the stochastic factors ({PEFT parameter name: value}); {} for the trained weights."""
         return {}
 
+    def predictive_draws(self, num_samples: int) -> list[dict[str, torch.Tensor]]:
+        """The draws a predictive averages: ``num_samples`` posterior draws (one for a point estimate)."""
+        return [self.posterior_draw() for _ in range(1 if self.point_estimate else num_samples)]
+
+    # a posterior mixing point estimates trained one after the other (a LoRA ensemble)
+    ensemble_size: int = 1  # how many the runner trains
+
+    def start_member(self, member: int, seed: int) -> None:
+        """Set the starting weights of member ``member`` (>= 1) from ``seed``."""
+        raise NotImplementedError(f"{type(self).__name__} trains one point estimate, not members")
+
+    def store_member(self, member: int) -> None:
+        """Keep member ``member``'s trained weights (a single model: nothing to keep)."""
+
+    post_hoc: bool = False  # the posterior is fitted or assembled after training: training saw no draws
+
     kl_in_loss: bool = True  # the loss holds the (tempered) KL; False: after_step takes it
 
     def separately_optimized(self) -> list[nn.Parameter]:
@@ -94,6 +110,10 @@ class LoRAMethod(nn.Module, abc.ABC):
 
     def variational_parameters(self) -> list[nn.Parameter]:
         """Parameters trained at the variational learning rate (scales, concentrations, a noise scale)."""
+        return []
+
+    def guide_parameters(self) -> list[nn.Parameter]:
+        """The guide's own parameters (the variational ones less a likelihood's noise scale)."""
         return []
 
     def set_draws(self, factors: Mapping[str, torch.Tensor]) -> None:

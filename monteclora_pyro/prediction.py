@@ -30,9 +30,9 @@ def move_to(batch: Mapping[str, torch.Tensor], device: torch.device | str) -> di
 
 def posterior_draws(module: LoRAMethod, num_samples: int) -> list[dict[str, torch.Tensor]]:
     """``num_samples`` posterior draws of the adapters, taken once and shared by every batch (one draw for a
-    point estimate, whose draws are all the same)."""
+    point estimate, whose draws are all the same; each member once for an ensemble)."""
     positive_int.check("num_samples", num_samples)
-    return [module.posterior_draw() for _ in range(1 if module.point_estimate else num_samples)]
+    return module.predictive_draws(num_samples)
 
 
 def draw_outputs(module: LoRAMethod, batch: Mapping[str, torch.Tensor], draws: list) -> torch.Tensor:

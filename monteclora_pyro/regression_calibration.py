@@ -4,8 +4,9 @@
 the Gaussian likelihood's sigma.  Scores: the mixture's NLL; the quantile calibration error of
 Kuleshov et al. 2018 (the mean over levels q of |share of targets below the predicted q-quantile - q|);
 the CRPS in closed form for a Gaussian mixture (Grimit et al. 2006), the regression counterpart of the
-Brier score; and :func:`fit_noise_scale`, the counterpart of temperature scaling (the sigma that
-minimizes the NLL on held-out rows).
+Brier score; :func:`fit_noise_scale`, the counterpart of temperature scaling (the sigma that minimizes
+the NLL on held-out rows); and :func:`residual_noise_scale`, the noise around each draw when sigma was
+learned under the posterior.
 """
 
 from __future__ import annotations
@@ -17,7 +18,9 @@ import torch
 from .kinds import positive_int
 
 __all__ = ["crps", "fit_noise_scale", "mixture_log_density", "mixture_nll", "probability_integral_transform",
-           "quantile_calibration_error", "quantile_coverage", "regression_calibration"]
+           "quantile_calibration_error", "quantile_coverage", "regression_calibration", "residual_noise_scale"]
+
+RESIDUAL_FLOOR = 0.1  # the residual noise is kept at least this share of the learned one
 
 
 def _prepare(draws: torch.Tensor, targets: torch.Tensor, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -96,6 +99,19 @@ def fit_noise_scale(draws: torch.Tensor, targets: torch.Tensor, max_iter: int = 
 
     optimizer.step(closure)
     return float(log_scale.detach().exp())
+
+
+def residual_noise_scale(scale: float, draw_variance: float) -> float:
+    """The noise around each posterior draw, so that the predictive mixture of N(f_s, s) counts the draws'
+    spread once.  A sigma learned under q maximizes E_q[log N(y | f, sigma)], so sigma^2 fits
+    E_q[(y - f)^2] = (y - E_q f)^2 + Var_q f averaged over the training rows: the spread is already in it,
+    and the mixture adds it again.  s^2 = sigma^2 - ``draw_variance`` (the mean over training rows of the
+    draws' variance), at least ``RESIDUAL_FLOOR`` * sigma."""
+    if not (scale > 0 and math.isfinite(scale)):
+        raise ValueError(f"scale = {scale!r} must be a finite number > 0 (the learned noise standard deviation)")
+    if not (draw_variance >= 0 and math.isfinite(draw_variance)):
+        raise ValueError(f"draw_variance = {draw_variance!r} must be a finite number >= 0")
+    return math.sqrt(max(scale**2 - draw_variance, (RESIDUAL_FLOOR * scale) ** 2))
 
 
 def regression_calibration(draws: torch.Tensor, targets: torch.Tensor, scale: float,

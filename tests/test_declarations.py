@@ -32,7 +32,8 @@ def test_overrides_are_validated_again():
 @pytest.mark.parametrize(
     "fields,message",
     [
-        ({"family": "wishart"}, r"family = 'wishart' is unknown; allowed: blob, gaussian, laplace, map, monteclora"),
+        ({"family": "wishart"},
+         r"family = 'wishart' is unknown; allowed: blob, ensemble, gaussian, laplace, map, monteclora"),
         ({"rank": 0}, r"rank = 0 must be an integer >= 1"),
         ({"num_components": 0}, r"num_components = 0 must be an integer >= 1"),
         ({"rank": 8, "wishart_df": 7}, r"wishart_df = 7.0 must be > rank - 1 = 7"),
@@ -66,7 +67,7 @@ def test_unknown_keys_names_and_missing_files_fail_clearly(tmp_path):
     path.write_text('family = "monteclora"\nwishart_dof = 12\n')
     with pytest.raises(ValueError, match=r"unknown keys \['wishart_dof'\]"):
         load_prior(path)
-    bundled = r"neither a bundled prior \(blob, gaussian, laplace, laplace_sampled, map, monteclora"
+    bundled = r"neither a bundled prior \(blob, ensemble, gaussian, laplace, laplace_sampled, map, monteclora"
     with pytest.raises(ValueError, match=bundled):
         load_prior("nonexistent")
     with pytest.raises(ValueError, match=r"prior file '.*missing.toml' does not exist"):

@@ -1,5 +1,6 @@
 """Two processes (DDP over gloo on CPU) train to the same parameters as one process with the same
-global batch and seed: the plate's scale and the variational parameters stay right when sharded."""
+global batch and seed: the plate's scale and the variational parameters stay right when sharded, also
+through the posterior stage (the guide alone, its gradients averaged by hand)."""
 
 from __future__ import annotations
 
@@ -14,8 +15,9 @@ from transformers import BertConfig, BertForSequenceClassification
 
 from monteclora_pyro import TrainConfig, bayesian_lora_from_model, load_prior, train
 from monteclora_pyro.runner.distributed import World, sharded_loader, unwrap
+from monteclora_pyro.runner.training import fit_variational
 
-CONFIG = TrainConfig(lr=5e-3, epochs=2, progress=False, log_every=3)
+CONFIG = TrainConfig(lr=5e-3, epochs=2, progress=False, log_every=3, posterior_steps=3)
 GLOBAL_BATCH, ROWS = 8, 32
 
 
@@ -40,9 +42,11 @@ def worker(rank: int, port: int, out: str) -> None:
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
     world = World(rank, 2)
     module, loader = build(world)
-    history = train(world.wrap(module, torch.device("cpu")), loader, CONFIG)
+    wrapped = world.wrap(module, torch.device("cpu"))
+    history = train(wrapped, loader, CONFIG)
+    stage = fit_variational(wrapped, loader, CONFIG)
     if world.is_main:
-        torch.save({"params": learnable(module), "kl": history.kl, "steps": history.steps}, out)
+        torch.save({"params": learnable(module), "kl": history.kl, "steps": history.steps, "stage": stage}, out)
     dist.destroy_process_group()
 
 
@@ -56,6 +60,10 @@ def test_two_processes_equal_one_with_the_same_global_batch(tmp_path):
 
     module, loader = build(World())
     history = train(module, loader, CONFIG)
+    trained = {n: p.detach().clone() for n, p in module.group_guides.named_parameters()}
+    fit_variational(module, loader, CONFIG)  # then the parameters below are compared after the stage
+    assert len(two["stage"]["loss"]) == 3
+    assert all(not torch.equal(p, trained[n]) for n, p in module.group_guides.named_parameters())
     assert two["steps"] == history.steps == 2 * ROWS // GLOBAL_BATCH
     for name, value in learnable(module).items():
         torch.testing.assert_close(two["params"][name], value, rtol=1e-4, atol=1e-5, msg=name)

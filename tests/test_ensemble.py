@@ -1,9 +1,13 @@
-"""The LoRA ensemble of the overfitting benchmark: the mixture of the map cells' predictives, from their files."""
+"""The LoRA ensemble: of the overfitting benchmark (the mixture of the map cells' predictives, from their files),
+and as a prior family of the engine (``ensemble``: members trained one after the other, their mixture)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
+import os
+import signal
 
 import pytest
 import torch
@@ -63,3 +67,126 @@ def test_the_regression_ensemble_is_a_gaussian_mixture_at_the_members_noise_scal
         density /= sigma * math.sqrt(2 * math.pi)
         assert result["nll"][ENSEMBLE][r] == pytest.approx(-math.log(density))
     assert result["rows"][0]["metric"] == pytest.approx(1.0)  # Pearson of the mixture means (1.5, 2.75) and targets
+
+
+# ---------------------------------------------------------------- the ensemble as a prior family of the engine
+
+def _ensemble_config(tmp_path, glue_dir, name: str, prior: str, **changes) -> GlueRunConfig:
+    return GlueRunConfig(**{"task": "sst2", "data_dir": str(glue_dir), "output_dir": str(tmp_path / name),
+                            "prior": prior, "max_steps": 3, "batch_size": 8, "num_samples": 3, "max_length": 32,
+                            "max_train_samples": 24, "max_eval_samples": 16, "progress": False} | changes)
+
+
+def _network_weights(directory) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return {k: v for k, v in load_file(str(directory / "adapter" / "posterior.safetensors")).items()
+            if k.startswith("network.")}
+
+
+def test_an_ensemble_trains_its_members_and_predicts_with_their_mixture(tmp_path, glue_dir):
+    """members = 2: member 0 is the map run of the same seed (same weights), member 1 starts elsewhere and ends
+    elsewhere; the predictive is the exact mean of the two members' class probabilities, whatever num_samples
+    says, and the saved posterior gives it back in a new module."""
+    from monteclora_pyro.adapters import load_adapter
+    from monteclora_pyro.prediction import predict
+    from monteclora_pyro.priors.ensemble import MEMBER
+    from monteclora_pyro.tasks.glue.family import GlueFamily, run_glue
+    from monteclora_pyro.tasks.glue.settings import default_model
+
+    toml = tmp_path / "ensemble2.toml"
+    toml.write_text('family = "ensemble"\nmembers = 2\n')
+    metrics = run_glue(_ensemble_config(tmp_path, glue_dir, "ensemble", str(toml)))
+    reference = run_glue(_ensemble_config(tmp_path, glue_dir, "map", "map"))
+    assert metrics["members"] == 2 and metrics["steps"] == 6
+    assert metrics["member_final_losses"][0] == reference["final_loss"]
+    assert metrics["mean_nll"] == pytest.approx(reference["nll"])  # the point estimate is member 0
+
+    saved = _network_weights(tmp_path / "ensemble")  # the weights at rest: member 0's
+    for name, value in _network_weights(tmp_path / "map").items():
+        torch.testing.assert_close(saved[name], value, rtol=0, atol=0, msg=name)
+
+    module, tokenizer = load_adapter(tmp_path / "ensemble" / "adapter", model=default_model())
+    assert module.predictive_draws(7) == [{MEMBER: torch.tensor(0)}, {MEMBER: torch.tensor(1)}]
+    family = GlueFamily(_ensemble_config(tmp_path, glue_dir, "unused", str(toml)))
+    family.load_data(tokenizer)
+    loader = family.loaders["dev"]
+    predictions = predict(module, loader, num_samples=7, device=torch.device("cpu"))
+    members = []
+    with torch.no_grad():
+        for k in (0, 1):
+            draw = {MEMBER: torch.tensor(k)}
+            probabilities = torch.cat([module.network_output(batch, draw).softmax(-1) for batch in loader])
+            module.set_draws(draw)
+            weights = {name: p.detach().clone() for name, p in module.network.named_parameters() if p.requires_grad}
+            members.append((weights, probabilities))
+    assert predictions["draws"].shape[1] == 2
+    torch.testing.assert_close(predictions["predictive"], (members[0][1] + members[1][1]) / 2)
+    lora_a = [name for name in members[0][0] if ".lora_A." in name]
+    assert lora_a and all(not torch.equal(members[0][0][n], members[1][0][n]) for n in lora_a)
+    assert not torch.allclose(members[0][1], members[1][1])
+    records = [json.loads(line) for line in (tmp_path / "ensemble" / "predictions.jsonl").read_text().splitlines()]
+    torch.testing.assert_close(torch.tensor([r["probabilities"] for r in records]), predictions["predictive"],
+                               rtol=0, atol=1e-6)
+    assert metrics["mutual_information"] > 0 and (tmp_path / "ensemble" / "posterior.nc").exists()
+
+
+def test_an_interrupted_ensemble_resumes_at_the_member_it_was_training(tmp_path, glue_dir, monkeypatch):
+    """Ctrl-C while member 1 trains; --resume takes member 0 from its finished checkpoint and member 1 from its
+    own (at step 2 of 4), and ends with the weights of an uninterrupted run."""
+    import monteclora_pyro.runner.pipeline as pipeline
+    from monteclora_pyro.runner.training import method_loss
+    from monteclora_pyro.tasks.glue.family import run_glue
+
+    toml = tmp_path / "ensemble2.toml"
+    toml.write_text('family = "ensemble"\nmembers = 2\n')
+    uninterrupted = run_glue(_ensemble_config(tmp_path, glue_dir, "whole", str(toml), max_steps=4))
+    calls, real_train = [], pipeline.train
+
+    def interrupted_train(*args, **kwargs):
+        calls.append(kwargs["checkpoint"].path.name)
+        if len(calls) == 2:  # member 1: Ctrl-C during its second step
+            steps = []
+
+            def loss(module, batch, kl_weight):
+                steps.append(batch)
+                if len(steps) == 2:
+                    os.kill(os.getpid(), signal.SIGINT)
+                return method_loss(module, batch, kl_weight)
+
+            kwargs["loss_fn"] = loss
+        return real_train(*args, **kwargs)
+
+    config = _ensemble_config(tmp_path, glue_dir, "cut", str(toml), max_steps=4)
+    monkeypatch.setattr(pipeline, "train", interrupted_train)
+    with pytest.raises(KeyboardInterrupt):
+        run_glue(config)
+    assert calls == ["checkpoint.pt", "checkpoint-member1.pt"]
+    member_checkpoint = config.checkpoint_path().with_name("checkpoint-member1.pt")
+    assert torch.load(member_checkpoint, weights_only=False)["step"] == 2
+    trained_steps = []
+
+    def counted_train(*args, **kwargs):  # how many steps each member still takes
+        trained_steps.append(0)
+
+        def loss(module, batch, kl_weight):
+            trained_steps[-1] += 1
+            return method_loss(module, batch, kl_weight)
+
+        return real_train(*args, **kwargs | {"loss_fn": loss})
+
+    monkeypatch.setattr(pipeline, "train", counted_train)
+    resumed = run_glue(dataclasses.replace(config, resume=True, overwrite_output_dir=True))
+    assert trained_steps == [0, 2]
+    assert resumed["member_final_losses"] == uninterrupted["member_final_losses"]
+    whole, cut = _network_weights(tmp_path / "whole"), _network_weights(tmp_path / "cut")
+    for name, value in whole.items():
+        torch.testing.assert_close(cut[name], value, rtol=0, atol=0, msg=name)
+    assert resumed["nll"] == pytest.approx(uninterrupted["nll"], abs=1e-6)
+
+
+def test_an_ensemble_needs_two_members():
+    from monteclora_pyro.declarations import PriorSpec
+
+    with pytest.raises(ValueError, match=r"prior: members = 1 must be an integer >= 2 \(one member is 'map'\)"):
+        PriorSpec(family="ensemble", members=1)

@@ -104,6 +104,10 @@ def test_stsb_regression_end_to_end(tmp_path, glue_dir):
     assert {"ts_nll", "ts_ece", "mcd_nll", "mcd_crps", "noise_scale", "holdout_noise_scale"} <= set(metrics)
     assert metrics["nll"] > 0 and 0 <= metrics["ece"] <= 0.5 and metrics["crps"] > 0
     assert -1.0 <= metrics["pearson"] <= 1.0
+    # the predictive's noise is the one around each draw: the learned one less the draws' spread
+    assert metrics["train_draw_variance"] > 0
+    assert metrics["noise_scale"] ** 2 == pytest.approx(metrics["learned_noise_scale"] ** 2
+                                                        - metrics["train_draw_variance"], rel=1e-6)
     assert json.loads((tmp_path / "metrics.json").read_text())["task"] == "stsb"
     assert (tmp_path / "posterior.nc").exists() and (tmp_path / "plots" / "reliability.png").exists()
     # the head starts at the targets' mean (STS-B's is about 2.7), not at 0, where LoRA's first steps
@@ -190,3 +194,18 @@ def test_an_output_dir_that_is_a_file_is_refused_and_left_alone(tmp_path):
     with pytest.raises(ValueError, match=r"output_dir = '.*notes.txt' is a file; give a folder"):
         run_glue(config)
     assert target.read_text() == "mine"
+
+
+def test_the_posterior_stage_runs_after_training_and_is_refused_where_there_is_no_guide(tmp_path, glue_dir):
+    config = GlueRunConfig(task="sst2", data_dir=str(glue_dir), output_dir=str(tmp_path / "stage"),
+                           prior="monteclora_scaled_ab", max_steps=2, posterior_steps=4, batch_size=8, num_samples=2,
+                           max_length=32, max_train_samples=16, max_eval_samples=8, progress=False)
+    metrics = run_glue(config)
+    stage = metrics["posterior_stage"]
+    assert stage["steps"] == 4 and len(stage["trajectory"]["loss"]) == 4 and stage["seconds"] > 0
+    assert any(name.endswith("scale_loc") for name in stage["settled_share"])
+    assert (tmp_path / "stage" / "plots" / "variational.png").stat().st_size > 0
+    for prior, why in (("map", "this method's guide has none"), ("blob", "takes its KL in a step of its own")):
+        with pytest.raises(ValueError, match=why):
+            run_glue(dataclasses.replace(config, prior=prior, output_dir=str(tmp_path / prior)))
+        assert not (tmp_path / prior).exists()

@@ -1,5 +1,6 @@
 """The regression predictive's scores against scipy (density, CDF) and Monte Carlo (CRPS), and the
-quantile ECE and the refitted noise scale on data drawn from a known predictive."""
+quantile ECE and the refitted noise scale on data drawn from a known predictive; the residual noise
+scale on a conjugate linear-Gaussian regression."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from monteclora_pyro.regression_calibration import (
     probability_integral_transform,
     quantile_calibration_error,
     regression_calibration,
+    residual_noise_scale,
 )
 
 
@@ -83,3 +85,44 @@ def test_bad_scale_is_named(scale):
 def test_shapes_are_checked():
     with pytest.raises(ValueError, match=r"draws must be \(examples x draws\).*got shapes \(10,\) and \(10,\)"):
         crps(torch.zeros(10), torch.zeros(10), 1.0)
+
+
+def _linear_regression(n: int, weights: torch.Tensor, noise: float, generator: torch.Generator):
+    inputs = torch.randn(n, len(weights), generator=generator, dtype=torch.float64)
+    return inputs, inputs @ weights + noise * torch.randn(n, generator=generator, dtype=torch.float64)
+
+
+def test_the_residual_noise_counts_the_draws_spread_once():
+    """Bayesian linear regression (prior N(0, I), noise 0.5), with the sigma an ELBO learns under q in closed
+    form: sigma^2 = mean_i E_q[(y_i - x_i w)^2].  Under the exact posterior that sigma is the true noise and
+    the residual one keeps it (the spread on the training rows is d/n of it); under a q whose spread is
+    inflated by hand (20 times the posterior's std), sigma absorbs the spread, and the residual noise takes
+    it out again: the predictive mixture on fresh rows then has a lower NLL and a mean variance equal to
+    the learned sigma^2, instead of sigma^2 plus the spread a second time."""
+    generator = torch.Generator().manual_seed(0)
+    noise, weights = 0.5, torch.randn(3, generator=generator, dtype=torch.float64)
+    inputs, targets = _linear_regression(400, weights, noise, generator)
+    fresh_inputs, fresh_targets = _linear_regression(4000, weights, noise, generator)
+    covariance = torch.linalg.inv(torch.eye(3, dtype=torch.float64) + inputs.T @ inputs / noise**2)
+    mean = covariance @ inputs.T @ targets / noise**2
+    for inflation in (1.0, 20.0):
+        q_covariance = inflation**2 * covariance
+        spread = torch.einsum("nd,de,ne->n", inputs, q_covariance, inputs)  # Var_q[x_i w] per training row
+        learned = float(((targets - inputs @ mean) ** 2 + spread).mean().sqrt())
+        residual = residual_noise_scale(learned, float(spread.mean()))
+        assert residual**2 == pytest.approx(learned**2 - float(spread.mean()), rel=1e-12)
+        draws = mean + torch.randn(64, 3, generator=generator, dtype=torch.float64) @ torch.linalg.cholesky(
+            q_covariance).T
+        predictions = fresh_inputs @ draws.T  # fresh rows x draws
+        if inflation == 1.0:
+            assert learned == pytest.approx(noise, rel=0.1)
+            assert residual == pytest.approx(learned, rel=0.02)
+        else:
+            assert learned > 1.3 * noise
+            assert mixture_nll(predictions, fresh_targets, residual) < mixture_nll(predictions, fresh_targets, learned)
+            assert residual**2 + float(predictions.var(1).mean()) == pytest.approx(learned**2, rel=0.15)
+    assert residual_noise_scale(1.0, 4.0) == pytest.approx(0.1)  # a spread beyond sigma^2: the floor
+    with pytest.raises(ValueError, match="draw_variance = -1.0 must be a finite number >= 0"):
+        residual_noise_scale(1.0, -1.0)
+    with pytest.raises(ValueError, match="scale = 0.0 must be a finite number > 0"):
+        residual_noise_scale(0.0, 0.0)

@@ -10,7 +10,7 @@ from ..distributions import Delta
 from . import register_guide
 
 
-@register_guide("delta", families=("map", "gaussian"), point_mass=True)
+@register_guide("delta", families=("map", "gaussian", "ensemble"), point_mass=True)
 class DeltaGuide(nn.Module):
     """No parameters of its own: the PEFT factor weight is the point estimate."""
 

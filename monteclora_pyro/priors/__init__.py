@@ -93,6 +93,33 @@ class PriorFamily(nn.Module):
         """The linearized predictive on ``batch``: ``predictive`` and ``num_samples`` ``draws``."""
         raise NotImplementedError(f"prior family {self.name!r} has no linearized predictive")
 
+    post_hoc: ClassVar[bool] = False  # the posterior is fitted or assembled after training, which saw no draws
+
+    # a family whose posterior mixes point estimates trained one after the other (a LoRA ensemble) overrides these
+    members: int = 1  # how many point estimates the pipeline trains
+
+    def attach(self, module: Any) -> None:
+        """Called once the method around this prior is built (default: nothing)."""
+
+    def start_member(self, module: Any, member: int, seed: int) -> None:
+        """Set the starting weights of member ``member`` (>= 1), drawn from ``seed``."""
+        raise NotImplementedError(f"prior family {self.name!r} trains one point estimate, not members")
+
+    def store_member(self, module: Any, member: int) -> None:
+        """Keep the trained weights of member ``member`` (default: nothing to keep)."""
+
+    def place(self, module: Any, factors: dict[str, Any]) -> dict[str, Any]:
+        """Put what a posterior draw holds besides factor values in place; the factors left to draw (default: all)."""
+        return factors
+
+    def draw(self) -> dict[str, torch.Tensor] | None:
+        """A posterior draw of the family's own, or None: the guide's (default)."""
+        return None
+
+    def predictive_draws(self, num_samples: int) -> list[dict[str, torch.Tensor]] | None:
+        """The draws a predictive averages, when the family sets them (an ensemble: each member once), or None."""
+        return None
+
     def summaries(self, group: Any, guide_sites: Mapping[str, dict], means: torch.Tensor) -> dict[str, torch.Tensor]:
         """One guide draw of the group's latents (``guide_sites``: trace nodes by name) reduced to a few numbers
         per layer (leading dim), for ``posterior.nc``."""

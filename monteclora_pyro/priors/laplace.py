@@ -51,6 +51,7 @@ class LaplacePrior(FactorPrior):
     declaration = LaplaceSpec
     default_guide = "laplace"
     fitted_buffers = ("prior_precision",)
+    post_hoc = True
 
     def __init__(self, spec: LaplaceSpec) -> None:
         super().__init__(spec)

@@ -19,6 +19,7 @@ import math
 import os
 import platform
 import shutil
+import statistics
 import subprocess
 import sys
 import time
@@ -41,10 +42,10 @@ from ..lora_method import LoRAMethod
 from ..methods import build_method
 from .checkpoints import Checkpointer
 from .distributed import World, seeded_sampler, sharded_loader, world
-from .plots import plot_elbo, plot_posterior_spread
+from .plots import plot_elbo, plot_posterior_spread, plot_variational_trajectories
 from .settings import RunConfig
 from .tracking import check_tracker, open_tracker
-from .training import train
+from .training import check_posterior_stage, fit_variational, settled_share, train
 
 __all__ = ["Evaluation", "TaskFamily", "environment", "make_loader", "run", "run_or_exit"]
 
@@ -240,14 +241,18 @@ def _run(family: TaskFamily, output_dir: Path | None, processes: World) -> dict[
     module = _method(family, model, len(train_set), device)
     if config.init_adapter is not None:
         load_trained_weights(module, config.init_adapter)
+    if config.posterior_steps:
+        check_posterior_stage(module)
 
     # train, with the scores after each epoch when asked (by rank 0)
     steps_per_epoch = math.ceil(len(train_loader) / config.gradient_accumulation_steps)
     total_epochs = math.ceil(config.total_steps(steps_per_epoch) / steps_per_epoch)
-    checkpoint = Checkpointer(config.checkpoint_path(), config.checkpoint_every, resume=config.resume,
-                              extra={"config": config.record(), "epochs": []},
-                              compare=lambda saved: config.changes_from(saved["config"]),
-                              writer=processes.is_main)  # every process resumes from it; rank 0 writes it
+    def checkpointer(path: Path) -> Checkpointer:  # every process resumes from it; rank 0 writes it
+        return Checkpointer(path, config.checkpoint_every, resume=config.resume,
+                            extra={"config": config.record(), "epochs": []},
+                            compare=lambda saved: config.changes_from(saved["config"]), writer=processes.is_main)
+
+    checkpoint = checkpointer(config.checkpoint_path())
 
     tracker = None if output_dir is None else open_tracker(  # written with the run, in OUTPUT_DIR/logs
         config.report_to, Path(config.output_dir).name, output_dir / "logs", config.record())
@@ -260,25 +265,48 @@ def _run(family: TaskFamily, output_dir: Path | None, processes: World) -> dict[
                 tracker.log({f"dev/{k}": v for k, v in scores.items()}, step=epoch * steps_per_epoch)
 
     start = time.perf_counter()
+    wrapped, histories = processes.wrap(module, device), []
     try:
-        history = train(processes.wrap(module, device), train_loader, config, device=device,
-                        checkpoint=checkpoint,
-                        on_epoch_end=evaluate_epoch if config.eval_each_epoch else None,
-                        on_log=None if tracker is None else
-                        lambda step, values: tracker.log({f"train/{k}": v for k, v in values.items()}, step=step))
+        # an ensemble's members one after the other (member k from seed + k, its own checkpoint); else one model
+        for member in range(module.ensemble_size):
+            if member:
+                module.start_member(member, config.seed + member)
+                train_loader = make_loader(train_set, collate, config.batch_size, shuffle=True,
+                                           seed=config.seed + member, world=processes)
+            history = train(wrapped, train_loader, config, device=device,
+                            checkpoint=checkpoint if member == 0 else checkpointer(
+                                checkpoint.path.with_name(f"checkpoint-member{member}.pt")),
+                            on_epoch_end=evaluate_epoch if config.eval_each_epoch and member == 0 else None,
+                            on_log=None if tracker is None or member else
+                            lambda step, values: tracker.log({f"train/{k}": v for k, v in values.items()}, step=step))
+            module.store_member(member)
+            histories.append(history)
+        stage_start = time.perf_counter()
+        stage = fit_variational(wrapped, train_loader, config, device) if config.posterior_steps else None
+        stage_seconds = time.perf_counter() - stage_start
     finally:
         if tracker is not None:
             tracker.finish()
     if not processes.is_main:
         return {}
+    history = histories[0]  # the plots and the per-epoch scores are the first member's
+    steps = sum(h.steps for h in histories)
     metrics: dict[str, Any] = family.describe() | {
         "prior": spec.name, "guide": module.guide_name, "method": config.peer or spec.name,
-        "seed": config.seed, "steps": history.steps,
+        "seed": config.seed, "steps": steps,
         "train_seconds": time.perf_counter() - start,
-        "median_step_seconds": history.median_step_seconds() if history.steps else None,
+        "median_step_seconds": statistics.median(h.median_step_seconds() for h in histories if h.steps)
+        if steps else None,
         "final_loss": history.loss[-1] if history.steps else None, "num_train": len(train_set),
         "num_samples": config.num_samples if module.has_posterior else None,
     }
+    if stage is not None:  # where the guide's parameters ended, and whether they had stopped moving
+        metrics["posterior_stage"] = {"steps": config.posterior_steps, "seconds": stage_seconds, "settled_share": {
+            name: settled_share(values) for name, values in stage.items() if name != "loss"}, "trajectory": stage}
+        plot_variational_trajectories(stage, output_dir / "plots" / "variational.png")
+    if len(histories) > 1:
+        metrics["members"] = len(histories)
+        metrics["member_final_losses"] = [h.loss[-1] if h.steps else None for h in histories]
 
     # a posterior fitted after training (the Laplace approximation), on the training rows in order
     fit_loader = make_loader(train_set, collate, config.eval_batch_size, shuffle=False)

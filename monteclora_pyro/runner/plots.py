@@ -159,6 +159,30 @@ def plot_elbo(
     return _save(figure, path)
 
 
+def plot_variational_trajectories(trajectory: Mapping[str, Sequence[float]], path: str | Path) -> Path:
+    """The posterior stage (``posterior_steps``): the -ELBO per example and each guide parameter's mean over its
+    steps, one panel per kind of parameter (``log_scale``, ``scale_loc``, ...), one line per group of sites; flat
+    lines at the end say the stage reached the optimum given the means."""
+    if not trajectory.get("loss"):
+        raise ValueError("trajectory has no 'loss' steps")
+    kinds: dict[str, list[str]] = {}
+    for name in trajectory:
+        if name != "loss":
+            kinds.setdefault(name.rsplit(".", 1)[-1], []).append(name)
+    figure = Figure(figsize=(7, 2.2 * (1 + len(kinds))), layout="constrained")
+    axes = np.atleast_1d(figure.subplots(1 + len(kinds), 1, sharex=True))
+    steps = np.arange(1, len(trajectory["loss"]) + 1)
+    axes[0].plot(steps, trajectory["loss"], color="lightgray", lw=0.8)
+    axes[0].set(ylabel="-ELBO / N", title="Posterior stage: the guide's parameters alone, the means fixed")
+    for axis, (kind, names) in zip(axes[1:], sorted(kinds.items()), strict=True):
+        for name, short in zip(names, _short_names([n.rsplit(".", 1)[0] for n in names]), strict=True):
+            axis.plot(steps, trajectory[name], lw=1, label=short)
+        axis.set_ylabel(f"mean {kind}", fontsize=8)
+        axis.legend(fontsize=6)
+    axes[-1].set_xlabel("posterior step")
+    return _save(figure, path)
+
+
 def plot_metric_vs_lr(rows: Sequence[Mapping], path: str | Path, metric: str) -> Path:
     """A sweep's metric against the learning rate: one colour per method, one line style per batch size,
     the mean over seeds with its min-max range as error bars."""

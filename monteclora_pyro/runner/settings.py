@@ -67,6 +67,9 @@ class TrainConfig:
     divergence_factor: float = option(10.0, "stop the run as failed when the loss of the last steps (their median) "
                                             "is over this many times the first step's (0: never)", nonnegative_float)
     progress: bool = option(True, "progress bar")
+    posterior_steps: int = option(0, "after training, Adam steps on the guides' own parameters alone (the LoRA means "
+                                     "and head fixed) at --variational-lr without decay, so the hyper-latents reach "
+                                     "the ELBO's optimum around the trained means (0: none)", nonnegative_int)
 
     def __post_init__(self) -> None:
         check_options(self)

@@ -31,7 +31,7 @@ from .checkpoints import Checkpointer, learnable_state, load_learnable, restore_
 from .distributed import unwrap
 from .settings import TrainConfig
 
-__all__ = ["TrainHistory", "parameter_groups", "train"]
+__all__ = ["TrainHistory", "check_posterior_stage", "fit_variational", "parameter_groups", "settled_share", "train"]
 
 LossFn = Callable[[nn.Module, Mapping[str, torch.Tensor], float], torch.Tensor]
 
@@ -300,3 +300,73 @@ def train(
                                         if checkpoint is not None else f"interrupted after step {step}")
     bar.close()
     return history
+
+
+def check_posterior_stage(method: LoRAMethod) -> None:
+    """Refuse, before training, a stage on the guides' parameters that a method cannot take."""
+    if not method.guide_parameters():
+        raise ValueError("posterior_steps > 0 fits the guide's own parameters, and this method's guide has none "
+                         "(a point estimate, Laplace, an ensemble or a PEFT peer); use posterior_steps = 0")
+    if not method.kl_in_loss:
+        raise ValueError("posterior_steps > 0 fits the guide on the ELBO, and this method takes its KL in a step "
+                         "of its own (BLoB); use posterior_steps = 0")
+
+
+def fit_variational(module: nn.Module, loader: Iterable, config: TrainConfig, device: torch.device | str | None = None
+                    ) -> dict[str, list[float]]:
+    """The hyper-latents' stage: ``config.posterior_steps`` Adam steps on the guides' parameters alone, the LoRA
+    means, head and noise scale fixed, on the same tempered -ELBO at ``variational_lr`` held constant.
+
+    In training the variational parameters share the LoRA weights' warm-up and decay, so a log-scale moves by
+    at most about lr per step and ends where the schedule stopped it; here, the means fixed, their optimum is
+    the best q of the hyper-latents given the trained means.  In a multi-process run every process takes its
+    shard of each batch and the gradients are averaged.  Returns the trajectory: ``loss`` per step and each
+    parameter's mean per step (by name)."""
+    device = torch.device(device) if device is not None else next(module.parameters()).device
+    method: LoRAMethod = unwrap(module)
+    check_posterior_stage(method)
+    stage = method.guide_parameters()
+    in_stage = {id(p) for p in stage}
+    fixed = [p for p in method.parameters() if p.requires_grad and id(p) not in in_stage]
+    names = {id(p): n for n, p in method.named_parameters()}
+    optimizer = torch.optim.Adam(stage, lr=config.variational_lr or config.lr)
+    world = torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
+    trajectory: dict[str, list[float]] = {"loss": []} | {names[id(p)]: [] for p in stage}
+    for p in fixed:
+        p.requires_grad_(False)
+    method.train()
+    batches = _batches(loader, 0, None)
+    try:
+        for step in tqdm(range(config.posterior_steps), disable=not config.progress, desc="posterior",
+                         dynamic_ncols=True):
+            optimizer.zero_grad(set_to_none=True)
+            _, batch, _ = next(batches)
+            loss = method(move_to(batch, device), kl_weight=method.kl_weight)
+            if not math.isfinite(loss.item()):
+                raise FloatingPointError(f"posterior step {step}: the loss is {loss.item()} (variational lr = "
+                                         f"{config.variational_lr}); lower it")
+            loss.backward()
+            if world > 1:
+                for p in stage:
+                    torch.distributed.all_reduce(p.grad)
+                    p.grad /= world
+            optimizer.step()
+            trajectory["loss"].append(loss.item())
+            for p in stage:
+                trajectory[names[id(p)]].append(float(p.detach().float().mean()))
+    finally:
+        for p in fixed:
+            p.requires_grad_(True)
+    return trajectory
+
+
+def settled_share(values: list[float], window: float = 0.2) -> float:
+    """How much a trajectory still drifts at its end: the change of its mean between the last two ``window``
+    shares of its steps, as a share of how far that last mean is from the start.  About 0.2 for a straight
+    line, near 0 once it only fluctuates around where it ended (a noisy gradient keeps it fluctuating)."""
+    size = int(len(values) * window)
+    if size < 2:
+        return float("nan")
+    last, previous = statistics.fmean(values[-size:]), statistics.fmean(values[-2 * size:-size])
+    moved = abs(last - values[0])
+    return abs(last - previous) / moved if moved > 0 else 0.0

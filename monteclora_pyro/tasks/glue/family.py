@@ -4,7 +4,8 @@ Its evaluation: the posterior-mean (``mean_*``) and S-draw predictive metrics (a
 MCE, Brier and the task's GLUE metric; for regression correlations, MSE, and the NLL, quantile ECE
 and CRPS of the predictive mixture), the post-hoc fix fitted on held-out training rows (``ts_*``:
 temperature scaling, or for regression a refitted noise scale), MC dropout (``mcd_*``) when asked,
-and the reliability diagram.
+and the reliability diagram.  A regression predictive mixes N(draw, s) with s the noise around each
+draw (:func:`~monteclora_pyro.regression_calibration.residual_noise_scale`), not the noise learned under q.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from ...regression_calibration import (
     mixture_log_density,
     probability_integral_transform,
     regression_calibration,
+    residual_noise_scale,
 )
 from ...runner.pipeline import Evaluation, TaskFamily, make_loader, run
 from ...runner.plots import plot_quantile_calibration, plot_reliability
@@ -34,6 +36,8 @@ from .data import load_glue
 from .settings import GlueRunConfig, GlueTask
 
 __all__ = ["GlueFamily", "dev_scores", "run_glue"]
+
+NOISE_ROWS = 256  # training rows whose draws' spread is taken out of a noise scale learned under q
 
 
 def dev_scores(predictive: torch.Tensor, labels: torch.Tensor, task: GlueTask, draws: torch.Tensor | None = None,
@@ -108,6 +112,9 @@ class GlueFamily(TaskFamily):
         collate = DataCollatorWithPadding(tokenizer)
         self.loaders = {split: make_loader(data[split], collate, config.eval_batch_size, shuffle=False)
                         for split in (*self.task.dev_splits, "holdout") if split in data}
+        if self.task.num_labels == 1:
+            rows = data["train"].select(range(min(NOISE_ROWS, len(data["train"]))))
+            self.loaders["noise"] = make_loader(rows, collate, config.eval_batch_size, shuffle=False)
         return data["train"], collate
 
     def prepare_model(self, model, train_set) -> None:
@@ -132,23 +139,32 @@ class GlueFamily(TaskFamily):
     def _predictions(self, module, device, split: str, with_mean: bool = True) -> dict[str, torch.Tensor]:
         return predict(module, self.loaders[split], self.config.num_samples, device, with_mean)
 
-    def _noise_scale(self, module, device, held_out: dict[str, torch.Tensor] | None = None) -> float | None:
-        """Regression: the likelihood's learned noise scale.  A peer trains on MSE and has none: its scale is
-        the one fitted on the held-out rows, or None (no NLL or calibration) without them."""
+    def _noise(self, module, device, held_out: dict[str, torch.Tensor] | None = None) -> dict[str, float]:
+        """Regression: ``noise_scale``, the predictive's noise around each draw.  With a scale learned under a
+        posterior that is sampled, the residual one (``learned_noise_scale`` minus ``train_draw_variance``,
+        the draws' spread on the first training rows); a point mass, or a posterior fitted or assembled
+        after training (Laplace, an ensemble), learned its scale without draws and keeps it.  A peer trains
+        on MSE and has none: its scale is the one fitted on the held-out rows, or none (no NLL or calibration)
+        without them.  Classification: {}."""
         likelihood = module.likelihood
         if not likelihood.regression:
-            return None
-        if likelihood.learned:
-            return float(likelihood.log_scale.detach().exp())
-        held_out = held_out if held_out is not None else self._held_out(module, device)
-        return fit_noise_scale(held_out["draws"], held_out["labels"]) if held_out is not None else None
+            return {}
+        if not likelihood.learned:
+            held_out = held_out if held_out is not None else self._held_out(module, device)
+            return {} if held_out is None else {"noise_scale": fit_noise_scale(held_out["draws"], held_out["labels"])}
+        learned = float(likelihood.log_scale.detach().exp())
+        if module.post_hoc:
+            return {"noise_scale": learned}
+        spread = float(self._predictions(module, device, "noise", with_mean=False)["predictive_var"].mean())
+        return {"noise_scale": residual_noise_scale(learned, spread), "learned_noise_scale": learned,
+                "train_draw_variance": spread}
 
     def _held_out(self, module, device) -> dict[str, torch.Tensor] | None:
         return self._predictions(module, device, "holdout", with_mean=False) if "holdout" in self.loaders else None
 
     def epoch_scores(self, module, device) -> dict[str, float]:
         predictions = self._predictions(module, device, self.task.dev_splits[0], with_mean=False)
-        scale = self._noise_scale(module, device)
+        scale = self._noise(module, device).get("noise_scale")
         return dev_scores(predictions["predictive"], predictions["labels"], self.task, predictions["draws"], scale)
 
     def _recalibrated_scores(self, predictions: dict[str, torch.Tensor], fitted: dict[str, Any]) -> dict[str, float]:
@@ -165,8 +181,8 @@ class GlueFamily(TaskFamily):
         each example's predictive in ``predictions.jsonl`` (``predictions_<split>.jsonl`` for the others)."""
         config, task = self.config, self.task
         held_out = self._held_out(module, device)
-        scale = self._noise_scale(module, device, held_out)
-        metrics: dict[str, Any] = {} if scale is None else {"noise_scale": scale}
+        metrics: dict[str, Any] = self._noise(module, device, held_out)
+        scale = metrics.get("noise_scale")
         if held_out is not None:
             metrics["num_holdout"] = len(self.loaders["holdout"].dataset)
             if task.num_labels > 1:
