@@ -127,6 +127,20 @@ def test_a_laplace_posterior_fitted_to_a_trained_adapter(tiny_llama, data_dir, t
         commonsense_config(tiny_llama, data_dir, tmp_path, init_adapter=str(tmp_path)).resolved()
 
 
+def test_an_ensemble_of_a_causal_lm_mixes_its_members(tiny_llama, data_dir, tmp_path):  # noqa: F811
+    """The ensemble family on the commonsense runner: member 0 is the map run, the mixture of two members
+    disagrees (mutual information > 0) and its posterior-mean scores are member 0's."""
+    toml = tmp_path / "ensemble2.toml"
+    toml.write_text('family = "ensemble"\nmembers = 2\n')
+    trained = run_commonsense(commonsense_config(tiny_llama, data_dir, tmp_path, output_dir=str(tmp_path / "map")))
+    mixed = run_commonsense(commonsense_config(tiny_llama, data_dir, tmp_path, prior=str(toml)))
+    assert mixed["members"] == 2 and mixed["steps"] == 2 * trained["steps"]
+    assert mixed["member_final_losses"][0] == trained["final_loss"]
+    for task in ("openbookqa", "ARC-Easy"):
+        assert mixed[task]["mean_nll"] == pytest.approx(trained[task]["mean_nll"], rel=1e-6)
+        assert mixed[task]["mutual_information"] > 0 == trained[task]["mutual_information"]
+
+
 def test_held_out_temperature_scores_every_seed_on_the_same_rows(tiny_llama, data_dir, tmp_path):  # noqa: F811
     config = commonsense_config(tiny_llama, data_dir, tmp_path)
     family = CommonsenseFamily(config)
