@@ -349,23 +349,28 @@ def test_exported_adapter_scores_the_same_in_lm_evaluation_harness(tiny_llama, d
     assert results["results"]["monteclora_arc_easy"]["acc,none"] == pytest.approx(texts["ARC-Easy"]["mean_accuracy"])
 
 
-LAUNCHERS = {"torchrun": ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"],
-             "accelerate": ["-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines",
-                            "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0"]}
+TORCHRUN = ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+LAUNCHERS = {"torchrun": (TORCHRUN, []), "torchrun-fsdp": (TORCHRUN, ["--sharding", "fsdp"]),
+             "accelerate": (["-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+                             "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+                             "--main_process_port", "0"], [])}
 
 
 @pytest.mark.parametrize("launcher", sorted(LAUNCHERS))
 def test_torchrun_and_accelerate_launch_run_the_commonsense_runner_unchanged(tiny_llama, data_dir, tmp_path,
                                                                              launcher):
+    """Two processes from either launcher, with DDP or with the backbone sharded by FSDP (rank 0 then
+    evaluating alone on the gathered weights)."""
     import os
     import subprocess
     import sys
 
     out = tmp_path / "ddp"
-    command = [sys.executable, *LAUNCHERS[launcher],
+    launch, extra = LAUNCHERS[launcher]
+    command = [sys.executable, *launch,
                str(REPO / "experiments" / "svi_commonsense.py"), "--model", tiny_llama, "--data-dir", str(data_dir),
                "--max-steps", "2", "--batch-size", "4", "--eval-tasks", "ARC-Easy,boolq", "--max-eval-examples", "4",
-               "--num-samples", "2", "--no-progress", "--output-dir", str(out)]
+               "--num-samples", "2", "--no-progress", "--output-dir", str(out), *extra]
     done = subprocess.run(command, capture_output=True, text=True, timeout=600,
                           env={**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"})
     assert done.returncode == 0, done.stderr[-2000:]

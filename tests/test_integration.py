@@ -276,10 +276,16 @@ def test_torchrun_two_processes_share_the_global_batch(glue_dir, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]  # one writer, nothing left behind
 
 
-def test_a_two_process_run_killed_and_resumed_ends_as_an_uninterrupted_one(glue_dir, tmp_path):
+LAUNCHERS = {"torchrun": ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"],
+             "accelerate": ["-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines",
+                            "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0"]}
+
+
+@pytest.mark.parametrize("launcher", sorted(LAUNCHERS))
+def test_a_two_process_run_killed_and_resumed_ends_as_an_uninterrupted_one(glue_dir, tmp_path, launcher):
     def command(out: Path, *extra: str) -> list[str]:
-        return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                "experiments/svi_glue.py", "--task", "sst2", "--data-dir", str(glue_dir), "--prior",
+        return [sys.executable, *LAUNCHERS[launcher], "experiments/svi_glue.py", "--task", "sst2", "--data-dir",
+                str(glue_dir), "--prior",
                 "monteclora_scaled_ab", "--max-train-samples", "64", "--batch-size", "8", "--epochs", "2",
                 "--max-eval-samples", "8", "--max-length", "32", "--num-samples", "2", "--no-progress",
                 "--checkpoint-every", "1", "--output-dir", str(out), *extra]

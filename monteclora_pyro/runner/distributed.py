@@ -1,4 +1,5 @@
-"""Multi-process data-parallel training (``torchrun`` or ``accelerate launch``), with torch's DDP.
+"""Multi-process data-parallel training (``torchrun`` or ``accelerate launch``), with torch's DDP, or with the
+frozen backbone's weights sharded across the processes by torch's FSDP (``sharding = "fsdp"``).
 
 Each process trains on its shard of every global batch (a ``DistributedSampler``: the same seeded
 permutation everywhere, rank r taking every W-th row), computes its local -ELBO / N with the
@@ -6,6 +7,12 @@ likelihood's plate scaled from its local rows to N, and DDP averages the gradien
 the W local estimates is the single-process estimate with the global batch, so the objective and
 its scale are unchanged; every process draws the same posterior sample (same seed), so the
 variational parameters stay synchronized, and only rank 0 writes files.
+
+With FSDP (``fully_shard`` on every transformer block of the network and on the network), each process
+keeps 1/W of every frozen weight and gathers a block's weights for its forward and backward; the LoRA
+factors, the head, the guides' and the likelihood's parameters (everything trained: small) are left out of
+the sharding, replicated in float32, and their gradients averaged across processes as DDP would.  For the
+evaluation, which rank 0 runs alone, the processes gather the full weights once.
 """
 
 from __future__ import annotations
@@ -18,6 +25,8 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
+
+from .settings import SHARDING
 
 __all__ = ["World", "seeded_sampler", "sharded_loader", "unwrap", "world"]
 
@@ -43,15 +52,62 @@ class World:
         if self.distributed and not dist.is_initialized():
             dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
 
-    def wrap(self, module: nn.Module, device: torch.device) -> nn.Module:
-        """``module`` in DDP when distributed (its gradients averaged across processes), else itself."""
+    def wrap(self, module: nn.Module, device: torch.device, sharding: str = "ddp") -> nn.Module:
+        """``module`` in DDP when distributed (its gradients averaged across processes), or with ``fsdp`` its
+        network's frozen weights sharded and its trained parameters' gradients averaged; else itself."""
+        if sharding not in SHARDING:
+            raise ValueError(f"sharding = {sharding!r}; allowed: {', '.join(SHARDING)}")
         if not self.distributed:
             return module
+        if sharding == "fsdp":
+            return _fully_shard(module, self.size, device)
         return DistributedDataParallel(module, device_ids=[device.index] if device.type == "cuda" else None)
+
+    def gather_for_evaluation(self, module: nn.Module) -> None:
+        """After sharded training: every process gathers the full weights and keeps them, so that rank 0 can
+        run forward passes alone (no-op without FSDP)."""
+        from torch.distributed.fsdp import FSDPModule
+
+        for part in module.modules():
+            if isinstance(part, FSDPModule):
+                part.set_reshard_after_forward(False)
+                part.unshard()
+        self.barrier()
 
     def barrier(self) -> None:
         if self.distributed:
             dist.barrier()
+
+
+def _fully_shard(module: nn.Module, size: int, device: torch.device) -> nn.Module:
+    """FSDP over the network's transformer blocks (the model's ``_no_split_modules``) and the network, the trained
+    parameters left out of it and their gradients averaged over the ``size`` processes by a hook."""
+    from torch.distributed.fsdp import fully_shard
+
+    if device.type == "cuda":  # FSDP's device mesh is made on the current device
+        torch.cuda.set_device(device)
+    network = getattr(module, "network", module)
+    trained = {p for p in module.parameters() if p.requires_grad}
+    blocks = set(getattr(_hf_model(network), "_no_split_modules", None) or ())
+    for part in list(network.modules()):
+        if type(part).__name__ in blocks:
+            fully_shard(part, ignored_params=trained)
+    fully_shard(network, ignored_params=trained)
+
+    def average(gradient: torch.Tensor) -> torch.Tensor:
+        gradient = gradient.clone()
+        dist.all_reduce(gradient)
+        return gradient / size
+
+    for parameter in trained:  # each backward's gradient, before it is accumulated (gradient accumulation)
+        parameter.register_hook(average)
+    return module
+
+
+def _hf_model(network: nn.Module) -> nn.Module:
+    """The Hugging Face model inside a PEFT model (or the network itself)."""
+    get_base = getattr(network, "get_base_model", None)
+    return get_base() if callable(get_base) else network
 
 
 def world() -> World:

@@ -265,7 +265,7 @@ def _run(family: TaskFamily, output_dir: Path | None, processes: World) -> dict[
                 tracker.log({f"dev/{k}": v for k, v in scores.items()}, step=epoch * steps_per_epoch)
 
     start = time.perf_counter()
-    wrapped, histories = processes.wrap(module, device), []
+    wrapped, histories = processes.wrap(module, device, config.sharding), []
     try:
         # an ensemble's members one after the other (member k from seed + k, its own checkpoint); else one model
         for member in range(module.ensemble_size):
@@ -287,6 +287,8 @@ def _run(family: TaskFamily, output_dir: Path | None, processes: World) -> dict[
     finally:
         if tracker is not None:
             tracker.finish()
+    if config.sharding == "fsdp":
+        processes.gather_for_evaluation(module)
     if not processes.is_main:
         return {}
     history = histories[0]  # the plots and the per-epoch scores are the first member's

@@ -33,7 +33,7 @@ from ..kinds import (
 )
 from .options import check_options, option
 
-__all__ = ["BACKBONE_DTYPES", "MIXED_PRECISION", "REPORT_TO", "RESUME_IGNORED", "RunConfig", "TrainConfig",
+__all__ = ["BACKBONE_DTYPES", "MIXED_PRECISION", "REPORT_TO", "RESUME_IGNORED", "SHARDING", "RunConfig", "TrainConfig",
            "default_data_dir"]
 
 # settings a resumed run (or a finished sweep cell) may differ in: where things are, how progress is shown
@@ -42,6 +42,7 @@ RESUME_IGNORED = ("output_dir", "data_dir", "model", "device", "progress", "resu
 BACKBONE_DTYPES = ("float32", "bfloat16", "float16")
 REPORT_TO = ("none", "tensorboard", "wandb")
 MIXED_PRECISION = ("auto", "no", "bf16", "fp16")
+SHARDING = ("ddp", "fsdp")
 
 
 @dataclass
@@ -112,6 +113,9 @@ class RunConfig(TrainConfig):
                                           "scaling); samplers and KLs stay float32", choices=MIXED_PRECISION)
     backbone_dtype: str = option("float32", "dtype of the frozen backbone's weights (bfloat16 halves their memory; "
                                             "LoRA and variational parameters stay float32)", choices=BACKBONE_DTYPES)
+    sharding: str = option("ddp", "how several processes (torchrun, accelerate launch) share the model: ddp (each "
+                                  "holds the whole frozen backbone) or fsdp (its weights sharded across them by "
+                                  "torch's FSDP; the trained parameters replicated in float32)", choices=SHARDING)
     gradient_checkpointing: bool = option(False, "recompute activations in the backward pass (less memory; the "
                                                  "recomputed forward sees the same posterior draw)")
     eval_each_epoch: bool = option(False, "evaluation metrics after every epoch (metrics.json 'epochs')")
