@@ -70,9 +70,12 @@ def test_the_trainer_evaluates_the_posterior_predictive(tmp_path):
     assert predictions.shape == (16, 2) and abs(predictions.sum(-1) - 1).max() < 1e-5  # averaged probabilities
 
 
-def test_the_trainer_refuses_a_plain_model(tmp_path):
+def test_the_trainer_refuses_a_plain_model_and_an_ensemble(tmp_path):
     with pytest.raises(ValueError, match="give a Bayesian LoRA model"):
         BayesianTrainer(tiny_bert(2), arguments(tmp_path))
+    ensemble = bayesian_lora_from_model(tiny_bert(2), load_prior("ensemble", rank=2), num_data=16, num_labels=2)
+    with pytest.raises(ValueError, match="an ensemble of 5 members trains one member after the other"):
+        BayesianTrainer(ensemble, arguments(tmp_path))
 
 
 def test_a_users_peft_model_trains_through_the_trainer_and_its_draws_change_the_outputs(tmp_path):

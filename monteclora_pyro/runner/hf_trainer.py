@@ -43,6 +43,10 @@ class BayesianTrainer(Trainer):
         if model.separately_optimized() or not model.kl_in_loss:
             raise ValueError(f"{type(model).__name__} takes its KL in a step of its own (BLoB); train it with "
                              "monteclora_pyro.train or the command lines, not the Trainer")
+        if model.ensemble_size > 1:
+            raise ValueError(f"an ensemble of {model.ensemble_size} members trains one member after the other; "
+                             "train it with the command lines (or one Trainer per member, mixed by "
+                             "monteclora_pyro.prediction.mixture), not one Trainer")
         nonnegative_int.check("kl_anneal_steps", kl_anneal_steps)
         positive_int.check("num_samples", num_samples)
         super().__init__(model, *args, **kwargs)
