@@ -69,8 +69,10 @@ class TrainConfig:
                                             "is over this many times the first step's (0: never)", nonnegative_float)
     progress: bool = option(True, "progress bar")
     posterior_steps: int = option(0, "after training, Adam steps on the guides' own parameters alone (the LoRA means "
-                                     "and head fixed) at --variational-lr without decay, so the hyper-latents reach "
+                                     "and head fixed) at --posterior-lr without decay, so the hyper-latents reach "
                                      "the ELBO's optimum around the trained means (0: none)", nonnegative_int)
+    posterior_lr: float | None = option(None, "learning rate of the posterior steps ('same': --variational-lr)",
+                                        optional(positive_float))
 
     def __post_init__(self) -> None:
         check_options(self)

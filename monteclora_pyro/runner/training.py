@@ -315,7 +315,8 @@ def check_posterior_stage(method: LoRAMethod) -> None:
 def fit_variational(module: nn.Module, loader: Iterable, config: TrainConfig, device: torch.device | str | None = None
                     ) -> dict[str, list[float]]:
     """The hyper-latents' stage: ``config.posterior_steps`` Adam steps on the guides' parameters alone, the LoRA
-    means, head and noise scale fixed, on the same tempered -ELBO at ``variational_lr`` held constant.
+    means, head and noise scale fixed, on the same tempered -ELBO at ``posterior_lr`` (default:
+    ``variational_lr``) held constant.
 
     In training the variational parameters share the LoRA weights' warm-up and decay, so a log-scale moves by
     at most about lr per step and ends where the schedule stopped it; here, the means fixed, their optimum is
@@ -329,7 +330,7 @@ def fit_variational(module: nn.Module, loader: Iterable, config: TrainConfig, de
     in_stage = {id(p) for p in stage}
     fixed = [p for p in method.parameters() if p.requires_grad and id(p) not in in_stage]
     names = {id(p): n for n, p in method.named_parameters()}
-    optimizer = torch.optim.Adam(stage, lr=config.variational_lr or config.lr)
+    optimizer = torch.optim.Adam(stage, lr=config.posterior_lr or config.variational_lr or config.lr)
     world = torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
     trajectory: dict[str, list[float]] = {"loss": []} | {names[id(p)]: [] for p in stage}
     for p in fixed:
@@ -343,8 +344,8 @@ def fit_variational(module: nn.Module, loader: Iterable, config: TrainConfig, de
             _, batch, _ = next(batches)
             loss = method(move_to(batch, device), kl_weight=method.kl_weight)
             if not math.isfinite(loss.item()):
-                raise FloatingPointError(f"posterior step {step}: the loss is {loss.item()} (variational lr = "
-                                         f"{config.variational_lr}); lower it")
+                raise FloatingPointError(f"posterior step {step}: the loss is {loss.item()} (posterior lr = "
+                                         f"{optimizer.param_groups[0]['lr']}); lower it")
             loss.backward()
             if world > 1:
                 for p in stage:
