@@ -5,7 +5,7 @@ posterior-mean and the S-draw predictive on a GLUE dev set, and optionally expor
 posterior-mean adapter in PEFT's format (``PeftModel.from_pretrained``) or merged into the backbone.
 Several adapters (comma-separated) are scored as their equal-weight mixture: a LoRA ensemble.
 
-    python experiments/predict_glue.py --adapter runs/sst2-monteclora/adapter --task sst2 --num-samples 8 \
+    python experiments/predict_glue.py --adapter runs/sst2-monteclora_scaled_ab/adapter --task sst2 --num-samples 8 \
         --export-peft runs/sst2-peft --export-merged runs/sst2-merged
     python experiments/predict_glue.py --adapter runs/seed0/adapter,runs/seed1/adapter,runs/seed2/adapter --task sst2
 """
