@@ -306,6 +306,8 @@ def _run(family: TaskFamily, output_dir: Path | None, processes: World) -> dict[
         metrics["posterior_stage"] = {"steps": config.posterior_steps, "seconds": stage_seconds, "settled_share": {
             name: settled_share(values) for name, values in stage.items() if name != "loss"}, "trajectory": stage}
         plot_variational_trajectories(stage, output_dir / "plots" / "variational.png")
+        with torch.no_grad():  # the KL where the stage left q (the training's last logged one is before it)
+            metrics["posterior_stage"]["kl_per_example"] = float(module.kl_divergence()) / module.num_data
     if len(histories) > 1:
         metrics["members"] = len(histories)
         metrics["member_final_losses"] = [h.loss[-1] if h.steps else None for h in histories]
