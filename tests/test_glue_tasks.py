@@ -209,3 +209,27 @@ def test_the_posterior_stage_runs_after_training_and_is_refused_where_there_is_n
         with pytest.raises(ValueError, match=why):
             run_glue(dataclasses.replace(config, prior=prior, output_dir=str(tmp_path / prior)))
         assert not (tmp_path / prior).exists()
+
+
+def test_the_data_size_command_runs_each_size_once_and_tabulates_the_spread(tmp_path, glue_dir, capsys):
+    from monteclora_pyro.commands.data_size_glue import main
+
+    argv = ["--rows", "32,16", "--steps", "4", "--batch-size", "8", "--data-dir", str(glue_dir), "--max-length", "32",
+            "--max-eval-samples", "8", "--num-samples", "2", "--posterior-steps", "3", "--output-dir", str(tmp_path)]
+    summary = main(argv)
+    rows = summary["rows"]
+    assert [r["rows"] for r in rows] == [16, 32] and [r["steps"] for r in rows] == [4, 4]
+    assert [r["epochs"] for r in rows] == [2, 1] and rows[0]["shrink"] == 1.0
+    assert all(r["perturbation_std"] > 0 and r["kl_per_example"] > 0 for r in rows)
+    assert (tmp_path / "plots" / "spread_vs_rows.png").stat().st_size > 0
+    assert len((tmp_path / "data_size.csv").read_text().splitlines()) == 3
+    finished = (tmp_path / "sst2-16" / "metrics.json").stat().st_mtime_ns
+    again = main([*argv, "--report-only"])  # read, not run again
+    assert again["rows"] == rows and (tmp_path / "sst2-16" / "metrics.json").stat().st_mtime_ns == finished
+    assert "| 16 | 4 |" in capsys.readouterr().out
+    with pytest.raises(SystemExit):  # no perturbation spread to measure: refused before training
+        main([*argv, "--prior", "map", "--output-dir", str(tmp_path / "map")])
+    assert "prior = 'map' is of family 'map'" in capsys.readouterr().err and not (tmp_path / "map").exists()
+    with pytest.raises(SystemExit):  # a finished size made with other settings is not read as this one's
+        main([*argv, "--lr", "1e-3", "--report-only"])
+    assert "holds a run with other settings (lr: 0.002 there, 0.001 now)" in capsys.readouterr().err

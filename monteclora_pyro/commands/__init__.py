@@ -22,6 +22,7 @@ COMMANDS = {  # name: (module, what it does)
     "sweep-commonsense": ("sweep_commonsense", "the same sweep on commonsense reasoning"),
     "overfit-glue": ("overfit_glue", "the overfitting benchmark: calibration of every method on small training sets"),
     "shift-commonsense": ("shift_commonsense", "calibration under shift: train on OpenBookQA, score it and ARC"),
+    "data-size-glue": ("data_size_glue", "the posterior's spread against the number of training rows"),
     "compare-peft": ("compare_peft", "ours and PEFT's peers side by side with identical settings"),
 }
 

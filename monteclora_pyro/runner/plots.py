@@ -183,6 +183,24 @@ def plot_variational_trajectories(trajectory: Mapping[str, Sequence[float]], pat
     return _save(figure, path)
 
 
+def plot_spread_vs_rows(records: Sequence[Mapping], path: str | Path) -> Path:
+    """The learned perturbation std (mean over layers, with the layers' range) and the KL per example against
+    the training rows, on log axes, beside the 1 / sqrt(N) shrinkage of a posterior limited by the data."""
+    rows = np.asarray([r["rows"] for r in records], dtype=float)
+    spread = np.asarray([r["perturbation_std"] for r in records], dtype=float)
+    low = spread - np.asarray([r["perturbation_std_min"] for r in records], dtype=float)
+    high = np.asarray([r["perturbation_std_max"] for r in records], dtype=float) - spread
+    figure = Figure(figsize=(8, 3.5), layout="constrained")
+    left, right = figure.subplots(1, 2)
+    left.errorbar(rows, spread, yerr=[low, high], fmt="o-", capsize=3, label="learned (layers' range)")
+    left.plot(rows, spread[0] * np.sqrt(rows[0] / rows), ":", color="gray", label="1 / sqrt(N) from the fewest")
+    left.set(xscale="log", yscale="log", xlabel="training rows", ylabel="perturbation std", title="Posterior spread")
+    left.legend(fontsize=8)
+    right.plot(rows, [r["kl_per_example"] for r in records], "s-", color="tab:red")
+    right.set(xscale="log", yscale="log", xlabel="training rows", ylabel="nats per example", title="KL per example")
+    return _save(figure, path)
+
+
 def plot_metric_vs_lr(rows: Sequence[Mapping], path: str | Path, metric: str) -> Path:
     """A sweep's metric against the learning rate: one colour per method, one line style per batch size,
     the mean over seeds with its min-max range as error bars."""
