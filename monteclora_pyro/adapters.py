@@ -123,7 +123,8 @@ def _group_site_tensors(state: dict[str, torch.Tensor], module: BayesianLoRA) ->
 
 
 def export_peft(module: BayesianLoRA, directory: str | Path) -> Path:
-    """The posterior-mean adapter in PEFT's format (with the trained task head)."""
+    """The posterior-mean adapter in PEFT's format (with the trained task head; an ensemble's member 0)."""
+    module.set_draws({})
     module.network.save_pretrained(str(directory))
     return Path(directory)
 

@@ -179,7 +179,10 @@ def test_an_interrupted_ensemble_resumes_at_the_member_it_was_training(tmp_path,
     resumed = run_glue(dataclasses.replace(config, resume=True, overwrite_output_dir=True))
     assert trained_steps == [0, 2]
     assert resumed["member_final_losses"] == uninterrupted["member_final_losses"]
-    whole, cut = _network_weights(tmp_path / "whole"), _network_weights(tmp_path / "cut")
+    from safetensors.torch import load_file
+
+    whole, cut = (load_file(str(tmp_path / run / "adapter" / "posterior.safetensors")) for run in ("whole", "cut"))
+    assert "prior.member_weights" in whole  # both members' weights, the resumed member 1 included
     for name, value in whole.items():
         torch.testing.assert_close(cut[name], value, rtol=0, atol=0, msg=name)
     assert resumed["nll"] == pytest.approx(uninterrupted["nll"], abs=1e-6)
@@ -190,3 +193,23 @@ def test_an_ensemble_needs_two_members():
 
     with pytest.raises(ValueError, match=r"prior: members = 1 must be an integer >= 2 \(one member is 'map'\)"):
         PriorSpec(family="ensemble", members=1)
+
+
+def test_a_regression_ensemble_reads_its_members_noise_scales(tmp_path, glue_dir):
+    """STS-B: every member learns its own noise scale; the mixture's is their root mean square."""
+    from monteclora_pyro.adapters import load_adapter
+    from monteclora_pyro.priors.ensemble import MEMBER
+    from monteclora_pyro.tasks.glue.family import run_glue
+    from monteclora_pyro.tasks.glue.settings import default_model
+
+    toml = tmp_path / "ensemble2.toml"
+    toml.write_text('family = "ensemble"\nmembers = 2\n')
+    metrics = run_glue(_ensemble_config(tmp_path, glue_dir, "stsb", str(toml), task="stsb"))
+    module, _ = load_adapter(tmp_path / "stsb" / "adapter", model=default_model())
+    scales = []
+    for k in (0, 1):
+        module.set_draws({MEMBER: torch.tensor(k)})
+        scales.append(float(module.likelihood.log_scale.exp()))
+    assert scales[0] != scales[1]
+    assert metrics["noise_scale"] == pytest.approx(math.sqrt((scales[0] ** 2 + scales[1] ** 2) / 2), rel=1e-5)
+    assert metrics["num_samples"] == 2 and math.isfinite(metrics["nll"])

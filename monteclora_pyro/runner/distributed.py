@@ -68,9 +68,12 @@ class World:
         run forward passes alone (no-op without FSDP)."""
         from torch.distributed.fsdp import FSDPModule
 
+        for handle in getattr(module, "_gradient_averaging", ()):  # rank 0's backward passes (Laplace) are its own
+            handle.remove()
         for part in module.modules():
             if isinstance(part, FSDPModule):
                 part.set_reshard_after_forward(False)
+                part.set_reshard_after_backward(False)
                 part.unshard()
         self.barrier()
 
@@ -82,8 +85,13 @@ class World:
 def _fully_shard(module: nn.Module, size: int, device: torch.device) -> nn.Module:
     """FSDP over the network's transformer blocks (the model's ``_no_split_modules``) and the network, the trained
     parameters left out of it and their gradients averaged over the ``size`` processes by a hook."""
+    import inspect
+
     from torch.distributed.fsdp import fully_shard
 
+    if "ignored_params" not in inspect.signature(fully_shard).parameters:
+        raise ValueError(f"sharding = 'fsdp' needs torch >= 2.7 (FSDP's ignored_params); this is torch "
+                         f"{torch.__version__}")
     if device.type == "cuda":  # FSDP's device mesh is made on the current device
         torch.cuda.set_device(device)
     network = getattr(module, "network", module)
@@ -99,8 +107,8 @@ def _fully_shard(module: nn.Module, size: int, device: torch.device) -> nn.Modul
         dist.all_reduce(gradient)
         return gradient / size
 
-    for parameter in trained:  # each backward's gradient, before it is accumulated (gradient accumulation)
-        parameter.register_hook(average)
+    # each backward's gradient, before it is accumulated (gradient accumulation)
+    module._gradient_averaging = [parameter.register_hook(average) for parameter in trained]
     return module
 
 

@@ -243,6 +243,12 @@ def _run(family: TaskFamily, output_dir: Path | None, processes: World) -> dict[
         load_trained_weights(module, config.init_adapter)
     if config.posterior_steps:
         check_posterior_stage(module)
+    if module.ensemble_size > 1 and config.init_adapter is not None:
+        raise ValueError("init_adapter starts one model from a trained adapter; an ensemble's members start from "
+                         "their own initializations (leave init_adapter out)")
+    if processes.distributed and config.sharding == "fsdp" and config.eval_each_epoch:
+        raise ValueError("eval_each_epoch evaluates on rank 0 alone, which a sharded (fsdp) backbone cannot do "
+                         "until training ends; leave one of them out")
 
     # train, with the scores after each epoch when asked (by rank 0)
     steps_per_epoch = math.ceil(len(train_loader) / config.gradient_accumulation_steps)
@@ -300,7 +306,8 @@ def _run(family: TaskFamily, output_dir: Path | None, processes: World) -> dict[
         "median_step_seconds": statistics.median(h.median_step_seconds() for h in histories if h.steps)
         if steps else None,
         "final_loss": history.loss[-1] if history.steps else None, "num_train": len(train_set),
-        "num_samples": config.num_samples if module.has_posterior else None,
+        "num_samples": (len(module.predictive_draws(config.num_samples)) if module.ensemble_size > 1 else
+                        config.num_samples) if module.has_posterior else None,
     }
     if stage is not None:  # where the guide's parameters ended, and whether they had stopped moving
         metrics["posterior_stage"] = {"steps": config.posterior_steps, "seconds": stage_seconds, "settled_share": {

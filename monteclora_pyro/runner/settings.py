@@ -89,7 +89,8 @@ class RunConfig(TrainConfig):
     output_dir: str = option("runs/run", "where config.json, metrics.json, posterior.nc and plots go")
     prior: str = option("monteclora", "bundled prior name (models/*.toml) or a .toml path")
     guide: str | None = option(None, "guide name (guides/); default: the prior family's own")
-    peer: str | None = option(None, "train a PEFT peer instead of ours", choices=PEERS)
+    peer: str | None = option(None, "train a PEFT peer instead of ours (with the paper's prior, monteclora, unless "
+                                    "--prior names another)", choices=PEERS)
     model: str | None = option(None, "Hugging Face model id or directory (default: the family's packaged model)",
                                aliases=("--model_name_or_path",))
     rank: int | None = option(None, "LoRA rank (overrides the prior's)", optional(positive_int), aliases=("--lora_r",))
@@ -160,6 +161,8 @@ class RunConfig(TrainConfig):
         if self.init_adapter is not None and not (Path(self.init_adapter) / "posterior.json").is_file():
             raise ValueError(f"init_adapter = {self.init_adapter!r} is not a saved posterior (an adapter/ folder "
                              "with posterior.json, as a run writes into OUTPUT_DIR/adapter)")
+        if self.peer is not None and self.prior == _defaults(type(self))["prior"] != "monteclora":
+            return dataclasses.replace(self, prior="monteclora").resolved()  # PEFT's MonteCLoRA is the paper's
         spec = self.prior_spec()
         if self.guide is not None:
             from ..guides import check_guide  # the registry imports torch: only for a guide named by hand

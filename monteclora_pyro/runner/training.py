@@ -310,13 +310,15 @@ def check_posterior_stage(method: LoRAMethod) -> None:
     if not method.kl_in_loss:
         raise ValueError("posterior_steps > 0 fits the guide on the ELBO, and this method takes its KL in a step "
                          "of its own (BLoB); use posterior_steps = 0")
+    if method.autocast_dtype == torch.float16:
+        raise ValueError("posterior_steps > 0 takes no fp16 loss scaling; use --mixed-precision bf16 or no")
 
 
 def fit_variational(module: nn.Module, loader: Iterable, config: TrainConfig, device: torch.device | str | None = None
                     ) -> dict[str, list[float]]:
-    """The hyper-latents' stage: ``config.posterior_steps`` Adam steps on the guides' parameters alone, the LoRA
-    means, head and noise scale fixed, on the same tempered -ELBO at ``posterior_lr`` (default:
-    ``variational_lr``) held constant.
+    """The hyper-latents' stage: ``config.posterior_steps`` Adam steps on the guides' parameters (and a regression
+    likelihood's noise scale) alone, the LoRA means and head fixed, on the same tempered -ELBO at
+    ``posterior_lr`` (default: ``variational_lr``) held constant.
 
     In training the variational parameters share the LoRA weights' warm-up and decay, so a log-scale moves by
     at most about lr per step and ends where the schedule stopped it; here, the means fixed, their optimum is
@@ -326,7 +328,7 @@ def fit_variational(module: nn.Module, loader: Iterable, config: TrainConfig, de
     device = torch.device(device) if device is not None else next(module.parameters()).device
     method: LoRAMethod = unwrap(module)
     check_posterior_stage(method)
-    stage = method.guide_parameters()
+    stage = method.variational_parameters()  # the guides' and a noise scale, which must fit q where it ends
     in_stage = {id(p) for p in stage}
     fixed = [p for p in method.parameters() if p.requires_grad and id(p) not in in_stage]
     names = {id(p): n for n, p in method.named_parameters()}
@@ -351,6 +353,8 @@ def fit_variational(module: nn.Module, loader: Iterable, config: TrainConfig, de
                 for p in stage:
                     torch.distributed.all_reduce(p.grad)
                     p.grad /= world
+            _check_gradients(torch.nn.utils.get_total_norm([p.grad for p in stage if p.grad is not None]), names,
+                             stage, step, optimizer.param_groups[0]["lr"])
             optimizer.step()
             trajectory["loss"].append(loss.item())
             for p in stage:

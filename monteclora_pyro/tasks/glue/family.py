@@ -10,6 +10,7 @@ draw (:func:`~monteclora_pyro.regression_calibration.residual_noise_scale`), not
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -143,7 +144,8 @@ class GlueFamily(TaskFamily):
         """Regression: ``noise_scale``, the predictive's noise around each draw.  With a scale learned under a
         posterior that is sampled, the residual one (``learned_noise_scale`` minus ``train_draw_variance``,
         the draws' spread on the first training rows); a point mass, or a posterior fitted or assembled
-        after training (Laplace, an ensemble), learned its scale without draws and keeps it.  A peer trains
+        after training (Laplace, an ensemble: the root mean square of its members'), learned its scale without
+        draws and keeps it.  A peer trains
         on MSE and has none: its scale is the one fitted on the held-out rows, or none (no NLL or calibration)
         without them.  Classification: {}."""
         likelihood = module.likelihood
@@ -152,6 +154,13 @@ class GlueFamily(TaskFamily):
         if not likelihood.learned:
             held_out = held_out if held_out is not None else self._held_out(module, device)
             return {} if held_out is None else {"noise_scale": fit_noise_scale(held_out["draws"], held_out["labels"])}
+        if module.ensemble_size > 1:  # each member learned its own: their root mean square, as one mixture reads
+            scales = []
+            for draw in module.predictive_draws(1):
+                module.set_draws(draw)
+                scales.append(float(likelihood.log_scale.detach().exp()))
+            module.set_draws({})
+            return {"noise_scale": math.sqrt(sum(v * v for v in scales) / len(scales))}
         learned = float(likelihood.log_scale.detach().exp())
         if module.post_hoc:
             return {"noise_scale": learned}
