@@ -52,13 +52,18 @@ def worker(rank: int, port: int, out: str) -> None:
     dist.destroy_process_group()
 
 
-def test_two_processes_equal_one_with_the_same_global_batch(tmp_path):
+def run_two_processes(target, tmp_path):
+    """``target(rank, port, out)`` in 2 gloo processes; what rank 0 saved to ``out``."""
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     out = tmp_path / "rank0.pt"
-    mp.spawn(worker, args=(port, str(out)), nprocs=2, join=True)
-    two = torch.load(out, weights_only=False)
+    mp.spawn(target, args=(port, str(out)), nprocs=2, join=True)
+    return torch.load(out, weights_only=False)
+
+
+def test_two_processes_equal_one_with_the_same_global_batch(tmp_path):
+    two = run_two_processes(worker, tmp_path)
 
     module, loader = build(World())
     history = train(module, loader, CONFIG)
@@ -112,12 +117,7 @@ def fsdp_worker(rank: int, port: int, out: str) -> None:
 
 
 def test_fsdp_shards_the_frozen_backbone_and_trains_as_one_process(tmp_path):
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    out = tmp_path / "rank0.pt"
-    mp.spawn(fsdp_worker, args=(port, str(out)), nprocs=2, join=True)
-    two = torch.load(out, weights_only=False)
+    two = run_two_processes(fsdp_worker, tmp_path)
     assert two["local_rows"] == 24 and "Shard(dim=0)" in two["placement"]  # half of up_proj's 48 rows each
 
     module = tiny_llama_method()

@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.nn.utils import parameters_to_vector
 
 from . import register_prior
 from .factor import MapPrior, MapSpec
@@ -60,6 +61,11 @@ class EnsemblePrior(MapPrior):
         self.register_buffer("trained_members", torch.zeros((), dtype=torch.long))
         self.loaded_member: int | None = None  # the member whose weights are in place (None: still training)
         self._initial: torch.Tensor | None = None
+        self._trained_count = 0  # trained_members as a number: set_draws asks each forward, without a device sync
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        self._trained_count, self.loaded_member = int(self.trained_members), None  # a saved ensemble, read
 
     @property
     def members(self) -> int:
@@ -67,15 +73,16 @@ class EnsemblePrior(MapPrior):
 
     @property
     def complete(self) -> bool:
-        return int(self.trained_members) == self.spec.members
+        return self._trained_count == self.spec.members
 
     def attach(self, module) -> None:
         """Make room for the members' weights, and keep the starting weights every member starts from."""
-        flat = torch.cat([p.detach().flatten() for p in _trained(module)])
+        flat = parameters_to_vector(_trained(module)).detach()
         self.register_buffer("member_weights", flat.new_zeros(self.spec.members, flat.numel()))
         self._initial = flat.clone()
 
     def _put(self, module, flat: torch.Tensor) -> None:
+        """Copy ``flat`` into the trained weights (torch's ``vector_to_parameters`` would make them views of it)."""
         with torch.no_grad():
             offset = 0
             for p in _trained(module):
@@ -98,8 +105,9 @@ class EnsemblePrior(MapPrior):
     def store_member(self, module, member: int) -> None:
         """Keep the trained weights of ``member``; once the last one is in, member 0 is put in place."""
         with torch.no_grad():
-            self.member_weights[member] = torch.cat([p.detach().flatten() for p in _trained(module)])
-        self.trained_members.fill_(max(int(self.trained_members), member + 1))
+            self.member_weights[member] = parameters_to_vector(_trained(module))
+        self._trained_count = max(self._trained_count, member + 1)
+        self.trained_members.fill_(self._trained_count)
         self.loaded_member = member
         if self.complete:
             self.load_member(module, 0)
@@ -115,7 +123,7 @@ class EnsemblePrior(MapPrior):
         estimate), and no factor drawn on top of them.  While the members train, ``factors`` as they are."""
         if not self.complete and MEMBER not in factors:
             return factors
-        if int(self.trained_members) == 0:
+        if self._trained_count == 0:
             raise ValueError("an ensemble's member was drawn before any member was trained")
         self.load_member(module, int(factors.get(MEMBER, 0)))
         return {}

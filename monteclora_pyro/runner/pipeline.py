@@ -306,8 +306,8 @@ def _run(family: TaskFamily, output_dir: Path | None, processes: World) -> dict[
         "median_step_seconds": statistics.median(h.median_step_seconds() for h in histories if h.steps)
         if steps else None,
         "final_loss": history.loss[-1] if history.steps else None, "num_train": len(train_set),
-        "num_samples": (len(module.predictive_draws(config.num_samples)) if module.ensemble_size > 1 else
-                        config.num_samples) if module.has_posterior else None,
+        "num_samples": (module.ensemble_size if module.ensemble_size > 1 else config.num_samples)
+        if module.has_posterior else None,
     }
     if stage is not None:  # where the guide's parameters ended, and whether they had stopped moving
         metrics["posterior_stage"] = {"steps": config.posterior_steps, "seconds": stage_seconds, "settled_share": {

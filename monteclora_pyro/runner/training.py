@@ -334,6 +334,7 @@ def fit_variational(module: nn.Module, loader: Iterable, config: TrainConfig, de
     names = {id(p): n for n, p in method.named_parameters()}
     optimizer = torch.optim.Adam(stage, lr=config.posterior_lr or config.variational_lr or config.lr)
     world = torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
+    average = world > 1 and not getattr(method, "_gradient_averaging", None)  # FSDP's hooks average already
     trajectory: dict[str, list[float]] = {"loss": []} | {names[id(p)]: [] for p in stage}
     for p in fixed:
         p.requires_grad_(False)
@@ -349,7 +350,7 @@ def fit_variational(module: nn.Module, loader: Iterable, config: TrainConfig, de
                 raise FloatingPointError(f"posterior step {step}: the loss is {loss.item()} (posterior lr = "
                                          f"{optimizer.param_groups[0]['lr']}); lower it")
             loss.backward()
-            if world > 1:
+            if average:
                 for p in stage:
                     torch.distributed.all_reduce(p.grad)
                     p.grad /= world
