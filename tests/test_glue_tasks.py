@@ -220,7 +220,8 @@ def test_the_data_size_command_runs_each_size_once_and_tabulates_the_spread(tmp_
     rows = summary["rows"]
     assert [r["rows"] for r in rows] == [16, 32] and [r["steps"] for r in rows] == [4, 4]
     assert [r["epochs"] for r in rows] == [2, 1] and rows[0]["shrink"] == 1.0
-    assert all(r["perturbation_std"] > 0 and r["kl_per_example"] > 0 for r in rows)
+    assert all(r["perturbation_std"] > 0 and r["kl_per_example"] > 0 and r["mutual_information"] > 0 for r in rows)
+    assert rows[0]["information_shrink"] == 1.0
     assert (tmp_path / "plots" / "spread_vs_rows.png").stat().st_size > 0
     assert len((tmp_path / "data_size.csv").read_text().splitlines()) == 3
     finished = (tmp_path / "sst2-16" / "metrics.json").stat().st_mtime_ns

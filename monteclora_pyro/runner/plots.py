@@ -184,20 +184,31 @@ def plot_variational_trajectories(trajectory: Mapping[str, Sequence[float]], pat
 
 
 def plot_spread_vs_rows(records: Sequence[Mapping], path: str | Path) -> Path:
-    """The learned perturbation std (mean over layers, with the layers' range) and the KL per example against
-    the training rows, on log axes, beside the 1 / sqrt(N) shrinkage of a posterior limited by the data."""
+    """The learned perturbation std (mean over layers, with the layers' range), the predictive's mean mutual
+    information on the dev rows (a classifier's) and the KL per example against the training rows, on log
+    axes, beside the 1 / sqrt(N) shrinkage of a posterior limited by the data."""
     rows = np.asarray([r["rows"] for r in records], dtype=float)
     spread = np.asarray([r["perturbation_std"] for r in records], dtype=float)
     low = spread - np.asarray([r["perturbation_std_min"] for r in records], dtype=float)
     high = np.asarray([r["perturbation_std_max"] for r in records], dtype=float) - spread
-    figure = Figure(figsize=(8, 3.5), layout="constrained")
-    left, right = figure.subplots(1, 2)
-    left.errorbar(rows, spread, yerr=[low, high], fmt="o-", capsize=3, label="learned (layers' range)")
-    left.plot(rows, spread[0] * np.sqrt(rows[0] / rows), ":", color="gray", label="1 / sqrt(N) from the fewest")
-    left.set(xscale="log", yscale="log", xlabel="training rows", ylabel="perturbation std", title="Posterior spread")
-    left.legend(fontsize=8)
-    right.plot(rows, [r["kl_per_example"] for r in records], "s-", color="tab:red")
-    right.set(xscale="log", yscale="log", xlabel="training rows", ylabel="nats per example", title="KL per example")
+    information = [r.get("mutual_information") for r in records]
+    shown = all(value is not None and value > 0 for value in information)
+    figure = Figure(figsize=(12 if shown else 8, 3.5), layout="constrained")
+    axes = figure.subplots(1, 3 if shown else 2)
+    axes[0].errorbar(rows, spread, yerr=[low, high], fmt="o-", capsize=3, label="learned (layers' range)")
+    axes[0].plot(rows, spread[0] * np.sqrt(rows[0] / rows), ":", color="gray", label="1 / sqrt(N) from the fewest")
+    axes[0].set(xscale="log", yscale="log", xlabel="training rows", ylabel="perturbation std",
+                title="Posterior spread")
+    axes[0].legend(fontsize=8)
+    if shown:
+        axes[1].plot(rows, information, "o-", color="tab:green", label="predictive (dev rows)")
+        axes[1].plot(rows, information[0] * rows[0] / rows, ":", color="gray", label="1 / N from the fewest")
+        axes[1].set(xscale="log", yscale="log", xlabel="training rows", ylabel="nats per dev row",
+                    title="Mutual information (epistemic)")
+        axes[1].legend(fontsize=8)
+    axes[-1].plot(rows, [r["kl_per_example"] for r in records], "s-", color="tab:red")
+    axes[-1].set(xscale="log", yscale="log", xlabel="training rows", ylabel="nats per example",
+                 title="KL per example")
     return _save(figure, path)
 
 

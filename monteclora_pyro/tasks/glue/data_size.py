@@ -1,5 +1,6 @@
 """The posterior's response to data: one prior trained on growing subsets of a GLUE task's rows with the same
-number of steps, and the learned perturbation spread and KL per example against the number of rows.
+number of steps, and the learned perturbation spread, the predictive's mutual information (its spread in
+function space, where the data speak) and KL per example against the number of rows.
 
 A posterior the data decide shrinks as the rows grow (about as 1 / sqrt(N) for a well-specified model); one
 set by hand, or stopped by the optimizer's schedule, does not.  Each size is one run (a cell, resumable:
@@ -22,7 +23,8 @@ from .settings import GlueRunConfig
 __all__ = ["COLUMNS", "data_size_table", "run_data_size"]
 
 COLUMNS = ("rows", "steps", "epochs", "perturbation_std", "perturbation_std_min", "perturbation_std_max",
-           "hyper_scale", "kl_per_example", "shrink", "accuracy", "nll", "ece", "mean_ece")
+           "hyper_scale", "kl_per_example", "shrink", "mutual_information", "information_shrink", "accuracy", "nll",
+           "ece", "mean_ece")
 
 
 def _cell(base: GlueRunConfig, rows: int, steps: int, output_dir: Path) -> GlueRunConfig:
@@ -73,12 +75,15 @@ def run_data_size(base: GlueRunConfig, rows: list[int], steps: int, output_dir: 
         stage = metrics.get("posterior_stage") or {}
         kl = stage.get("kl_per_example", (metrics.get("elbo_history") or {}).get("kl_per_example", [math.nan])[-1])
         records.append({"rows": metrics["num_train"], "steps": metrics["steps"], "epochs": config.epochs,
-                        **_spread(cell_dir), "kl_per_example": kl, "accuracy": metrics.get("accuracy"),
+                        **_spread(cell_dir), "kl_per_example": kl,
+                        "mutual_information": metrics.get("mutual_information"), "accuracy": metrics.get("accuracy"),
                         "nll": metrics.get("nll"), "ece": metrics.get("ece"), "mean_ece": metrics.get("mean_ece")})
     if records:
-        smallest = records[0]["perturbation_std"]
+        smallest, information = records[0]["perturbation_std"], records[0]["mutual_information"]
         for record in records:
             record["shrink"] = smallest / record["perturbation_std"]
+            if information and record["mutual_information"]:  # a classifier's; a regression has none
+                record["information_shrink"] = information / record["mutual_information"]
         atomic_write_csv(output_dir / "data_size.csv", [{c: r.get(c) for c in COLUMNS} for r in records], COLUMNS)
         from ...runner.plots import plot_spread_vs_rows
 
@@ -92,11 +97,13 @@ def run_data_size(base: GlueRunConfig, rows: list[int], steps: int, output_dir: 
 def data_size_table(summary: dict[str, Any]) -> str:
     """The summary as a Markdown table."""
     head = ("| rows | steps | perturbation std (layers' range) | tau | KL per example | shrink vs the fewest rows "
-            "| dev accuracy | NLL | ECE (predictive / mean) |")
-    lines = [head, "|" + "---|" * 9]
+            "| mutual information (shrink) | dev accuracy | NLL | ECE (predictive / mean) |")
+    lines = [head, "|" + "---|" * 10]
     for r in summary["rows"]:
         tau = f"{r['hyper_scale']:.3f}" if r.get("hyper_scale") is not None else ""
+        information = (f"{r['mutual_information']:.4f} ({r['information_shrink']:.2f})"
+                       if r.get("information_shrink") is not None else "")
         lines.append(f"| {r['rows']} | {r['steps']} | {r['perturbation_std']:.4f} ({r['perturbation_std_min']:.4f}-"
                      f"{r['perturbation_std_max']:.4f}) | {tau} | {r['kl_per_example']:.4f} | {r['shrink']:.2f} | "
-                     f"{r['accuracy']:.4f} | {r['nll']:.4f} | {r['ece']:.4f} / {r['mean_ece']:.4f} |")
+                     f"{information} | {r['accuracy']:.4f} | {r['nll']:.4f} | {r['ece']:.4f} / {r['mean_ece']:.4f} |")
     return "\n".join(lines)
