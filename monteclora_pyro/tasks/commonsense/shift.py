@@ -109,17 +109,18 @@ def run_shift(base: CommonsenseRunConfig, methods: Sequence[str], seeds: Sequenc
         raise ValueError(f"method_samples names {', '.join(unknown)}, not among the methods {', '.join(methods)}")
     samples = {m: {"num_samples": n} for m, n in (method_samples or {}).items()}
 
+    def map_weights(seed: int) -> str | None:
+        adapter = _cell_dir(output_dir, "map", seed, base) / "adapter"
+        return str(adapter) if (adapter / "posterior.json").exists() else None
+
     def from_map(cell: Cell) -> dict[str, Any]:
-        if not _post_hoc(cell.method):
-            return {}
-        adapter = _cell_dir(output_dir, "map", cell.seed, base) / "adapter"
-        return {"max_steps": 0, "init_adapter": str(adapter) if (adapter / "posterior.json").exists() else None}
+        return {"max_steps": 0, "init_adapter": map_weights(cell.seed)} if _post_hoc(cell.method) else {}
 
     if run_missing:
         run_sweep(CommonsenseFamily, base, trained, grid["lrs"], grid["batch_sizes"], seeds, output_dir,
                   method_overrides=samples)
         for method in post_hoc:
-            ready = [s for s in seeds if from_map(Cell(method, base.lr, base.batch_size, s))["init_adapter"]]
+            ready = [s for s in seeds if map_weights(s)]
             for seed in sorted(set(seeds) - set(ready)):
                 print(f"{method} seed {seed}: waits for the map cell of its seed", flush=True)
             if ready:
@@ -128,13 +129,13 @@ def run_shift(base: CommonsenseRunConfig, methods: Sequence[str], seeds: Sequenc
     # sweep.csv, tasks.csv and robustness.json of all the cells.  A post-hoc cell's settings name its map cell's
     # weights, which a clone holding the cells' records alone lacks: its settings cannot be checked there, so it
     # is left out of these three and reported from its records below
-    unchecked = [m for m in post_hoc if not all(from_map(Cell(m, base.lr, base.batch_size, s))["init_adapter"]
-                                                for s in seeds)]
-    for method in unchecked:
-        print(f"{method}: a map cell's weights are absent; sweep.csv leaves it out, summary.md reports its records",
-              flush=True)
-    run_sweep(CommonsenseFamily, base, [m for m in methods if m not in unchecked], grid["lrs"], grid["batch_sizes"],
-              seeds, output_dir, run_missing=False, method_overrides=samples, cell_overrides=from_map)
+    checked = list(methods)
+    if post_hoc and not all(map_weights(s) for s in seeds):
+        checked = trained
+        print(f"{', '.join(post_hoc)}: a map cell's weights are absent; sweep.csv leaves it out, summary.md reports "
+              "its records", flush=True)
+    run_sweep(CommonsenseFamily, base, checked, grid["lrs"], grid["batch_sizes"], seeds, output_dir,
+              run_missing=False, method_overrides=samples, cell_overrides=from_map)
 
     base = resolved
     tasks = base.eval_task_list()
