@@ -144,13 +144,20 @@ def test_sweep_script_is_resumable_on_real_cola_rows(glue_dir, tmp_path, capsys)
     assert f"{cell_config} cannot be read" in capsys.readouterr().err
 
 
-def test_overfitting_benchmark_script_on_real_sst2_rows(glue_dir, tmp_path):
+def test_overfitting_benchmark_script_on_real_sst2_rows(glue_dir, tmp_path, monkeypatch):
+    import monteclora_pyro.tasks.glue.family as glue_family
+
+    draws_asked, predict = [], glue_family.predict
+    monkeypatch.setattr(glue_family, "predict", lambda module, loader, num_samples, *args: (
+        draws_asked.append((len(loader.dataset), num_samples)) or predict(module, loader, num_samples, *args)))
     script = load_script("overfit_glue")
     argv = ["--tasks", "sst2", "--data-dir", str(glue_dir), "--output-dir", str(tmp_path), "--methods",
             "map,monteclora_scaled,laplace", "--seeds", "0", "--epochs", "2", "--batch-size", "8",
-            "--max-train-samples", "40", "--holdout-fraction", "0.2", "--max-eval-samples", "24", "--num-samples", "2",
-            "--mc-dropout-samples", "2", "--max-length", "32"]
+            "--max-train-samples", "40", "--holdout-fraction", "0.2", "--max-eval-samples", "24", "--num-samples", "3",
+            "--epoch-num-samples", "1", "--mc-dropout-samples", "2", "--max-length", "32"]
     summary = script.main(argv)
+    dev_draws = [n for rows, n in draws_asked if rows == 24]  # each method's first epoch: 1 draw; its final
+    assert sorted(dev_draws) == [1] * 3 + [3] * 3  # scores (also the last epoch's): 3
     methods = summary["tasks"]["sst2"]["methods"]
     assert set(methods) == {"map", "map+temperature", "map+mc_dropout", "monteclora_scaled",
                             "monteclora_scaled+temperature", "laplace", "laplace+temperature"}

@@ -19,7 +19,7 @@ from ..tasks.glue.settings import GlueRunConfig
 from . import command_parser
 
 BENCHMARK_DEFAULTS = {"max_train_samples": 1000, "holdout_fraction": 0.1, "epochs": 6, "mc_dropout_samples": 8,
-                      "max_eval_samples": 500, "progress": False}
+                      "max_eval_samples": None, "num_samples": 32, "epoch_num_samples": 4, "progress": False}
 
 
 def main(argv: list[str] | None = None, prog: str | None = None) -> dict:

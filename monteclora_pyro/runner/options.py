@@ -69,7 +69,7 @@ def add_config_arguments(parser: argparse.ArgumentParser, settings_cls: type, sk
         if str(field.type) == "bool":
             options = {"dest": field.name, "action": argparse.BooleanOptionalAction}
         else:
-            shown = "" if field.default is None else f" (default: {field.default})"
+            shown = "" if field.default is None else " (default: %(default)s)"  # a command's set_defaults shows
             help_text += shown
             options = {"dest": field.name, "type": _argument_type(field), "choices": field.metadata.get("choices")}
         parser.add_argument(flag, default=field.default, help=help_text, **options)

@@ -106,6 +106,9 @@ class RunConfig(TrainConfig):
     eval_batch_size: int = option(64, "evaluation batch size", positive_int, aliases=("--per_device_eval_batch_size",))
     seed: int = option(0, "seed of the data order, the subset and every draw", integer)
     num_samples: int = option(8, "posterior draws averaged by the predictive", positive_int)
+    epoch_num_samples: int | None = option(None, "posterior draws of the scores after each epoch (eval_each_epoch; "
+                                                 "default: num_samples): a cheaper curve, the final scores keep "
+                                                 "num_samples", optional(positive_int))
     kl_weight: float = option(1.0, "ELBO tempering beta (1 = the ELBO; the paper's lambda is beta / N_train)",
                               nonnegative_float)
     peft_kl_loss_weight: float = option(1e-5, "PEFT MonteCLoRA's kl_loss_weight (peer only)", real)
@@ -137,6 +140,10 @@ class RunConfig(TrainConfig):
     device: str = option("auto", "where to train: auto (CUDA when present), cpu, cuda, cuda:0, ...", device)
     report_to: str = option("none", "also log the training curves to TensorBoard (in OUTPUT_DIR/logs) or Weights & "
                                     "Biases, through Accelerate's trackers", choices=REPORT_TO)
+
+    def epoch_draws(self) -> int:
+        """Posterior draws of the scores after each epoch."""
+        return self.epoch_num_samples or self.num_samples
 
     def default_model(self) -> str:
         """The family's embedded backbone (a packaged model when installed, else its hub id)."""

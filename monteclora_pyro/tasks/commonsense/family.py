@@ -350,24 +350,25 @@ class CommonsenseFamily(TaskFamily):
         return answers
 
     def epoch_scores(self, module, device) -> dict[str, float]:
-        return self._score(module, device, None).epoch_scores
+        return self._score(module, device, None, self.config.epoch_draws()).epoch_scores
 
     def evaluate(self, module, device, output_dir: Path) -> Evaluation:
         return self._score(module, device, output_dir)
 
-    def _score(self, module, device, output_dir: Path | None) -> Evaluation:
+    def _score(self, module, device, output_dir: Path | None, num_samples: int | None = None) -> Evaluation:
         """Each evaluation task's metrics under its name, and their average (``average``); with held-out
         training rows, each task's also after the temperature fitted on them (``ts_*``), and each task's
         examples in ``predictions_<task>.jsonl`` (:func:`~monteclora_pyro.prediction.classification_records`)."""
         metrics: dict[str, Any] = {}
         fitted: dict[str, Any] = {}
         labels, log_likelihood = [], []
+        num_samples = num_samples or self.config.num_samples
         if self.config.eval_mode == "options":
             steps = None
             if module.linearized:  # pairs of points around the mean, one draw of the linearized network each
-                draws, steps = finite_difference_draws(module, self.config.num_samples)
+                draws, steps = finite_difference_draws(module, num_samples)
             else:
-                draws = posterior_draws(module, self.config.num_samples)
+                draws = posterior_draws(module, num_samples)
             if self.holdout is not None:
                 held_out = self.option_probabilities(module, self.holdout, device, draws, steps)
                 fitted = {"temperature": fit_temperature(held_out["draws"].mean(1), held_out["labels"]),

@@ -137,8 +137,9 @@ class GlueFamily(TaskFamily):
             return GaussianLikelihood(self.target_scale, learn_scale=not peer)
         return build_likelihood(self.task.num_labels)
 
-    def _predictions(self, module, device, split: str, with_mean: bool = True) -> dict[str, torch.Tensor]:
-        return predict(module, self.loaders[split], self.config.num_samples, device, with_mean)
+    def _predictions(self, module, device, split: str, with_mean: bool = True,
+                     num_samples: int | None = None) -> dict[str, torch.Tensor]:
+        return predict(module, self.loaders[split], num_samples or self.config.num_samples, device, with_mean)
 
     def _noise(self, module, device, held_out: dict[str, torch.Tensor] | None = None) -> dict[str, float]:
         """Regression: ``noise_scale``, the predictive's noise around each draw.  With a scale learned under a
@@ -172,7 +173,8 @@ class GlueFamily(TaskFamily):
         return self._predictions(module, device, "holdout", with_mean=False) if "holdout" in self.loaders else None
 
     def epoch_scores(self, module, device) -> dict[str, float]:
-        predictions = self._predictions(module, device, self.task.dev_splits[0], with_mean=False)
+        predictions = self._predictions(module, device, self.task.dev_splits[0], with_mean=False,
+                                        num_samples=self.config.epoch_draws())
         scale = self._noise(module, device).get("noise_scale")
         return dev_scores(predictions["predictive"], predictions["labels"], self.task, predictions["draws"], scale)
 
