@@ -94,6 +94,8 @@ class PriorFamily(nn.Module):
         raise NotImplementedError(f"prior family {self.name!r} has no linearized predictive")
 
     post_hoc: ClassVar[bool] = False  # the posterior is fitted or assembled after training, which saw no draws
+    trains_as_map: ClassVar[bool] = False  # its training is plain LoRA's, its posterior fitted after: a grid fits
+    # it to the trained map cell of the same settings instead of training again
 
     # a family whose posterior mixes point estimates trained one after the other (a LoRA ensemble) overrides these
     members: int = 1  # how many point estimates the pipeline trains

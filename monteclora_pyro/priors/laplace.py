@@ -52,6 +52,7 @@ class LaplacePrior(FactorPrior):
     default_guide = "laplace"
     fitted_buffers = ("prior_precision",)
     post_hoc = True
+    trains_as_map = True
 
     def __init__(self, spec: LaplaceSpec) -> None:
         super().__init__(spec)

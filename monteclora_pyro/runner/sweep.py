@@ -22,14 +22,16 @@ from pathlib import Path
 from typing import Any
 
 from ..artifacts import atomic_write_csv, atomic_write_json
-from ..declarations import PEERS
+from ..declarations import PEERS, load_prior
 from ..kinds import integer, number_list, positive_float, positive_int
+from ..priors import PRIOR_FAMILIES
 from .options import add_config_arguments, config_values, parse_arguments
 from .pipeline import TaskFamily, run
 from .plots import plot_metric_vs_lr
 from .settings import RunConfig
 
-__all__ = ["CSV_COLUMNS", "Cell", "TASK_COLUMNS", "method_config", "per_task", "robustness", "run_sweep", "sweep_main"]
+__all__ = ["CSV_COLUMNS", "Cell", "TASK_COLUMNS", "fitted_to_map", "method_config", "per_task", "robustness",
+           "run_sweep", "run_sweep_fitting_map", "sweep_main"]
 
 CSV_COLUMNS = (
     "task", "method", "lr", "batch_size", "seed", "steps", "train_seconds", "median_step_seconds", "metric",
@@ -207,6 +209,61 @@ def run_sweep(
     atomic_write_json(output_dir / "robustness.json", summary)
     plot_metric_vs_lr(rows, output_dir / "plots" / "metric_vs_lr.png", summary["metric"])
     return summary
+
+
+def fitted_to_map(method: str) -> bool:
+    """Whether ``method`` trains as plain LoRA does and fits its posterior after (Laplace): a grid fits it to
+    the ``map`` cell of the same settings rather than training it again."""
+    return method not in PEERS and PRIOR_FAMILIES[load_prior(method).family].trains_as_map
+
+
+def run_sweep_fitting_map(
+    family: type[TaskFamily],
+    base: RunConfig,
+    methods: Sequence[str],
+    lrs: Sequence[float],
+    batch_sizes: Sequence[int],
+    seeds: Sequence[int],
+    output_dir: str | Path,
+    run_missing: bool = True,
+    method_overrides: Mapping[str, Mapping[str, Any]] | None = None,
+) -> dict[str, Any]:
+    """:func:`run_sweep`, where a method :func:`fitted_to_map` is not trained: its cell starts from the ``map``
+    cell of its learning rate, batch size and seed (``init_adapter``, ``max_steps`` 0, no per-epoch scores)
+    and fits its posterior around those weights, so that the two differ in the posterior alone.  Its cell
+    waits until that ``map`` cell is finished.  A fitted cell's settings name the ``map`` weights, which a
+    clone holding the cells' records alone lacks: there it is left out of the summary's files
+    (``sweep.csv``, ``robustness.json``), its own records still readable by a benchmark's report."""
+    output_dir = Path(output_dir)
+    fitted = [m for m in methods if fitted_to_map(m)]
+    trained = [m for m in methods if m not in fitted]
+    if fitted and "map" not in methods:
+        raise ValueError(f"methods = {','.join(methods)}: {', '.join(fitted)} is fitted to the map cell of its "
+                         "settings; add map")
+
+    def map_weights(cell: Cell) -> str | None:
+        adapter = output_dir / "cells" / Cell("map", cell.lr, cell.batch_size, cell.seed).name / "adapter"
+        return str(adapter) if (adapter / "posterior.json").exists() else None
+
+    def from_map(cell: Cell) -> dict[str, Any]:
+        return ({"max_steps": 0, "eval_each_epoch": False, "init_adapter": map_weights(cell)}
+                if fitted_to_map(cell.method) else {})
+
+    if run_missing:
+        run_sweep(family, base, trained, lrs, batch_sizes, seeds, output_dir, method_overrides=method_overrides)
+        for method, lr, batch_size in itertools.product(fitted, lrs, batch_sizes):
+            ready = [s for s in seeds if map_weights(Cell(method, lr, batch_size, s))]
+            for seed in sorted(set(seeds) - set(ready)):
+                print(f"{Cell(method, lr, batch_size, seed).name}: waits for its map cell", flush=True)
+            if ready:
+                run_sweep(family, base, [method], [lr], [batch_size], ready, output_dir,
+                          method_overrides=method_overrides, cell_overrides=from_map)
+    checked = list(methods)
+    if fitted and not all(map_weights(cell) for cell in _grid(["map"], lrs, batch_sizes, seeds)):
+        checked = trained
+        print(f"{', '.join(fitted)}: a map cell's weights are absent; sweep.csv leaves it out", flush=True)
+    return run_sweep(family, base, checked, lrs, batch_sizes, seeds, output_dir, run_missing=False,
+                     method_overrides=method_overrides, cell_overrides=from_map)
 
 
 def sweep_main(family: type[TaskFamily], description: str, argv: Sequence[str] | None = None,

@@ -2,14 +2,15 @@
 (OpenBookQA), score its test rows (in domain) and other tasks' (ARC-Easy, ARC-Challenge: shifted), where a
 temperature fitted on held-out rows of the training task is known not to transfer.
 
-Every method trains once per seed as a cell of a :func:`~monteclora_pyro.runner.sweep.run_sweep` grid
-(resumable; processes may split the seeds or the methods).  A post-hoc method (the ``laplace`` family) is
-not trained again: its cell starts from the ``map`` cell of its seed (``init_adapter``, ``max_steps`` 0)
-and fits its posterior around those weights, so the two differ in the posterior alone.  Every cell scores
-the same test rows (``eval_seed``).  Per scored task, as in the GLUE overfitting benchmark: each method and
-``<method>+temperature`` (fitted on the held-out rows of the training task), the LoRA ensemble of the
-``map`` cells (``map_ensemble``, and each member after its own temperature), and each one's NLL against
-``map``'s and ``map+temperature``'s (paired bootstrap intervals over the rows, pooled over the seeds).
+Every method trains once per seed as a cell of a grid (resumable; processes may split the seeds or the
+methods).  A post-hoc method (the ``laplace`` family) is not trained again: its cell starts from the ``map``
+cell of its seed and fits its posterior around those weights
+(:func:`~monteclora_pyro.runner.sweep.run_sweep_fitting_map`), so the two differ in the posterior alone.
+Every cell scores the same test rows (``eval_seed``).  Per scored task, as in the GLUE overfitting
+benchmark: each method and ``<method>+temperature`` (fitted on the held-out rows of the training task),
+the LoRA ensemble of the ``map`` cells (``map_ensemble``, and each member after its own temperature),
+and each one's NLL against ``map``'s and ``map+temperature``'s (paired bootstrap intervals over the
+rows, pooled over the seeds).
 Then how well each method's uncertainty tells a shifted question from an in-domain one: the AUROC of the
 predictive's entropy and of its mutual information, in-domain test rows against each shifted task's.
 
@@ -29,7 +30,6 @@ from typing import Any
 import torch
 
 from ...artifacts import atomic_write_bytes, atomic_write_csv, atomic_write_json
-from ...declarations import PEERS, load_prior
 from ...metrics import error_detection_auroc
 from ...runner.benchmark import (
     COMPARISON_COLUMNS,
@@ -43,20 +43,15 @@ from ...runner.benchmark import (
     summarize,
     summary_table,
 )
-from ...runner.sweep import Cell, run_sweep
+from ...runner.sweep import Cell, run_sweep_fitting_map
 from .family import CommonsenseFamily
 from .settings import CommonsenseRunConfig
 
-__all__ = ["ENSEMBLE", "POST_HOC_FAMILIES", "SHIFT_COLUMNS", "run_shift", "shift_table"]
+__all__ = ["ENSEMBLE", "SHIFT_COLUMNS", "run_shift", "shift_table"]
 
 ENSEMBLE = "map_ensemble"
-POST_HOC_FAMILIES = ("laplace",)  # fitted to a trained map adapter, not trained themselves
 SHIFT_COLUMNS = ("method", "seed", "shifted_task", "auroc_entropy", "auroc_mi", "in_domain_rows", "shifted_rows")
 UNCERTAINTIES = ("entropy", "mutual_information")
-
-
-def _post_hoc(method: str) -> bool:
-    return method not in PEERS and load_prior(method).family in POST_HOC_FAMILIES
 
 
 def _cell_dir(output_dir: Path, method: str, seed: int, base: CommonsenseRunConfig) -> Path:
@@ -85,9 +80,6 @@ def _check(base: CommonsenseRunConfig, methods: Sequence[str]) -> None:
         raise ValueError("eval_seed is unset: every seed must score the same test rows (give --eval-seed 0)")
     if base.eval_mode != "options":
         raise ValueError(f"eval_mode = {base.eval_mode!r}: calibration needs the options' probabilities ('options')")
-    if any(_post_hoc(m) for m in methods) and "map" not in methods:
-        raise ValueError(f"methods = {','.join(methods)}: a post-hoc method ({', '.join(POST_HOC_FAMILIES)}) is fitted "
-                         "to the map cell of its seed; add map")
     in_domain = base.train_task_list()[0]
     if in_domain not in base.eval_task_list():
         raise ValueError(f"eval_tasks = {base.eval_tasks!r} must include the training task {in_domain!r} (the "
@@ -101,41 +93,14 @@ def run_shift(base: CommonsenseRunConfig, methods: Sequence[str], seeds: Sequenc
     resolved = base.resolved()  # for the checks and the task lists; every cell resolves its own method
     _check(resolved, methods)
     output_dir = Path(output_dir)
-    trained = [m for m in methods if not _post_hoc(m)]
-    post_hoc = [m for m in methods if _post_hoc(m)]
     grid = {"lrs": [base.lr], "batch_sizes": [base.batch_size]}
     unknown = sorted(set(method_samples or {}) - set(methods))
     if unknown:
         raise ValueError(f"method_samples names {', '.join(unknown)}, not among the methods {', '.join(methods)}")
     samples = {m: {"num_samples": n} for m, n in (method_samples or {}).items()}
 
-    def map_weights(seed: int) -> str | None:
-        adapter = _cell_dir(output_dir, "map", seed, base) / "adapter"
-        return str(adapter) if (adapter / "posterior.json").exists() else None
-
-    def from_map(cell: Cell) -> dict[str, Any]:
-        return {"max_steps": 0, "init_adapter": map_weights(cell.seed)} if _post_hoc(cell.method) else {}
-
-    if run_missing:
-        run_sweep(CommonsenseFamily, base, trained, grid["lrs"], grid["batch_sizes"], seeds, output_dir,
-                  method_overrides=samples)
-        for method in post_hoc:
-            ready = [s for s in seeds if map_weights(s)]
-            for seed in sorted(set(seeds) - set(ready)):
-                print(f"{method} seed {seed}: waits for the map cell of its seed", flush=True)
-            if ready:
-                run_sweep(CommonsenseFamily, base, [method], grid["lrs"], grid["batch_sizes"], ready, output_dir,
-                          method_overrides=samples, cell_overrides=from_map)
-    # sweep.csv, tasks.csv and robustness.json of all the cells.  A post-hoc cell's settings name its map cell's
-    # weights, which a clone holding the cells' records alone lacks: its settings cannot be checked there, so it
-    # is left out of these three and reported from its records below
-    checked = list(methods)
-    if post_hoc and not all(map_weights(s) for s in seeds):
-        checked = trained
-        print(f"{', '.join(post_hoc)}: a map cell's weights are absent; sweep.csv leaves it out, summary.md reports "
-              "its records", flush=True)
-    run_sweep(CommonsenseFamily, base, checked, grid["lrs"], grid["batch_sizes"], seeds, output_dir,
-              run_missing=False, method_overrides=samples, cell_overrides=from_map)
+    run_sweep_fitting_map(CommonsenseFamily, base, methods, grid["lrs"], grid["batch_sizes"], seeds, output_dir,
+                          run_missing=run_missing, method_overrides=samples)
 
     base = resolved
     tasks = base.eval_task_list()

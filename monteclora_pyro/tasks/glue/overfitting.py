@@ -1,8 +1,9 @@
 """The overfitting benchmark: small training sets, several epochs, calibration of every method.
 
 Per GLUE task, every method trains on the same seeded subset (a share held out) for several epochs,
-once per seed, as the cells of a :func:`~monteclora_pyro.runner.sweep.run_sweep` grid (resumable,
-shareable by processes that split the seeds).  Every method is also scored after temperature scaling
+once per seed, as the cells of a grid (resumable, shareable by processes that split the seeds); a
+post-hoc posterior (Laplace) is fitted to the trained ``map`` cell of its seed instead
+(:func:`~monteclora_pyro.runner.sweep.run_sweep_fitting_map`).  Every method is also scored after temperature scaling
 fitted on the held-out rows (``<method>+temperature``; for regression a refitted noise scale), and the
 ``map`` (plain LoRA) cells give ``map+mc_dropout``.  The finished ``map`` cells of all seeds together are
 a LoRA ensemble (``map_ensemble``, arXiv 2310.00035: members differing in initialization, data order and
@@ -42,7 +43,7 @@ from ...runner.benchmark import (
     summary_table,
 )
 from ...runner.plots import plot_ece_vs_epoch
-from ...runner.sweep import Cell, run_sweep
+from ...runner.sweep import Cell, run_sweep_fitting_map
 from .family import GlueFamily, dev_scores
 from .settings import GlueRunConfig, get_task, primary_metric
 
@@ -165,8 +166,9 @@ def run_overfitting(
                                "methods": list(methods), "seeds": list(seeds), "tasks": {}}
     for config in configs:
         task_dir = output_dir / config.task
-        run_sweep(GlueFamily, dataclasses.replace(config, mc_dropout_samples=0), methods, [config.lr],
-                  [config.batch_size], seeds, task_dir, run_missing=run_missing, method_overrides=mc_dropout)
+        run_sweep_fitting_map(GlueFamily, dataclasses.replace(config, mc_dropout_samples=0), methods, [config.lr],
+                              [config.batch_size], seeds, task_dir, run_missing=run_missing,
+                              method_overrides=mc_dropout)
         rows, epochs = overfitting_rows(config.task, task_dir, methods, seeds, config)
         mixture = ensemble(config.task, task_dir, seeds, config) if "map" in methods else None
         rows += mixture["rows"] if mixture else []
