@@ -234,10 +234,10 @@ class BayesianLoRA(LoRAMethod):
     def after_step(self, step: int, steps_per_epoch: int, rows_per_step: int, lr_scale: float) -> dict[str, Any]:
         return self.prior.after_step(self, step, steps_per_epoch, rows_per_step, lr_scale)
 
-    def fit_posterior(self, loader, device: torch.device) -> dict[str, Any]:
+    def fit_posterior(self, loader, device: torch.device, holdout=None) -> dict[str, Any]:
         """The prior family's post-hoc fit on the training rows (the Laplace approximation); what it records."""
         with torch.no_grad():
-            return self.prior.fit_posterior(self, loader, device)
+            return self.prior.fit_posterior(self, loader, device, holdout)
 
     @property
     def linearized(self) -> bool:

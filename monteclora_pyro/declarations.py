@@ -65,6 +65,11 @@ class PriorSpec:
         self._validate()
 
     @property
+    def needs_holdout(self) -> bool:
+        """Whether fitting the posterior needs held-out training rows (default: no)."""
+        return False
+
+    @property
     def default_guide(self) -> str:
         """The family's own guide."""
         from .priors import PRIOR_FAMILIES

@@ -85,6 +85,14 @@ class CategoricalLikelihood(nn.Module):
             return {"predictive": _binary(scaled[:, 0]), "draws": _binary(sampled[..., 0])}
         return {"predictive": scaled.softmax(-1), "draws": sampled.softmax(-1)}
 
+    def linearized_log_density(self, outputs: torch.Tensor, covariance: torch.Tensor, labels: torch.Tensor
+                               ) -> torch.Tensor:
+        """log p(label) under the probit approximation of the linearized predictive, per example."""
+        scaled = outputs * probit_scale(covariance.diagonal(dim1=-2, dim2=-1))
+        log_p = F.logsigmoid(torch.stack([-scaled[:, 0], scaled[:, 0]], -1)) if outputs.shape[1] == 1 else (
+            scaled.log_softmax(-1))
+        return log_p.gather(1, labels.long()[:, None])[:, 0]
+
 
 def _binary(difference: torch.Tensor) -> torch.Tensor:
     """Two-class probabilities from the logit difference f_1 - f_0."""
@@ -143,6 +151,12 @@ class GaussianLikelihood(nn.Module):
         std = covariance[:, 0, 0].clamp_min(0).sqrt()
         noise = torch.randn(outputs.shape[0], num_samples, device=outputs.device)
         return {"predictive": outputs[:, 0], "draws": outputs[:, :1] + std[:, None] * noise}
+
+    def linearized_log_density(self, outputs: torch.Tensor, covariance: torch.Tensor, labels: torch.Tensor
+                               ) -> torch.Tensor:
+        """log N(label; f*, J Sigma J^T + sigma^2), the linearized predictive's exact density, per example."""
+        variance = covariance[:, 0, 0].clamp_min(0) + self.log_scale.detach().exp() ** 2
+        return dist.Normal(outputs[:, 0], variance.sqrt()).log_prob(labels.reshape(-1).to(outputs.dtype))
 
 
 class TokenLikelihood(nn.Module):

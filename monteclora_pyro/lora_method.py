@@ -93,8 +93,9 @@ class LoRAMethod(nn.Module, abc.ABC):
         """A second update after each optimizer step (BLoB's KL step); what to record.  Default: none."""
         return {}
 
-    def fit_posterior(self, loader: Any, device: torch.device) -> dict[str, Any]:
-        """Fit the posterior after training on the training rows (a Laplace approximation); what to record.
+    def fit_posterior(self, loader: Any, device: torch.device, holdout: Any = None) -> dict[str, Any]:
+        """Fit the posterior after training on the training rows (a Laplace approximation), choosing what the
+        declaration leaves to ``holdout``'s rows (held out from training; None: there are none); what to record.
         Default: nothing (the posterior was trained with the weights)."""
         return {}
 

@@ -192,3 +192,43 @@ def test_sampled_laplace_draws_spread_around_the_mean():
     (guide,) = [module.group_guides[g.key] for g in module.groups if g.sites[0].parameter == name]
     expected_std = guide.precision[0].rsqrt()
     assert math.isclose(float((values.std(0) / expected_std).mean()), 1.0, rel_tol=0.05)
+
+
+@pytest.mark.parametrize("num_labels", [1, 2, 3])
+def test_the_held_out_prior_precision_minimizes_the_linearized_predictives_held_out_nll(num_labels):
+    module = laplace_module(num_labels, prior_precision_by="holdout")
+    train, held_out = batches(num_labels)
+    record = module.fit_posterior([train], torch.device("cpu"), holdout=[held_out])
+    scores = record["holdout_nll_by_prior_precision"]
+    assert record["prior_precision"] == float(min(scores, key=scores.get)) and len(scores) == 49
+    # the score at the chosen delta is the NLL of the fitted posterior's own linearized predictive there
+    variances = {g.key: module.group_guides[g.key].precision.reciprocal() for g in module.groups}
+    outputs, covariance = linear_output_covariance(module, held_out, variances)
+    labels = held_out["labels"]
+    if num_labels == 1:
+        sd = (covariance[:, 0, 0] + module.likelihood.log_scale.detach().exp() ** 2).sqrt()
+        nll = -torch.distributions.Normal(outputs[:, 0], sd).log_prob(labels).mean()
+    else:
+        probabilities = module.likelihood.linearized_predictive(outputs, covariance, 1)["predictive"]
+        nll = -probabilities.log().gather(1, labels[:, None]).mean()
+    assert scores[f"{record['prior_precision']:.3g}"] == pytest.approx(float(nll), rel=1e-4)
+
+
+def test_a_held_out_prior_precision_needs_held_out_rows_and_a_linearized_head():
+    from monteclora_pyro.likelihoods import TokenLikelihood
+    from monteclora_pyro.tasks.glue.settings import GlueRunConfig
+
+    spec = load_prior("laplace").replace(prior_precision_by="holdout")
+    assert spec.needs_holdout and not load_prior("laplace").needs_holdout
+    with pytest.raises(ValueError, match="prior_precision_by = 'median'; allowed: evidence, holdout"):
+        spec.replace(prior_precision_by="median")
+    with pytest.raises(ValueError, match="allowed with it: linearized"):
+        spec.replace(predictive="sampled")
+    with pytest.raises(ValueError, match="causal LM's is by finite differences"):
+        bayesian_lora_from_model(tiny_bert(2), spec, num_data=4, likelihood=TokenLikelihood())
+    with pytest.raises(ValueError, match="laplace_holdout' chooses its prior precision on held-out training rows; "
+                                         "holdout_fraction = 0.0"):
+        GlueRunConfig(task="sst2", prior="laplace_holdout", holdout_fraction=0.0).resolved()
+    module = laplace_module(2, prior_precision_by="holdout")
+    with pytest.raises(ValueError, match="needs held-out training rows"):
+        module.fit_posterior(batches(2), torch.device("cpu"))

@@ -85,8 +85,9 @@ class PriorFamily(nn.Module):
     fitted_buffers: ClassVar[tuple[str, ...]] = ()  # buffers set by fit_posterior, saved with the posterior
     linearized: bool = False  # whether the predictive is the linearized model's (linearized_outputs)
 
-    def fit_posterior(self, module: Any, loader: Any, device: torch.device) -> dict[str, Any]:
-        """Fit the posterior after training, on the training rows of ``loader``; what to record (default: nothing)."""
+    def fit_posterior(self, module: Any, loader: Any, device: torch.device, holdout: Any = None) -> dict[str, Any]:
+        """Fit the posterior after training, on the training rows of ``loader`` (and what the declaration leaves
+        to the held-out rows of ``holdout``, or None); what to record (default: nothing)."""
         return {}
 
     def linearized_outputs(self, module: Any, batch: Any, num_samples: int) -> dict[str, torch.Tensor]:

@@ -12,31 +12,51 @@ from typing import Any
 import torch
 
 from ..declarations import PriorSpec
-from ..laplace import diagonal_ggn, linear_output_covariance, log_evidence, optimal_prior_precision
+from ..laplace import (
+    diagonal_ggn,
+    holdout_prior_precision,
+    linear_output_covariance,
+    log_evidence,
+    optimal_prior_precision,
+)
 from ..likelihoods import CategoricalLikelihood, GaussianLikelihood, TokenLikelihood
 from . import register_prior
 from .factor import FactorPrior
 
-__all__ = ["PREDICTIVES", "LaplacePrior", "LaplaceSpec"]
+__all__ = ["PREDICTIVES", "PRIOR_PRECISION_BY", "LaplacePrior", "LaplaceSpec"]
 
 PREDICTIVES = ("linearized", "sampled")
+PRIOR_PRECISION_BY = ("evidence", "holdout")
 
 
 @dataclass(frozen=True)
 class LaplaceSpec(PriorSpec):
     """The ``laplace`` family's fields.
 
-    prior_precision: delta of the Normal(0, delta^-1/2) prior on the factors; omitted: the delta that
-        maximizes the Laplace approximation of the marginal likelihood on the training rows.
+    prior_precision: delta of the Normal(0, delta^-1/2) prior on the factors; omitted: chosen as
+        ``prior_precision_by`` says.
+    prior_precision_by: ``evidence`` (the delta that maximizes the Laplace approximation of the marginal
+        likelihood on the training rows) or ``holdout`` (the delta of a log grid whose linearized predictive
+        has the lowest NLL on the held-out training rows: a run needs ``holdout_fraction`` > 0).
     predictive: ``linearized`` (the network linear in the factors around the trained ones, through the
         probit approximation; Laplace-LoRA's) or ``sampled`` (the network under draws of the factors).
     """
 
     prior_precision: float | None = None
+    prior_precision_by: str = "evidence"
     predictive: str = "linearized"
+
+    @property
+    def needs_holdout(self) -> bool:
+        return self.prior_precision is None and self.prior_precision_by == "holdout"
 
     def _validate(self) -> None:
         super()._validate()
+        if self.prior_precision_by not in PRIOR_PRECISION_BY:
+            self._fail(f"prior_precision_by = {self.prior_precision_by!r}; allowed: {', '.join(PRIOR_PRECISION_BY)}")
+        if self.prior_precision_by == "holdout" and self.predictive != "linearized":
+            self._fail(f"prior_precision_by = 'holdout' scores the linearized predictive; predictive = "
+                       f"{self.predictive!r} (allowed with it: linearized)")
         if self.prior_precision is not None and not self.prior_precision > 0:
             self._fail(f"prior_precision = {self.prior_precision!r} must be > 0 (or omitted: the marginal "
                        "likelihood chooses it)")
@@ -65,24 +85,37 @@ class LaplacePrior(FactorPrior):
         if not isinstance(likelihood, (CategoricalLikelihood, GaussianLikelihood, TokenLikelihood)):
             raise ValueError(f"prior family 'laplace' fits classification and regression heads and causal LMs; the "
                              f"likelihood is a {type(likelihood).__name__}")
+        if self.spec.needs_holdout and isinstance(likelihood, TokenLikelihood):
+            raise ValueError("prior_precision_by = 'holdout' scores a head's linearized predictive; a causal LM's is "
+                             "by finite differences (allowed for it: evidence)")
 
     @property
     def linearized(self) -> bool:
         return self.spec.predictive == "linearized" and self.prior_precision > 0
 
-    def fit_posterior(self, module, loader, device: torch.device) -> dict[str, Any]:
-        """The diagonal GGN over ``loader``'s rows, the prior precision, and the guides' posterior precision."""
+    def fit_posterior(self, module, loader, device: torch.device, holdout=None) -> dict[str, Any]:
+        """The diagonal GGN over ``loader``'s rows, the prior precision (on ``holdout``'s rows where the
+        declaration says so), and the guides' posterior precision."""
         start = time.perf_counter()
         ggn = diagonal_ggn(module, loader, device)
         h = torch.cat([ggn[g.key].flatten() for g in module.groups])
         theta = torch.cat([module.factor_means(g).detach().flatten() for g in module.groups])
-        delta = self.spec.prior_precision or optimal_prior_precision(h, theta)
+        chosen: dict[str, Any] = {}
+        if self.spec.prior_precision is not None:
+            delta = self.spec.prior_precision
+        elif self.spec.needs_holdout:
+            if holdout is None:
+                raise ValueError("prior_precision_by = 'holdout' needs held-out training rows (holdout_fraction > 0)")
+            delta, scores = holdout_prior_precision(module, holdout, device, ggn)
+            chosen = {"holdout_nll_by_prior_precision": scores}
+        else:
+            delta = optimal_prior_precision(h, theta)
         self.prior_precision.fill_(delta)
         for group in module.groups:
             module.group_guides[group.key].precision.copy_(ggn[group.key] + delta)
         return {"prior_precision": delta, "ggn_mean": float(h.mean()),
                 "log_evidence": log_evidence(delta, h.double().cpu().numpy(), float(theta.double().square().sum())),
-                "laplace_fit_seconds": time.perf_counter() - start}
+                "laplace_fit_seconds": time.perf_counter() - start} | chosen
 
     def linearized_outputs(self, module, batch, num_samples: int) -> dict[str, torch.Tensor]:
         variances = {g.key: module.group_guides[g.key].precision.reciprocal() for g in module.groups}

@@ -23,7 +23,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -108,6 +108,11 @@ class TaskFamily(abc.ABC):
     @abc.abstractmethod
     def evaluate(self, module: LoRAMethod, device: torch.device, output_dir: Path | None) -> Evaluation:
         """The final evaluation: metrics, and the family's plots written into ``output_dir``."""
+
+    def holdout_loader(self) -> Iterable | None:
+        """Batches of the training rows held out from training (with ``labels``), for a posterior fitted after
+        training that chooses a setting on them (default: none)."""
+        return None
 
     @abc.abstractmethod
     def epoch_scores(self, module: LoRAMethod, device: torch.device) -> dict[str, float]:
@@ -321,7 +326,7 @@ def _run(family: TaskFamily, output_dir: Path | None, processes: World) -> dict[
 
     # a posterior fitted after training (the Laplace approximation), on the training rows in order
     fit_loader = make_loader(train_set, collate, config.eval_batch_size, shuffle=False)
-    metrics.update(module.fit_posterior(fit_loader, device))
+    metrics.update(module.fit_posterior(fit_loader, device, family.holdout_loader()))
 
     # predict and evaluate
     evaluation = family.evaluate(module, device, output_dir)

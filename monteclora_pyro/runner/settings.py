@@ -171,6 +171,9 @@ class RunConfig(TrainConfig):
         if self.peer is not None and self.prior == _defaults(type(self))["prior"] != "monteclora":
             return dataclasses.replace(self, prior="monteclora").resolved()  # PEFT's MonteCLoRA is the paper's
         spec = self.prior_spec()
+        if spec.needs_holdout and not self.holdout_fraction > 0:
+            raise ValueError(f"prior {self.prior!r} chooses its prior precision on held-out training rows; "
+                             f"holdout_fraction = {self.holdout_fraction!r} (give > 0)")
         if self.guide is not None:
             from ..guides import check_guide  # the registry imports torch: only for a guide named by hand
 

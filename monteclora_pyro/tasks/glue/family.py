@@ -172,6 +172,9 @@ class GlueFamily(TaskFamily):
     def _held_out(self, module, device) -> dict[str, torch.Tensor] | None:
         return self._predictions(module, device, "holdout", with_mean=False) if "holdout" in self.loaders else None
 
+    def holdout_loader(self):
+        return self.loaders.get("holdout")
+
     def epoch_scores(self, module, device) -> dict[str, float]:
         predictions = self._predictions(module, device, self.task.dev_splits[0], with_mean=False,
                                         num_samples=self.config.epoch_draws())
