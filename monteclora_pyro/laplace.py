@@ -113,18 +113,25 @@ def diagonal_ggn(module, loader: Iterable, device: torch.device) -> dict[str, to
     return total
 
 
+def _jacobian_rows(module, batch: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The likelihood's linearized outputs at the posterior mean (examples x K) and their Jacobians with
+    respect to each group's factors, {group key: examples x K x parameters}."""
+    outputs, recorder = _outputs_with_gradients(module, batch, module.likelihood.linear_outputs)
+    jacobians = [recorder.per_example(outputs, k) for k in range(outputs.shape[1])]
+    return outputs.detach(), {key: torch.stack([j[key].flatten(1) for j in jacobians], dim=1).detach()
+                              for key in jacobians[0]}
+
+
 def linear_output_covariance(module, batch: Mapping[str, torch.Tensor], variances: Mapping[str, torch.Tensor]
                              ) -> tuple[torch.Tensor, torch.Tensor]:
     """(f, C): the likelihood's linearized outputs at the posterior mean (examples x K) and their covariance
     under a diagonal Gaussian posterior with the given ``variances`` ({group key: layers x *shape}),
     C_n = J_n diag(variances) J_n^T (examples x K x K)."""
-    outputs, recorder = _outputs_with_gradients(module, batch, module.likelihood.linear_outputs)
-    jacobians = [recorder.per_example(outputs, k) for k in range(outputs.shape[1])]
+    outputs, rows = _jacobian_rows(module, batch)
     covariance = outputs.new_zeros(outputs.shape[0], outputs.shape[1], outputs.shape[1])
     for key, variance in variances.items():
-        rows = torch.stack([j[key].flatten(1) for j in jacobians], dim=1)  # examples x K x P
-        covariance += torch.einsum("nkp,nmp->nkm", rows * variance.flatten(), rows)
-    return outputs.detach(), covariance.detach()
+        covariance += torch.einsum("nkp,nmp->nkm", rows[key] * variance.flatten(), rows[key])
+    return outputs, covariance
 
 
 def holdout_prior_precision(module, loader: Iterable, device: torch.device, ggn: Mapping[str, torch.Tensor],
@@ -136,10 +143,7 @@ def holdout_prior_precision(module, loader: Iterable, device: torch.device, ggn:
     batches = []
     for batch in loader:
         batch = move_to(batch, device)
-        outputs, recorder = _outputs_with_gradients(module, batch, module.likelihood.linear_outputs)
-        jacobians = [recorder.per_example(outputs, k) for k in range(outputs.shape[1])]
-        rows = {key: torch.stack([j[key].flatten(1) for j in jacobians], dim=1).detach() for key in ggn}
-        batches.append((outputs.detach(), rows, batch["labels"]))
+        batches.append((*_jacobian_rows(module, batch), batch["labels"]))
     scores = {}
     for delta in grid:
         total, count = 0.0, 0

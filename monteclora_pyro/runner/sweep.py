@@ -247,7 +247,7 @@ def run_sweep_fitting_map(
 
     def from_map(cell: Cell) -> dict[str, Any]:
         return ({"max_steps": 0, "eval_each_epoch": False, "init_adapter": map_weights(cell)}
-                if fitted_to_map(cell.method) else {})
+                if cell.method in fitted else {})  # each declaration read once, above
 
     if run_missing:
         run_sweep(family, base, trained, lrs, batch_sizes, seeds, output_dir, method_overrides=method_overrides)
