@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from monteclora_pyro.calibration import calibrated_ece, debiased_calibration_error, expected_calibration_error
-from monteclora_pyro.comparison import paired_bootstrap
+from monteclora_pyro.comparison import paired_bootstrap, spread_ratio_bootstrap
 from monteclora_pyro.prediction import uncertainty
 
 
@@ -43,6 +43,72 @@ def test_the_paired_bootstrap_rejects_bad_input():
         paired_bootstrap([0, 1], [0.1, float("nan")])
     with pytest.raises(ValueError, match=r"level = 1.5 must be in \[0, 1\)"):
         paired_bootstrap([0], [0.1], level=1.5)
+
+
+def test_the_spread_ratio_is_max_minus_min_of_the_seed_means_over_the_baselines():
+    baseline = [[0.80, 0.70], [0.90, 0.80], [0.85, 0.85]]  # settings x seeds: seed-means 0.75, 0.85, 0.85
+    steady = [[0.80, 0.80], [0.85, 0.85], [0.84, 0.82]]  # 0.80, 0.85, 0.83
+    table = spread_ratio_bootstrap({"map": baseline, "steady": steady}, "map", num_resamples=200)
+    assert table["map"]["spread"] == pytest.approx(0.10) and table["map"]["ratio"] == pytest.approx(1.0)
+    assert table["steady"]["spread"] == pytest.approx(0.05) and table["steady"]["ratio"] == pytest.approx(0.5)
+    assert table["steady"]["seed_mean"] == pytest.approx([0.80, 0.85, 0.83])
+    assert table["map"]["seed_std"] == pytest.approx([math.sqrt(0.005), math.sqrt(0.005), 0.0])
+    assert table["steady"]["low"] <= table["steady"]["ratio"] <= table["steady"]["high"]
+
+
+def test_the_spread_ratio_resamples_seeds_paired_across_methods():
+    rng = np.random.default_rng(0)
+    baseline = rng.normal(0.8, 0.03, size=(4, 5))  # 4 learning rates x 5 seeds
+    seed_effect = rng.normal(0, 0.05, size=5)  # a seed good at every setting, for every method
+    # twice the baseline's swing plus a per-seed shift: its spread is twice the baseline's in every resample
+    # of the seeds, but only if both methods get the same seeds
+    doubled = 2 * baseline + seed_effect
+    table = spread_ratio_bootstrap({"map": baseline, "doubled": doubled}, "map", num_resamples=500)
+    assert table["doubled"]["ratio"] == pytest.approx(2.0)
+    assert table["doubled"]["low"] == pytest.approx(2.0) and table["doubled"]["high"] == pytest.approx(2.0)
+
+
+def test_the_spread_ratio_interval_narrows_onto_the_true_ratio_with_more_seeds():
+    rng = np.random.default_rng(1)
+    effect = np.array([0.0, 0.04, 0.08, 0.02])[:, None]  # the baseline's true swing: 0.08; the other's 0.04
+
+    def interval(seeds: int) -> dict:
+        scores = {"map": 0.8 + effect + rng.normal(0, 0.02, (4, seeds)),
+                  "half": 0.8 + effect / 2 + rng.normal(0, 0.02, (4, seeds))}
+        return spread_ratio_bootstrap(scores, "map", num_resamples=1000)["half"]
+
+    few, many = interval(5), interval(400)
+    assert many["low"] <= 0.5 <= many["high"] and many["high"] - many["low"] < 0.15
+    assert few["high"] - few["low"] > 2 * (many["high"] - many["low"])
+
+
+def test_the_spread_ratio_rejects_bad_input():
+    with pytest.raises(ValueError, match="baseline = 'map' is not among"):
+        spread_ratio_bootstrap({"a": [[0.1], [0.2]]}, "map")
+    with pytest.raises(ValueError, match=r"scores\['a'\] has shape \(2, 3\)"):
+        spread_ratio_bootstrap({"map": [[0.1, 0.2], [0.2, 0.3]], "a": [[0.1] * 3] * 2}, "map")
+    with pytest.raises(ValueError, match="settings >= 2"):
+        spread_ratio_bootstrap({"map": [[0.1, 0.2]]}, "map")
+    with pytest.raises(ValueError, match=r"scores\['map'\] must be finite"):
+        spread_ratio_bootstrap({"map": [[0.1], [float("nan")]]}, "map")
+
+
+def test_a_sweeps_table_pairs_each_method_with_map_on_the_seeds_both_finished():
+    from monteclora_pyro.runner.sweep import across_settings
+
+    def row(method, lr, seed, metric):
+        return {"method": method, "lr": lr, "batch_size": 32, "seed": seed, "metric": metric}
+
+    rows = [row("map", lr, s, 0.8 + lr * 10 + s * 0.01) for lr in (1e-3, 2e-3) for s in (0, 1, 2)]
+    rows += [row("other", lr, s, 0.8 + s * 0.01) for lr in (1e-3, 2e-3) for s in (0, 1)]  # seed 2 unfinished
+    rows += [row("other", 1e-3, 2, 0.9), row("diverged", 1e-3, 0, None), row("diverged", 2e-3, 0, 0.5)]
+    table = across_settings(rows, num_resamples=100)
+    assert table["map"]["seeds"] == [0, 1, 2] and table["other"]["seeds"] == [0, 1]
+    assert table["map"]["spread"] == pytest.approx(0.01) and table["other"]["ratio"] == pytest.approx(0.0, abs=1e-12)
+    assert table["other"]["baseline_spread"] == pytest.approx(0.01)
+    assert [s["lr"] for s in table["other"]["settings"]] == [1e-3, 2e-3]
+    assert "diverged" not in table  # no seed with every setting finished
+    assert across_settings([r for r in rows if r["lr"] == 1e-3]) == {}  # one setting: nothing to compare
 
 
 @pytest.mark.parametrize("rows,classes", [(400, 2), (872, 2), (1000, 3), (37, 4)])

@@ -4,8 +4,9 @@ Each cell writes ``cells/<cell>/metrics.json`` atomically; a cell whose file exi
 provided its ``config.json`` has the settings asked for now (else the sweep stops before any work).
 After every cell the grid's CSV is rewritten; at the end the robustness statistics per method
 (mean, std, min, max and max - min of the headline metric across the grid) and a plot of the
-metric against the learning rate are written.  :func:`sweep_main` is the command line of the
-``sweep_*.py`` experiments.
+metric against the learning rate are written, with the spread across settings of each method's seed-mean
+and its ratio to ``map``'s (a paired bootstrap over seeds, :func:`across_settings`).  :func:`sweep_main` is
+the command line of the ``sweep_*.py`` experiments.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from ..artifacts import atomic_write_csv, atomic_write_json
+from ..comparison import spread_ratio_bootstrap
 from ..declarations import PEERS, load_prior
 from ..kinds import integer, number_list, positive_float, positive_int
 from ..priors import PRIOR_FAMILIES
@@ -30,8 +32,8 @@ from .pipeline import TaskFamily, run
 from .plots import plot_metric_vs_lr
 from .settings import RunConfig
 
-__all__ = ["CSV_COLUMNS", "Cell", "TASK_COLUMNS", "fitted_to_map", "method_config", "per_task", "robustness",
-           "run_sweep", "run_sweep_fitting_map", "sweep_main"]
+__all__ = ["CSV_COLUMNS", "Cell", "TASK_COLUMNS", "across_settings", "fitted_to_map", "method_config", "per_task",
+           "robustness", "run_sweep", "run_sweep_fitting_map", "sweep_main"]
 
 CSV_COLUMNS = (
     "task", "method", "lr", "batch_size", "seed", "steps", "train_seconds", "median_step_seconds", "metric",
@@ -144,6 +146,34 @@ def robustness(rows: list[dict[str, Any]], column: str = "metric") -> dict[str, 
     return stats
 
 
+def across_settings(rows: list[dict[str, Any]], column: str = "metric", baseline: str = "map",
+                    num_resamples: int = 2000) -> dict[str, dict[str, Any]]:
+    """Per method: ``column``'s mean and std over seeds at each (learning rate, batch size), the spread
+    (max - min) of those means across the settings, and its ratio to ``baseline``'s with a 95 % interval
+    (:func:`~monteclora_pyro.comparison.spread_ratio_bootstrap`).  A method is paired with the baseline on
+    the seeds where both have every setting finished (``seeds``); without the baseline, or with fewer than
+    2 settings, there is nothing to compare and the result is empty."""
+    settings = sorted({(float(r["lr"]), int(r["batch_size"])) for r in rows})
+    value = {(r["method"], float(r["lr"]), int(r["batch_size"]), int(r["seed"])): float(r[column]) for r in rows
+             if r[column] is not None and math.isfinite(float(r[column]))}
+
+    def complete(method: str) -> set[int]:
+        seeds = {int(r["seed"]) for r in rows}
+        return {s for s in seeds if all((method, *setting, s) in value for setting in settings)}
+
+    if len(settings) < 2 or not complete(baseline):
+        return {}
+    table = {}
+    for method in dict.fromkeys(r["method"] for r in rows):
+        seeds = sorted(complete(method) & complete(baseline))
+        if not seeds:
+            continue
+        scores = {m: [[value[(m, *setting, s)] for s in seeds] for setting in settings] for m in (baseline, method)}
+        table[method] = spread_ratio_bootstrap(scores, baseline, num_resamples)[method] | {
+            "seeds": seeds, "settings": [{"lr": lr, "batch_size": b} for lr, b in settings]}
+    return table
+
+
 def run_sweep(
     family: type[TaskFamily],
     base: RunConfig,
@@ -198,7 +228,7 @@ def run_sweep(
     summary = {
         "task": base.headline()[0], "metric": base.headline()[1],
         "finished_cells": len(rows), "grid_cells": len(cells), "failed_cells": failed,
-        "robustness": robustness(rows), "ece": robustness(rows, "ece"),
+        "robustness": robustness(rows), "ece": robustness(rows, "ece"), "across_settings": across_settings(rows),
         "grid": {"methods": list(methods), "lrs": list(lrs), "batch_sizes": list(batch_sizes), "seeds": list(seeds)},
     }
     tasks = next(iter(configs.values())).scored_tasks()
@@ -297,11 +327,18 @@ def sweep_main(family: type[TaskFamily], description: str, argv: Sequence[str] |
         p.error(str(error))
     print(f"\n{summary['task']}: {summary['metric']} over {summary['finished_cells']} of {summary['grid_cells']} "
           "cells (ECE mean in the last column)")
-    print(f"{'method':<18} {'mean':>8} {'std':>8} {'min':>8} {'max':>8} {'max-min':>8} {'cells':>6} {'ECE':>8}")
+    print(f"{'method':<22} {'mean':>8} {'std':>8} {'min':>8} {'max':>8} {'max-min':>8} {'cells':>6} {'ECE':>8}")
     for method, s in summary["robustness"].items():
         ece = summary["ece"].get(method, {}).get("mean", float("nan"))
-        print(f"{method:<18} {s['mean']:>8.4f} {s['std']:>8.4f} {s['min']:>8.4f} {s['max']:>8.4f} "
+        print(f"{method:<22} {s['mean']:>8.4f} {s['std']:>8.4f} {s['min']:>8.4f} {s['max']:>8.4f} "
               f"{s['spread']:>8.4f} {s['cells']:>6} {ece:>8.4f}")
+    if summary["across_settings"]:
+        print(f"\n{summary['metric']}: spread across settings of the mean over seeds, and its ratio to map's "
+              "[95 % bootstrap over seeds]")
+        print(f"{'method':<22} {'seeds':>5} {'spread':>8} {'map':>8}  ratio [95 %]")
+        for method, s in summary["across_settings"].items():
+            print(f"{method:<22} {len(s['seeds']):>5} {s['spread']:>8.4f} {s['baseline_spread']:>8.4f}  "
+                  f"{s['ratio']:.2f} [{s['low']:.2f}, {s['high']:.2f}]")
     if summary.get("per_task"):
         print(f"\nper task, mean over each method's cells: {', '.join(TASK_METRICS)}")
         for method, tasks in summary["per_task"].items():
