@@ -52,6 +52,13 @@ def _spreads(scores: np.ndarray) -> np.ndarray:
     return means.max(-1) - means.min(-1)
 
 
+def _ratios(spreads: np.ndarray, baseline: np.ndarray) -> np.ndarray:
+    """spreads / baseline, inf where only the baseline is flat and 1 where both are (0 / 0)."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratios = np.asarray(spreads, dtype=np.float64) / baseline
+    return np.where(np.isnan(ratios), 1.0, ratios)
+
+
 def spread_ratio_bootstrap(scores: Mapping[str, np.ndarray], baseline: str, num_resamples: int = 2000,
                            level: float = 0.95, seed: int = 0) -> dict[str, dict[str, object]]:
     """Robustness across settings, per method, against ``baseline``'s.
@@ -85,15 +92,13 @@ def spread_ratio_bootstrap(scores: Mapping[str, np.ndarray], baseline: str, num_
     summary = {}
     for method, values in arrays.items():
         spread = _spreads(values)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            ratios = _spreads(values[:, picks].transpose(1, 0, 2)) / base_resampled
-        ratios = np.where(np.isnan(ratios), 1.0, ratios)  # 0 / 0: both flat in that resample
+        ratios = _ratios(_spreads(values[:, picks].transpose(1, 0, 2)), base_resampled)
         low, high = np.quantile(ratios, [tail, 1 - tail], method="inverted_cdf")  # no interpolation: inf stays
         summary[method] = {
             "seed_mean": values.mean(1).tolist(),
             "seed_std": (values.std(1, ddof=1) if shape[1] > 1 else np.zeros(shape[0])).tolist(),
             "spread": float(spread), "baseline_spread": float(base_spread),
-            "ratio": float(spread / base_spread) if base_spread > 0 else float("inf" if spread > 0 else 1.0),
+            "ratio": float(_ratios(spread, base_spread)),
             "low": float(low), "high": float(high), "seeds": shape[1],
         }
     return summary

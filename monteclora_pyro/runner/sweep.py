@@ -157,15 +157,14 @@ def across_settings(rows: list[dict[str, Any]], column: str = "metric", baseline
     value = {(r["method"], float(r["lr"]), int(r["batch_size"]), int(r["seed"])): float(r[column]) for r in rows
              if r[column] is not None and math.isfinite(float(r[column]))}
 
-    def complete(method: str) -> set[int]:
-        seeds = {int(r["seed"]) for r in rows}
-        return {s for s in seeds if all((method, *setting, s) in value for setting in settings)}
-
-    if len(settings) < 2 or not complete(baseline):
+    all_seeds = {int(r["seed"]) for r in rows}
+    complete = {m: {s for s in all_seeds if all((m, *setting, s) in value for setting in settings)}
+                for m in dict.fromkeys(r["method"] for r in rows)}  # seeds with every setting finished
+    if len(settings) < 2 or not complete.get(baseline):
         return {}
     table = {}
-    for method in dict.fromkeys(r["method"] for r in rows):
-        seeds = sorted(complete(method) & complete(baseline))
+    for method, finished in complete.items():
+        seeds = sorted(finished & complete[baseline])
         if not seeds:
             continue
         scores = {m: [[value[(m, *setting, s)] for s in seeds] for setting in settings] for m in (baseline, method)}
