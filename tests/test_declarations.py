@@ -47,6 +47,8 @@ def test_overrides_are_validated_again():
         ({"alpha": "16"}, r"alpha = '16' must be a number"),
         ({"scale_hyperprior_std": 0.0}, r"scale_hyperprior_std = 0.0 must be > 0 \(or omitted for a fixed eps\)"),
         ({"perturbation_relative": 1}, r"perturbation_relative = 1 must be true or false"),
+        ({"scale_hyperprior_std": 0.5, "scale_init": 0.0}, r"scale_init = 0.0 must be > 0 \(the median q\(tau\)"),
+        ({"scale_init": 0.1}, r"scale_init = 0.1 needs scale_hyperprior_std"),
         ({"family": "gaussian", "prior_scale": 0.2, "init_posterior_scale": -0.1},
          r"init_posterior_scale = -0.1 must be > 0"),
         ({"family": "map", "num_components": 4}, r"unknown keys \['num_components'\]; family 'map' allows"),

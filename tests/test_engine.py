@@ -123,6 +123,17 @@ def test_every_kl_the_objective_uses_is_a_reference_kl():
     assert h_guide.nodes[h_site]["fn"].has_rsample and expected > 0
 
 
+def test_scale_init_starts_q_tau_at_its_median_and_leaves_the_hyperprior_alone():
+    default, low = make("monteclora_scaled"), make("monteclora_scaled", scale_init=0.1)
+    site = f"{low.groups[0].name}.scale"
+    for module, median in ((default, 1.0), (low, 0.1)):
+        pyro.set_rng_seed(0)
+        draws = torch.stack([module.latent_trace()[0].nodes[site]["value"] for _ in range(400)])
+        assert abs(draws.median().item() / median - 1) < 0.03, (median, draws.median())  # q's spread: 0.05 in log
+        prior = module.latent_trace()[1].nodes[site]["fn"]
+        torch.testing.assert_close(prior.loc, torch.zeros_like(prior.loc))  # the hyperprior's median stays 1
+
+
 def _layer_independent(shape: torch.Size) -> torch.Tensor:
     """A fixed 'standard draw' that depends on a value's last two dims only (so not on its layer)."""
     if len(shape) < 2:

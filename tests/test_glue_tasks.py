@@ -234,3 +234,15 @@ def test_the_data_size_command_runs_each_size_once_and_tabulates_the_spread(tmp_
     with pytest.raises(SystemExit):  # a finished size made with other settings is not read as this one's
         main([*argv, "--lr", "1e-3", "--report-only"])
     assert "holds a run with other settings (lr: 0.002 there, 0.001 now)" in capsys.readouterr().err
+
+
+def test_the_data_size_command_can_give_every_size_the_same_epochs(tmp_path, glue_dir, capsys):
+    from monteclora_pyro.commands.data_size_glue import main
+
+    argv = ["--rows", "16,32", "--epochs", "1", "--batch-size", "8", "--data-dir", str(glue_dir), "--max-length", "32",
+            "--max-eval-samples", "8", "--num-samples", "2", "--output-dir", str(tmp_path)]
+    rows = main(argv)["rows"]
+    assert [r["epochs"] for r in rows] == [1, 1] and [r["steps"] for r in rows] == [2, 4]  # more rows, more steps
+    with pytest.raises(SystemExit):  # one budget or the other, not both
+        main([*argv, "--steps", "4"])
+    assert "not allowed with argument" in capsys.readouterr().err

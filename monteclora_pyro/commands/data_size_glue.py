@@ -14,6 +14,7 @@ from ..runner.options import add_config_arguments, config_values, parse_argument
 from ..tasks.glue.settings import GlueRunConfig
 from . import command_parser
 
+DEFAULT_STEPS = 250
 DEFAULTS = {"max_eval_samples": 200, "num_samples": 4, "progress": False}
 
 
@@ -21,8 +22,11 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> dict:
     p = command_parser(__doc__, prog)
     p.add_argument("--rows", type=number_list(positive_int), default=[500, 1000, 2000, 4000],
                    help="the training subsets' sizes (comma-separated)")
-    p.add_argument("--steps", type=positive_int, default=250,
-                   help="training steps of every size (its epochs: steps x batch / rows, rounded)")
+    budget = p.add_mutually_exclusive_group()
+    budget.add_argument("--steps", type=positive_int, default=None,
+                        help="training steps of every size (its epochs: steps x batch / rows, rounded; default 250)")
+    budget.add_argument("--epochs", dest="same_epochs", type=positive_int, default=None,
+                        help="instead of --steps: the same epochs for every size (more rows, more steps)")
     p.add_argument("--output-dir", "--output_dir", default="runs/data_size")
     p.add_argument("--report-only", "--report_only", action="store_true", help="run nothing: tabulate the finished")
     add_config_arguments(p, GlueRunConfig, skip=("output_dir", "max_train_samples", "epochs", "max_steps",
@@ -33,7 +37,9 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> dict:
 
     try:
         base = GlueRunConfig(**config_values(args, GlueRunConfig))
-        summary = run_data_size(base, args.rows, args.steps, args.output_dir, run_missing=not args.report_only)
+        steps = args.steps if args.steps or args.same_epochs else DEFAULT_STEPS
+        summary = run_data_size(base, args.rows, steps, args.output_dir, run_missing=not args.report_only,
+                                epochs=args.same_epochs)
     except ValueError as error:
         p.error(str(error))
     print(data_size_table(summary))

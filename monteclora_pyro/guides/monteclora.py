@@ -47,8 +47,8 @@ class MonteCLoRAGuide(nn.Module):
         if spec.learn_df:  # starts at the prior's df; exp keeps it above r - 1, where the Wishart is proper
             self.log_df_excess = nn.Parameter(torch.full((layers,), math.log(spec.df - (group.rank - 1))))
         self.hyperprior = spec.scale_hyperprior_std is not None
-        if self.hyperprior:  # q(tau) starts at the hyperprior's median with a tenth of its spread
-            self.scale_loc = nn.Parameter(torch.zeros(layers))
+        if self.hyperprior:  # q(tau) starts at median scale_init with a tenth of the hyperprior's spread
+            self.scale_loc = nn.Parameter(torch.full((layers,), math.log(spec.scale_init)))
             self.scale_log_scale = nn.Parameter(torch.full((layers,), math.log(0.1 * spec.scale_hyperprior_std)))
 
     def degrees_of_freedom(self) -> float | torch.Tensor:

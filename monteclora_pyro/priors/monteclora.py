@@ -44,6 +44,8 @@ class MonteCLoRASpec(PriorSpec):
         (the std of PEFT's default ``lora_A`` init); false: eps is absolute (the paper).
     scale_hyperprior_std: s > 0 puts ``tau ~ LogNormal(0, s)`` per layer on the perturbation scale, with its own
         LogNormal variational factor, so the data decide the scale; omitted: eps is fixed (the paper).
+    scale_init: the median q(tau) starts at (default 1, the hyperprior's median). Below 1 a wide hyperprior
+        (a large eps) starts training at small perturbations and lets the ELBO widen them where the data allow.
     cooperative_weight: weight w >= 0 of the paper's optional cooperative term, log factor -w sum pi^2.
     learn_df: if true, q(Sigma) has degrees of freedom of its own per layer, learned with its scale (starting
         at the prior's), so the posterior of Sigma can be tighter than its prior; false: q keeps the prior's
@@ -57,6 +59,7 @@ class MonteCLoRASpec(PriorSpec):
     perturbation_scale: float = 1e-3
     perturbation_relative: bool = False
     scale_hyperprior_std: float | None = None
+    scale_init: float = 1.0
     cooperative_weight: float = 0.0
     learn_df: bool = False
 
@@ -80,6 +83,10 @@ class MonteCLoRASpec(PriorSpec):
             self._fail(f"perturbation_relative = {self.perturbation_relative!r} must be true or false")
         if self.scale_hyperprior_std is not None and not self.scale_hyperprior_std > 0:
             self._fail(f"scale_hyperprior_std = {self.scale_hyperprior_std!r} must be > 0 (or omitted for a fixed eps)")
+        if not self.scale_init > 0:
+            self._fail(f"scale_init = {self.scale_init!r} must be > 0 (the median q(tau) starts at)")
+        if self.scale_init != 1.0 and self.scale_hyperprior_std is None:
+            self._fail(f"scale_init = {self.scale_init!r} needs scale_hyperprior_std (without it tau is fixed at 1)")
         if not isinstance(self.learn_df, bool):
             self._fail(f"learn_df = {self.learn_df!r} must be true or false")
         if not self.cooperative_weight >= 0:

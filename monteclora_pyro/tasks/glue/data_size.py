@@ -1,11 +1,12 @@
 """The posterior's response to data: one prior trained on growing subsets of a GLUE task's rows with the same
-number of steps, and the learned perturbation spread, the predictive's mutual information (its spread in
+number of steps (or of epochs), and the learned perturbation spread, the predictive's mutual information (its spread in
 function space, where the data speak) and KL per example against the number of rows.
 
 A posterior the data decide shrinks as the rows grow (about as 1 / sqrt(N) for a well-specified model); one
 set by hand, or stopped by the optimizer's schedule, does not.  Each size is one run (a cell, resumable:
 a finished cell is read, not run again), with the same steps for every size (the epochs are steps x batch /
-rows, rounded), so the sizes differ in data, not in optimization.
+rows, rounded), so the sizes differ in data, not in the number of updates; or with the same epochs for every
+size, so that each is trained as far towards its own optimum (the fewest rows are not seen more often).
 """
 
 from __future__ import annotations
@@ -27,8 +28,9 @@ COLUMNS = ("rows", "steps", "epochs", "perturbation_std", "perturbation_std_min"
            "ece", "mean_ece")
 
 
-def _cell(base: GlueRunConfig, rows: int, steps: int, output_dir: Path) -> GlueRunConfig:
-    epochs = max(1, round(steps * base.batch_size / rows))
+def _cell(base: GlueRunConfig, rows: int, steps: int | None, epochs: int | None, output_dir: Path) -> GlueRunConfig:
+    if epochs is None:
+        epochs = max(1, round(steps * base.batch_size / rows))
     return dataclasses.replace(base, max_train_samples=rows, epochs=epochs, max_steps=None,
                                output_dir=str(output_dir / f"{base.task}-{rows}"), overwrite_output_dir=True)
 
@@ -48,20 +50,25 @@ def _spread(cell_dir: Path) -> dict[str, float]:
     return out
 
 
-def run_data_size(base: GlueRunConfig, rows: list[int], steps: int, output_dir: str | Path,
-                  run_missing: bool = True) -> dict[str, Any]:
-    """Run (or read) each size's cell and write OUT/data_size.csv, OUT/data_size.json and
-    OUT/plots/spread_vs_rows.png; returns the summary (``rows``: one record per size)."""
+def run_data_size(base: GlueRunConfig, rows: list[int], steps: int | None, output_dir: str | Path,
+                  run_missing: bool = True, epochs: int | None = None) -> dict[str, Any]:
+    """Run (or read) each size's cell, with ``steps`` updates or ``epochs`` passes each (one of the two), and write
+    OUT/data_size.csv, OUT/data_size.json and OUT/plots/spread_vs_rows.png; returns the summary (``rows``: one
+    record per size)."""
     output_dir = Path(output_dir)
     if not rows or any(r < 1 for r in rows):
         raise ValueError(f"rows = {rows!r} must be positive numbers of training rows")
+    if (steps is None) == (epochs is None):
+        raise ValueError(f"steps = {steps!r}, epochs = {epochs!r}: give one of them (the same for every size)")
+    if (steps if epochs is None else epochs) < 1:
+        raise ValueError(f"steps = {steps!r}, epochs = {epochs!r}: the one given must be >= 1")
     spec = base.resolved().prior_spec()  # a bad prior or setting fails here, before any training
     if spec.family != "monteclora":
         raise ValueError(f"prior = {base.prior!r} is of family {spec.family!r}; the spread measured here is a "
                          "monteclora prior's perturbation std")
     records = []
     for size in sorted(rows):
-        config = _cell(base, size, steps, output_dir)
+        config = _cell(base, size, steps, epochs, output_dir)
         cell_dir = Path(config.output_dir)
         if not (cell_dir / "metrics.json").exists():
             if not run_missing:
@@ -88,8 +95,8 @@ def run_data_size(base: GlueRunConfig, rows: list[int], steps: int, output_dir: 
         from ...runner.plots import plot_spread_vs_rows
 
         plot_spread_vs_rows(records, output_dir / "plots" / "spread_vs_rows.png")
-    summary = {"task": base.task, "prior": base.prior, "steps": steps, "posterior_steps": base.posterior_steps,
-               "posterior_lr": base.posterior_lr, "rows": records}
+    summary = {"task": base.task, "prior": base.prior, "steps": steps, "epochs": epochs,
+               "posterior_steps": base.posterior_steps, "posterior_lr": base.posterior_lr, "rows": records}
     atomic_write_json(output_dir / "data_size.json", summary)
     return summary
 
