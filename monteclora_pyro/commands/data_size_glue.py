@@ -24,7 +24,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> dict:
                    help="the training subsets' sizes (comma-separated)")
     budget = p.add_mutually_exclusive_group()
     budget.add_argument("--steps", type=positive_int, default=None,
-                        help="training steps of every size (its epochs: steps x batch / rows, rounded; default 250)")
+                        help=f"training steps of every size (default {DEFAULT_STEPS}; its epochs: steps x batch / rows)")
     budget.add_argument("--epochs", dest="same_epochs", type=positive_int, default=None,
                         help="instead of --steps: the same epochs for every size (more rows, more steps)")
     p.add_argument("--output-dir", "--output_dir", default="runs/data_size")
@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> dict:
 
     try:
         base = GlueRunConfig(**config_values(args, GlueRunConfig))
-        steps = args.steps if args.steps or args.same_epochs else DEFAULT_STEPS
+        steps = None if args.same_epochs else args.steps or DEFAULT_STEPS
         summary = run_data_size(base, args.rows, steps, args.output_dir, run_missing=not args.report_only,
                                 epochs=args.same_epochs)
     except ValueError as error:

@@ -1,6 +1,6 @@
 """The posterior's response to data: one prior trained on growing subsets of a GLUE task's rows with the same
-number of steps (or of epochs), and the learned perturbation spread, the predictive's mutual information (its spread in
-function space, where the data speak) and KL per example against the number of rows.
+number of steps (or of epochs), and the learned perturbation spread, the predictive's mutual information (its
+spread in function space, where the data speak) and KL per example against the number of rows.
 
 A posterior the data decide shrinks as the rows grow (about as 1 / sqrt(N) for a well-specified model); one
 set by hand, or stopped by the optimizer's schedule, does not.  Each size is one run (a cell, resumable:
