@@ -24,7 +24,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> dict:
                    help="the training subsets' sizes (comma-separated)")
     budget = p.add_mutually_exclusive_group()
     budget.add_argument("--steps", type=positive_int, default=None,
-                        help=f"training steps of every size (default {DEFAULT_STEPS}; its epochs: steps x batch / rows)")
+                        help=f"training steps of every size (default {DEFAULT_STEPS}; epochs: steps x batch / rows)")
     budget.add_argument("--epochs", dest="same_epochs", type=positive_int, default=None,
                         help="instead of --steps: the same epochs for every size (more rows, more steps)")
     p.add_argument("--output-dir", "--output_dir", default="runs/data_size")
