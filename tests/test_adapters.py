@@ -67,6 +67,24 @@ def test_saved_posterior_reloads_exports_and_merges_with_equal_outputs(tmp_path,
     assert result.returncode == 0, result.stderr[-3000:]
     mixed = json.loads(result.stdout[result.stdout.index("{"):])
     assert mixed["members"] == 2 and mixed["mean_nll"] == pytest.approx(report["mean_nll"], rel=1e-5)
+    # the rows a run of 40 training rows held out at seed 3: its 10, not the dev set's
+    result = subprocess.run([sys.executable, "experiments/predict_glue.py", "--adapter", str(tmp_path / "adapter"),
+                             "--task", "sst2", "--data-dir", str(glue_dir), "--split", "holdout",
+                             "--max-train-samples", "40", "--holdout-fraction", "0.25", "--seed", "3",
+                             "--num-samples", "2", "--max-length", "32"],
+                            cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    held_out = json.loads(result.stdout[result.stdout.index("{"):])
+    assert held_out["split"] == "holdout" and held_out["examples"] == 10
+    assert held_out["nll"] != pytest.approx(report["nll"])
+
+
+def test_scoring_the_held_out_rows_needs_the_runs_holdout_fraction(capsys):
+    from monteclora_pyro.commands.predict_glue import main
+
+    with pytest.raises(SystemExit):
+        main(["--adapter", "unused", "--task", "sst2", "--split", "holdout", "--max-train-samples", "1000"])
+    assert "give its --holdout-fraction (> 0)" in capsys.readouterr().err
 
 
 def test_a_folder_that_is_no_saved_posterior_is_named(tmp_path):

@@ -164,11 +164,11 @@ def test_the_command_list_and_a_predict_without_a_saved_posterior(capsys, tmp_pa
 
 
 def test_a_peft_peer_takes_the_papers_prior_unless_another_is_named():
-    """PEFT's MonteCLoRA is the paper's method: with the GLUE default (monteclora_scaled_ab, a relative eps PEFT
+    """PEFT's MonteCLoRA is the paper's method: with the GLUE default (monteclora_wide_prior, a relative eps PEFT
     cannot represent) a peer runs with the paper's declaration; a prior named by hand is kept."""
     from monteclora_pyro.tasks.glue.settings import GlueRunConfig
 
-    assert GlueRunConfig().prior == "monteclora_scaled_ab"
+    assert GlueRunConfig().prior == "monteclora_wide_prior"
     assert GlueRunConfig(peer="peft-monteclora").resolved().prior == "monteclora"
     assert GlueRunConfig(peer="peft-lora", prior="map").resolved().prior == "map"
-    assert GlueRunConfig().resolved().prior == "monteclora_scaled_ab"
+    assert GlueRunConfig().resolved().prior == "monteclora_wide_prior"

@@ -1,7 +1,7 @@
 """Predict with a saved posterior: a GLUE classifier's (``predict_glue``) or a causal LM's
 (``predict_commonsense``), as ``posterior.json`` in the adapter folder says; the options are that command's.
 
-    monteclora predict --adapter runs/sst2-monteclora_scaled_ab/adapter --task sst2 --num-samples 8
+    monteclora predict --adapter runs/sst2-monteclora_wide_prior/adapter --task sst2 --num-samples 8
 """
 
 from __future__ import annotations

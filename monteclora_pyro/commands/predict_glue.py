@@ -4,10 +4,14 @@ A run of ``svi_glue.py`` saves its posterior in OUT/adapter.  This script loads 
 posterior-mean and the S-draw predictive on a GLUE dev set, and optionally exports the
 posterior-mean adapter in PEFT's format (``PeftModel.from_pretrained``) or merged into the backbone.
 Several adapters (comma-separated) are scored as their equal-weight mixture: a LoRA ensemble.
+``--split holdout`` scores the training rows the run held out instead (give its ``--max-train-samples``,
+``--holdout-fraction`` and ``--seed``): to choose between declarations without touching the dev rows.
 
-    python experiments/predict_glue.py --adapter runs/sst2-monteclora_scaled_ab/adapter --task sst2 --num-samples 8 \
+    python experiments/predict_glue.py --adapter runs/sst2-monteclora_wide_prior/adapter --task sst2 --num-samples 8 \
         --export-peft runs/sst2-peft --export-merged runs/sst2-merged
     python experiments/predict_glue.py --adapter runs/seed0/adapter,runs/seed1/adapter,runs/seed2/adapter --task sst2
+    python experiments/predict_glue.py --adapter runs/sst2-monteclora_wide_prior/adapter --task sst2 --split holdout \
+        --max-train-samples 1000 --holdout-fraction 0.1 --seed 0
 """
 
 from __future__ import annotations
@@ -21,7 +25,9 @@ from . import command_parser
 
 # the run settings that apply to predicting, as a run declares them (your own files: the training run's)
 SETTINGS = ("task", "data_dir", "model", "num_samples", "max_eval_samples", "max_length", "eval_batch_size", "seed",
-            "device", "train_file", "validation_file", "text_columns", "label_column")
+            "device", "train_file", "validation_file", "text_columns", "label_column", "max_train_samples",
+            "holdout_fraction")
+SPLITS = ("dev", "holdout")
 
 
 def main(argv: list[str] | None = None, prog: str | None = None) -> dict:
@@ -32,8 +38,14 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> dict:
                    help="write the posterior-mean adapter here (PEFT format)")
     p.add_argument("--export-merged", "--export_merged", default=None,
                    help="write the backbone with the adapter merged here")
+    p.add_argument("--split", choices=SPLITS, default="dev",
+                   help="the rows to score: the task's dev set, or the training rows a run held out (its "
+                        "--max-train-samples, --holdout-fraction and --seed)")
     add_config_arguments(p, GlueRunConfig, only=SETTINGS)
     args = parse_arguments(p, argv)
+    if args.split == "holdout" and not args.holdout_fraction:
+        p.error("--split holdout scores the rows a run held out: give its --holdout-fraction (> 0), "
+                "--max-train-samples and --seed")
     try:
         config = GlueRunConfig(**config_values(args, GlueRunConfig))
         task = config.glue_task()  # a GLUE task, or your own files (the ones the adapter was trained on)
@@ -60,9 +72,11 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> dict:
     module, tokenizer = members[0]
     pyro.set_rng_seed(config.seed)
     data_dir = None if task.data_files else config.data_dir or default_glue_dir()
-    data = load_glue(task, data_dir, tokenizer, config.max_length, 1, config.max_eval_samples, config.seed)
-    loader = make_loader(data[task.dev_splits[0]], DataCollatorWithPadding(tokenizer), config.eval_batch_size,
-                         shuffle=False)
+    holdout = args.split == "holdout"
+    data = load_glue(task, data_dir, tokenizer, config.max_length, config.max_train_samples if holdout else 1,
+                     config.max_eval_samples, config.seed, config.holdout_fraction if holdout else 0.0)
+    loader = make_loader(data["holdout" if holdout else task.dev_splits[0]], DataCollatorWithPadding(tokenizer),
+                         config.eval_batch_size, shuffle=False)
     predictions = mixture([predict(member, loader, config.num_samples, device) for member, _ in members])
     labels = predictions["labels"]
     if task.num_labels > 1:
@@ -75,8 +89,8 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> dict:
         export_peft(module, args.export_peft)
     if args.export_merged:
         export_merged(module, args.export_merged, tokenizer)
-    print(json.dumps(report | {"examples": len(labels), "num_samples": config.num_samples, "members": len(members)},
-                     indent=2))
+    print(json.dumps(report | {"split": args.split, "examples": len(labels), "num_samples": config.num_samples,
+                               "members": len(members)}, indent=2))
     return report
 
 

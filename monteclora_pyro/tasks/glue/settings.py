@@ -176,11 +176,12 @@ def default_model() -> str:
 @dataclass
 class GlueRunConfig(RunConfig):
     """One GLUE run.  The defaults are the embedded default job: the packaged MiniLM on 2000 SST-2
-    rows for 2 epochs (a few minutes on 2 CPU cores), with the MonteCLoRA declaration whose perturbation
-    scale the data decide (``monteclora_scaled_ab``; the paper's, ``--prior monteclora``, keeps its prior)."""
+    rows for 2 epochs (a few minutes on 2 CPU cores), with the MonteCLoRA declaration chosen on held-out
+    training rows, whose perturbation scale the data decide (``monteclora_wide_prior``; the paper's,
+    ``--prior monteclora``, keeps its prior)."""
 
     task: str = option("sst2", "GLUE task: cola sst2 mrpc stsb qnli rte wnli mnli")
-    prior: str = redefault(RunConfig, "prior", "monteclora_scaled_ab")
+    prior: str = redefault(RunConfig, "prior", "monteclora_wide_prior")
     data_dir: str | None = option(None, "GLUE directory (CoLA/, RTE/, ...); default: ../shared/data/glue "
                                         "(or $MONTECLORA_GLUE_DIR) if present, else the hub")
     output_dir: str = redefault(RunConfig, "output_dir", "runs/svi_glue")
