@@ -1,10 +1,10 @@
 """The posterior's response to data: one prior on growing subsets of a GLUE task's training rows, the same
-number of steps for every size, and the learned perturbation spread and KL per example against the rows.
+number of steps (or of epochs) for every size, and the learned perturbation spread and KL per example against the rows.
 Resumable (a finished size is read, not run again).  Writes OUT/<task>-<rows>/ (one run each),
 OUT/data_size.csv, OUT/data_size.json and OUT/plots/spread_vs_rows.png.
 
-    python experiments/data_size_glue.py --rows 500,1000,2000,4000 --steps 250 --posterior-steps 300 \
-        --posterior-lr 0.05 --output-dir results/data_size/stage
+    python experiments/data_size_glue.py --prior monteclora_wide_prior --rows 500,1000,2000,4000 --epochs 16 \
+        --posterior-steps 300 --posterior-lr 0.05 --output-dir runs/data_size
 """
 
 from __future__ import annotations
