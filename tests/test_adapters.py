@@ -77,6 +77,16 @@ def test_saved_posterior_reloads_exports_and_merges_with_equal_outputs(tmp_path,
     held_out = json.loads(result.stdout[result.stdout.index("{"):])
     assert held_out["split"] == "holdout" and held_out["examples"] == 10
     assert held_out["nll"] != pytest.approx(report["nll"])
+    # the same rows with the settings read from the run's config.json beside the adapter; a flag given wins
+    from monteclora_pyro.commands.predict_glue import main as predict_glue
+
+    (tmp_path / "config.json").write_text(json.dumps({"task": "sst2", "max_train_samples": 40,
+                                                      "holdout_fraction": 0.25, "seed": 3, "lr": 1e-3}))
+    common = ["--adapter", str(tmp_path / "adapter"), "--data-dir", str(glue_dir), "--split", "holdout",
+              "--num-samples", "2", "--max-length", "32"]
+    assert predict_glue(common) == pytest.approx({k: v for k, v in held_out.items()
+                                                  if k not in ("split", "examples", "num_samples", "members")})
+    assert predict_glue(common + ["--seed", "4"])["nll"] != pytest.approx(held_out["nll"])
 
 
 def test_scoring_the_held_out_rows_needs_the_runs_holdout_fraction(capsys):
@@ -85,6 +95,16 @@ def test_scoring_the_held_out_rows_needs_the_runs_holdout_fraction(capsys):
     with pytest.raises(SystemExit):
         main(["--adapter", "unused", "--task", "sst2", "--split", "holdout", "--max-train-samples", "1000"])
     assert "give its --holdout-fraction (> 0)" in capsys.readouterr().err
+
+
+def test_a_runs_unreadable_config_is_named_before_any_work(tmp_path, capsys):
+    from monteclora_pyro.commands.predict_glue import main
+
+    (tmp_path / "adapter").mkdir()
+    (tmp_path / "config.json").write_text("{not json")
+    with pytest.raises(SystemExit):
+        main(["--adapter", str(tmp_path / "adapter"), "--split", "holdout"])
+    assert "config.json cannot be read (JSONDecodeError)" in capsys.readouterr().err
 
 
 def test_a_folder_that_is_no_saved_posterior_is_named(tmp_path):
