@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -192,6 +193,12 @@ def test_overfitting_benchmark_script_on_real_sst2_rows(glue_dir, tmp_path, monk
     assert len((tmp_path / "sst2" / "comparisons.csv").read_text().splitlines()) == 1 + len(versus)
     again = script.main([*argv, "--report-only"])
     assert again["tasks"] == summary["tasks"]
+    clone = tmp_path / "clone"  # the cells' records as a clone holds them: no trained weights
+    shutil.copytree(tmp_path / "sst2" / "cells", clone / "sst2" / "cells", ignore=shutil.ignore_patterns("adapter"))
+    from_records = script.main([str(clone) if a == str(tmp_path) else a for a in argv] + ["--report-only"])
+    assert from_records["tasks"] == summary["tasks"]
+    sweep = (tmp_path / "sst2" / "sweep.csv").read_text()
+    assert "\nsst2,laplace,0.002,8,0," in sweep and (clone / "sst2" / "sweep.csv").read_text() == sweep
     table = (tmp_path / "summary.md").read_text().splitlines()
     assert table[0].startswith("| task | method | metric | NLL |") and len(table) == 2 + len(methods)
     assert any(line.startswith("| sst2 | `laplace` |") for line in table)

@@ -184,10 +184,13 @@ def test_shift_benchmark_end_to_end_and_resumable(tiny_llama, data_dir, tmp_path
     again = run_shift(base, ["map", "laplace", "monteclora_scaled_ab"], [0, 1], out)  # nothing reruns
     assert {p: p.stat().st_mtime_ns for p in cells.glob("*/metrics.json")} == written
     assert again["tasks"] == json.loads(json.dumps(summary["tasks"]))
+    sweep = (out / "sweep.csv").read_text()
     shutil.rmtree(cells / "map_lr0.001_bs4_seed1" / "adapter")  # a clone of the records: no weights
     reported = run_shift(base, ["map", "laplace", "monteclora_scaled_ab"], [0, 1], out, run_missing=False)
     assert reported["tasks"] == again["tasks"]
-    assert {r["method"] for r in csv.DictReader((out / "sweep.csv").open())} == {"map", "monteclora_scaled_ab"}
+    assert (out / "sweep.csv").read_text() == sweep  # the fitted cells reported from their records
+    assert {r["method"] for r in csv.DictReader((out / "sweep.csv").open())} == {"map", "laplace",
+                                                                                 "monteclora_scaled_ab"}
     with pytest.raises(ValueError, match="add map"):
         run_shift(base, ["laplace"], [0], out)
 

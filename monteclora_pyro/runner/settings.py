@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -206,8 +206,9 @@ class RunConfig(TrainConfig):
         (JSON types: tuples become lists, so a record compares equal to one read back)."""
         return json.loads(json.dumps(dataclasses.asdict(self) | {"prior_spec": self.prior_spec().record()}))
 
-    def changes_from(self, written: Mapping[str, Any]) -> list[str]:
-        """The settings that differ from an earlier run's record, apart from :data:`RESUME_IGNORED`.
+    def changes_from(self, written: Mapping[str, Any], unchecked: Sequence[str] = ()) -> list[str]:
+        """The settings that differ from an earlier run's record, apart from :data:`RESUME_IGNORED` and
+        ``unchecked``.
 
         A setting the record lacks (added in a later version) counts as its default then, so new
         options leave finished runs valid as long as they keep their defaults; a prior setting of
@@ -215,7 +216,7 @@ class RunConfig(TrainConfig):
         now = self.record()
         then = _defaults(type(self)) | dict(written)
         changes = [f"{k}: {then.get(k)!r} there, {v!r} now" for k, v in now.items()
-                   if k not in (*RESUME_IGNORED, "prior_spec") and then.get(k) != v]
+                   if k not in (*RESUME_IGNORED, *unchecked, "prior_spec") and then.get(k) != v]
         spec_then = _defaults(type(self.prior_spec())) | dict(written.get("prior_spec") or {})
         return changes + [f"prior_spec.{k}: {spec_then.get(k)!r} there, {v!r} now"
                           for k, v in now["prior_spec"].items() if k != "name" and spec_then.get(k) != v]

@@ -71,8 +71,9 @@ def _grid(methods: Sequence[str], lrs: Sequence[float], batch_sizes: Sequence[in
     return [Cell(m, lr, b, s) for s, lr, b, m in itertools.product(seeds, lrs, batch_sizes, methods)]
 
 
-def _finished(config: RunConfig) -> bool:
-    """Whether the cell has its metrics; raises ValueError when they were made with other settings."""
+def _finished(config: RunConfig, unchecked: Sequence[str] = ()) -> bool:
+    """Whether the cell has its metrics; raises ValueError when they were made with other settings
+    (``unchecked`` ones apart)."""
     folder = Path(config.output_dir)
     if not (folder / "metrics.json").exists():
         return False
@@ -80,7 +81,7 @@ def _finished(config: RunConfig) -> bool:
         written = json.loads((folder / "config.json").read_text())
     except (OSError, json.JSONDecodeError) as error:
         raise ValueError(f"{folder / 'config.json'} cannot be read ({error}); delete that cell to rerun it") from None
-    changed = config.changes_from(written)
+    changed = config.changes_from(written, unchecked)
     if changed:
         raise ValueError(f"{folder} was finished with other settings ({'; '.join(changed)}); "
                          "give another --output-dir, or delete that cell to rerun it")
@@ -184,6 +185,7 @@ def run_sweep(
     run_missing: bool = True,
     method_overrides: Mapping[str, Mapping[str, Any]] | None = None,
     cell_overrides: Callable[[Cell], Mapping[str, Any]] | None = None,
+    unchecked: Sequence[str] = (),
 ) -> dict[str, Any]:
     """Run every unfinished cell of ``family`` (unless ``run_missing`` is False: report on the finished ones only;
     a cell whose training diverges is reported in ``failed_cells`` and tried again by a rerun),
@@ -192,8 +194,12 @@ def run_sweep(
     (``robustness.json``'s ``per_task``).
 
     ``method_overrides``: settings that differ for one method, {method: {field: value}}; ``cell_overrides(cell)``:
-    those that differ for one cell (e.g. the trained adapter a post-hoc method starts from).
+    those that differ for one cell (e.g. the trained adapter a post-hoc method starts from); ``unchecked``:
+    settings a finished cell's record is not compared on (only when ``run_missing`` is False).
     """
+    if unchecked and run_missing:
+        raise ValueError(f"unchecked = {list(unchecked)}: only a report (run_missing False) may leave settings "
+                         "unchecked; a cell that runs is checked on all of them")
     output_dir = Path(output_dir)
     cells = _grid(methods, lrs, batch_sizes, seeds)
     configs = {
@@ -205,7 +211,7 @@ def run_sweep(
         for cell in cells
     }  # every cell's values are checked before the first one trains
     # a finished cell with other settings stops the sweep here, before any work
-    finished = {cell: _finished(config) for cell, config in configs.items()}
+    finished = {cell: _finished(config, unchecked) for cell, config in configs.items()}
     csv_path = output_dir / "sweep.csv"
     failed: dict[str, str] = {}
     for index, (cell, config) in enumerate(configs.items(), start=1):
@@ -261,8 +267,9 @@ def run_sweep_fitting_map(
     cell of its learning rate, batch size and seed (``init_adapter``, ``max_steps`` 0, no per-epoch scores)
     and fits its posterior around those weights, so that the two differ in the posterior alone.  Its cell
     waits until that ``map`` cell is finished.  A fitted cell's settings name the ``map`` weights, which a
-    clone holding the cells' records alone lacks: there it is left out of the summary's files
-    (``sweep.csv``, ``robustness.json``), its own records still readable by a benchmark's report."""
+    clone holding the cells' records alone lacks: there the summary's files (``sweep.csv``,
+    ``robustness.json``) report its finished cells from their records, checked on every setting but the
+    weights' path (which names the ``map`` cell of the same settings, as this function wrote it)."""
     output_dir = Path(output_dir)
     fitted = [m for m in methods if fitted_to_map(m)]
     trained = [m for m in methods if m not in fitted]
@@ -287,12 +294,12 @@ def run_sweep_fitting_map(
             if ready:
                 run_sweep(family, base, [method], [lr], [batch_size], ready, output_dir,
                           method_overrides=method_overrides, cell_overrides=from_map)
-    checked = list(methods)
-    if fitted and not all(map_weights(cell) for cell in _grid(["map"], lrs, batch_sizes, seeds)):
-        checked = trained
-        print(f"{', '.join(fitted)}: a map cell's weights are absent; sweep.csv leaves it out", flush=True)
-    return run_sweep(family, base, checked, lrs, batch_sizes, seeds, output_dir, run_missing=False,
-                     method_overrides=method_overrides, cell_overrides=from_map)
+    weights_absent = fitted and not all(map_weights(cell) for cell in _grid(["map"], lrs, batch_sizes, seeds))
+    if weights_absent:
+        print(f"{', '.join(fitted)}: a map cell's weights are absent; reported from the cells' records", flush=True)
+    return run_sweep(family, base, methods, lrs, batch_sizes, seeds, output_dir, run_missing=False,
+                     method_overrides=method_overrides, cell_overrides=from_map,
+                     unchecked=("init_adapter",) if weights_absent else ())
 
 
 def sweep_main(family: type[TaskFamily], description: str, argv: Sequence[str] | None = None,
