@@ -1,10 +1,13 @@
-"""The Laplace approximation over the LoRA factors (Laplace-LoRA, arXiv 2308.13111), with a diagonal GGN.
+"""The Laplace approximation over the LoRA factors (Laplace-LoRA, arXiv 2308.13111), diagonal or Kronecker-factored.
 
-After training, q(theta) = N(theta*, (diag(GGN) + delta I)^-1) over the stochastic factors, where the
+After training, q(theta) = N(theta*, (GGN + delta I)^-1) over the stochastic factors, where the
 generalized Gauss-Newton of the training set's negative log-likelihood at theta* is
 ``sum_n J_n^T Lambda_n J_n`` (J_n: the Jacobian of example n's network output, Lambda_n: the
-likelihood's Hessian in the output) and the prior precision delta maximizes the Laplace
-approximation of the marginal likelihood.  Its predictive is either the linearized model's
+likelihood's Hessian in the output), approximated by its diagonal or, per factor, by a Kronecker
+product (K-FAC), and the prior precision delta maximizes the Laplace approximation of the marginal
+likelihood.  Both approximations are kept as eigenvalues in an eigenbasis (the identity for the
+diagonal; U (x) V for a Kronecker factor G (x) A = U diag(g) U^T (x) V diag(a) V^T), where the
+posterior precision is diagonal: eigenvalues + delta.  Its predictive is either the linearized model's
 (the network's output is Gaussian, N(f*, J Sigma J^T), read through the probit approximation) or
 the network's under draws of theta.
 
@@ -28,8 +31,8 @@ from scipy.optimize import minimize_scalar
 from .prediction import move_to
 
 __all__ = ["HOLDOUT_GRID", "LINEARIZATION_STEP", "FactorGradients", "diagonal_ggn", "finite_difference_draws",
-           "holdout_prior_precision", "linear_output_covariance", "linearized_values", "log_evidence",
-           "optimal_prior_precision", "probit_scale"]
+           "holdout_prior_precision", "kronecker_ggn", "linear_output_covariance", "linearized_values",
+           "log_evidence", "optimal_prior_precision", "probit_scale", "rotate_rows"]
 
 LINEARIZATION_STEP = 1e-2  # finite_difference_draws' largest step, relative to the factors' norm
 HOLDOUT_GRID = tuple(10.0 ** (k / 4) for k in range(-24, 25))  # holdout_prior_precision's deltas: 1e-6 to 1e6
@@ -64,25 +67,48 @@ class FactorGradients:
             handle.remove()
         self._handles.clear()
 
-    def per_example(self, outputs: torch.Tensor, column: int) -> dict[str, torch.Tensor]:
-        """{group key: d outputs[n, column] / d factor, (examples x layers x *shape)} for the recorded pass's
-        outputs (examples x K)."""
+    def output_gradients(self, outputs: torch.Tensor, column: int) -> dict[str, list[torch.Tensor]]:
+        """{PEFT parameter name: d outputs[:, column].sum() / d the factor's output, one per recorded call}."""
         parameters = [s.parameter for s in self.module.sites]
         with torch.enable_grad():  # the column's sum is a node of the recorded graph, whatever the caller's mode
             total = outputs[:, column].sum()
         recorded = [output for p in parameters for _, output in self.records[p]]
         grads = iter(torch.autograd.grad(total, recorded, retain_graph=True))
+        return {p: [next(grads) for _ in self.records[p]] for p in parameters}
+
+    def per_example(self, outputs: torch.Tensor, column: int) -> dict[str, torch.Tensor]:
+        """{group key: d outputs[n, column] / d factor, (examples x layers x *shape)} for the recorded pass's
+        outputs (examples x K)."""
         per_site = {}
-        for parameter in parameters:
+        for parameter, grads in self.output_gradients(outputs, column).items():
             total = None
-            for inputs, _ in self.records[parameter]:
-                grad = next(grads)
+            for (inputs, _), grad in zip(self.records[parameter], grads, strict=True):
                 n = grad.shape[0]
                 term = torch.einsum("nto,nti->noi", grad.reshape(n, -1, grad.shape[-1]).float(),
                                     inputs.reshape(n, -1, inputs.shape[-1]).float())
                 total = term if total is None else total + term
             per_site[parameter] = total
-        return {g.key: torch.stack([per_site[s.parameter] for s in g.sites], dim=1) for g in self.module.groups}
+        return self._stacked(per_site)
+
+    def _stacked(self, per_site: Mapping[str, torch.Tensor], dim: int = 1) -> dict[str, torch.Tensor]:
+        return {g.key: torch.stack([per_site[s.parameter] for s in g.sites], dim=dim) for g in self.module.groups}
+
+    def mean_inputs(self, attention_mask: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """{PEFT parameter name: each example's factor input averaged over its tokens (examples x in)}, over
+        the tokens ``attention_mask`` (examples x tokens) keeps where it fits the recorded inputs' shape."""
+        means = {}
+        for parameter, records in self.records.items():
+            total, count = 0.0, 0.0
+            for inputs, _ in records:
+                n = inputs.shape[0]
+                tokens = inputs.reshape(n, -1, inputs.shape[-1]).float()
+                if attention_mask is not None and attention_mask.shape == tokens.shape[:2]:
+                    weights = attention_mask.to(tokens.dtype)[:, :, None]
+                else:
+                    weights = tokens.new_ones(*tokens.shape[:2], 1)
+                total, count = total + (weights * tokens).sum(1), count + weights.sum(1)
+            means[parameter] = total / count
+        return means
 
 
 def _outputs_with_gradients(module, batch: Mapping[str, torch.Tensor], read: Callable[[torch.Tensor], torch.Tensor]
@@ -113,6 +139,56 @@ def diagonal_ggn(module, loader: Iterable, device: torch.device) -> dict[str, to
     return total
 
 
+def kronecker_ggn(module, loader: Iterable, device: torch.device
+                  ) -> tuple[dict[str, torch.Tensor], dict[str, tuple[torch.Tensor, torch.Tensor]]]:
+    """The Kronecker-factored GGN (K-FAC) of the negative log-likelihood over ``loader``'s rows at the posterior
+    mean, per factor W (out x in): G (x) A with A = mean_n abar_n abar_n^T and G = sum_n,k g_nk g_nk^T,
+    abar_n the factor's input averaged over example n's tokens and g_nk the gradient of its k-th GGN output
+    (:meth:`~monteclora_pyro.likelihoods.CategoricalLikelihood.ggn_outputs`) with respect to the factor's
+    output summed over them: K-FAC-reduce (Eschenhagen et al. 2023), for a loss read once per sequence, as a
+    classification head's is.  It is exact for one token per example and outputs of one dimension whose
+    Lambda_n is the same for every row (a linear-Gaussian model).
+
+    Returns the eigenvalues g_a a_b of G (x) A ({group key: layers x out x in}) and the eigenbases
+    ({group key: (U: layers x out x out, V: layers x in x in)}, eigenvectors in columns)."""
+    module.eval()
+    inputs: dict[str, torch.Tensor] = {}
+    outputs: dict[str, torch.Tensor] = {}
+    count = 0
+    for batch in loader:
+        batch = move_to(batch, device)
+        read = functools.partial(module.likelihood.ggn_outputs, batch=batch)
+        directions, recorder = _outputs_with_gradients(module, batch, read)
+        for parameter, mean in recorder.mean_inputs(batch.get("attention_mask")).items():
+            inputs[parameter] = inputs.get(parameter, 0.0) + mean.T @ mean
+        for k in range(directions.shape[1]):
+            for parameter, grads in recorder.output_gradients(directions, k).items():
+                g = sum(grad.reshape(grad.shape[0], -1, grad.shape[-1]).float().sum(1) for grad in grads)
+                outputs[parameter] = outputs.get(parameter, 0.0) + g.T @ g
+        count += len(directions)
+    eigenvalues, bases = {}, {}
+    for group in module.groups:
+        values, vectors = [], []
+        for site in group.sites:
+            a_values, a_vectors = torch.linalg.eigh(inputs[site.parameter].double() / count)
+            g_values, g_vectors = torch.linalg.eigh(outputs[site.parameter].double())
+            values.append(g_values.clamp(min=0)[:, None] * a_values.clamp(min=0)[None, :])
+            vectors.append((g_vectors, a_vectors))
+        eigenvalues[group.key] = torch.stack(values).float()
+        bases[group.key] = (torch.stack([u for u, _ in vectors]).float(), torch.stack([v for _, v in vectors]).float())
+    return eigenvalues, bases
+
+
+def rotate_rows(rows: torch.Tensor, basis: tuple[torch.Tensor, torch.Tensor] | None) -> torch.Tensor:
+    """Jacobian rows of one group's factors (... x layers*out*in, row-major) in its Kronecker eigenbasis
+    (U^T J V per layer); ``basis`` None (a diagonal posterior): the rows as they are."""
+    if basis is None:
+        return rows
+    u, v = basis
+    matrices = rows.reshape(*rows.shape[:-1], *u.shape[:2], v.shape[-1])
+    return (u.transpose(-1, -2) @ matrices @ v).flatten(-3)
+
+
 def _jacobian_rows(module, batch: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """The likelihood's linearized outputs at the posterior mean (examples x K) and their Jacobians with
     respect to each group's factors, {group key: examples x K x parameters}."""
@@ -122,28 +198,36 @@ def _jacobian_rows(module, batch: Mapping[str, torch.Tensor]) -> tuple[torch.Ten
                               for key in jacobians[0]}
 
 
-def linear_output_covariance(module, batch: Mapping[str, torch.Tensor], variances: Mapping[str, torch.Tensor]
+def linear_output_covariance(module, batch: Mapping[str, torch.Tensor], variances: Mapping[str, torch.Tensor],
+                             bases: Mapping[str, tuple[torch.Tensor, torch.Tensor]] | None = None
                              ) -> tuple[torch.Tensor, torch.Tensor]:
     """(f, C): the likelihood's linearized outputs at the posterior mean (examples x K) and their covariance
-    under a diagonal Gaussian posterior with the given ``variances`` ({group key: layers x *shape}),
-    C_n = J_n diag(variances) J_n^T (examples x K x K)."""
+    under a Gaussian posterior diagonal in each group's eigenbasis (``bases``, :func:`rotate_rows`; none: the
+    factors' own) with the given ``variances`` there ({group key: layers x *shape}),
+    C_n = J_n Sigma J_n^T (examples x K x K)."""
     outputs, rows = _jacobian_rows(module, batch)
     covariance = outputs.new_zeros(outputs.shape[0], outputs.shape[1], outputs.shape[1])
     for key, variance in variances.items():
-        covariance += torch.einsum("nkp,nmp->nkm", rows[key] * variance.flatten(), rows[key])
+        rotated = rotate_rows(rows[key], (bases or {}).get(key))
+        covariance += torch.einsum("nkp,nmp->nkm", rotated * variance.flatten(), rotated)
     return outputs, covariance
 
 
 def holdout_prior_precision(module, loader: Iterable, device: torch.device, ggn: Mapping[str, torch.Tensor],
-                            grid: Iterable[float] = HOLDOUT_GRID) -> tuple[float, dict[str, float]]:
+                            grid: Iterable[float] = HOLDOUT_GRID,
+                            bases: Mapping[str, tuple[torch.Tensor, torch.Tensor]] | None = None
+                            ) -> tuple[float, dict[str, float]]:
     """The prior precision delta of ``grid`` whose linearized predictive, with the posterior variances
-    1 / (``ggn`` + delta), has the lowest mean NLL on ``loader``'s rows (held out from training), and that NLL
-    at every delta ({delta: NLL}).  The Jacobians are taken once; each delta then costs a few products."""
+    1 / (``ggn`` + delta) (the GGN's eigenvalues, in ``bases`` where it is Kronecker-factored), has the lowest
+    mean NLL on ``loader``'s rows (held out from training), and that NLL at every delta ({delta: NLL}).  The
+    Jacobians are taken once; each delta then costs a few products."""
     module.eval()
     batches = []
     for batch in loader:
         batch = move_to(batch, device)
-        batches.append((*_jacobian_rows(module, batch), batch["labels"]))
+        outputs, rows = _jacobian_rows(module, batch)
+        rotated = {key: rotate_rows(value, (bases or {}).get(key)) for key, value in rows.items()}
+        batches.append((outputs, rotated, batch["labels"]))
     scores = {}
     for delta in grid:
         total, count = 0.0, 0

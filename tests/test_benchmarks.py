@@ -12,7 +12,7 @@ import math
 
 import pytest
 
-from monteclora_pyro.benchmarks import scaling, step_time
+from monteclora_pyro.benchmarks import laplace_cost, scaling, step_time
 
 RATIOS = (
     "monteclora_vs_lora",
@@ -66,6 +66,20 @@ def test_step_time_tiny(tmp_path, capsys):
     assert summary["methods"]["map"]["trainable_parameters"] == lora["trainable_parameters"]
 
     assert json.loads(json_out.read_text()) == summary
+
+
+@pytest.mark.parametrize("curvature", ["diagonal", "kron"])
+def test_laplace_cost_tiny(tmp_path, capsys, curvature):
+    json_out = tmp_path / "laplace_cost.json"
+    result = laplace_cost.main(["--backbone", "tiny", "--batch-size", "4", "--seq-len", "16", "--warmup", "1",
+                                "--repeats", "2", "--device", "cpu", "--threads", "1", "--curvature", curvature,
+                                "--json-out", str(json_out)])
+    assert result["curvature"] == curvature and json.loads(json_out.read_text()) == result
+    for key in ("fit_epochs_per_training_epoch", "linearized_over_posterior_mean",
+                *(f"median_seconds.{name}" for name in ("train_step", "laplace_fit", "posterior_mean",
+                                                        "linearized_predictive"))):
+        value = result["median_seconds"][key.split(".")[1]] if "." in key else result[key]
+        assert _positive_finite(value), (key, value)
 
 
 def test_a_subprocess_worker_reports_its_method():

@@ -69,8 +69,8 @@ def test_unknown_keys_names_and_missing_files_fail_clearly(tmp_path):
     path.write_text('family = "monteclora"\nwishart_dof = 12\n')
     with pytest.raises(ValueError, match=r"unknown keys \['wishart_dof'\]"):
         load_prior(path)
-    bundled = (r"neither a bundled prior \(blob, ensemble, gaussian, laplace, laplace_holdout, laplace_sampled, map, "
-               r"monteclora")
+    bundled = (r"neither a bundled prior \(blob, ensemble, gaussian, laplace, laplace_holdout, laplace_kron, "
+               r"laplace_kron_holdout, laplace_sampled, map, monteclora")
     with pytest.raises(ValueError, match=bundled):
         load_prior("nonexistent")
     with pytest.raises(ValueError, match=r"prior file '.*missing.toml' does not exist"):

@@ -1,6 +1,6 @@
 """The Laplace approximation as a prior family (Laplace-LoRA, arXiv 2308.13111): plain LoRA while training,
-then a Normal(0, delta^-1/2) prior on the factors and the diagonal Laplace posterior around the trained
-ones (:mod:`monteclora_pyro.laplace`), fitted after training on the training rows.
+then a Normal(0, delta^-1/2) prior on the factors and the Laplace posterior around the trained ones, with a
+diagonal or Kronecker-factored GGN (:mod:`monteclora_pyro.laplace`), fitted after training on the training rows.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from ..declarations import PriorSpec
 from ..laplace import (
     diagonal_ggn,
     holdout_prior_precision,
+    kronecker_ggn,
     linear_output_covariance,
     log_evidence,
     optimal_prior_precision,
@@ -23,8 +24,9 @@ from ..likelihoods import CategoricalLikelihood, GaussianLikelihood, TokenLikeli
 from . import register_prior
 from .factor import FactorPrior
 
-__all__ = ["PREDICTIVES", "PRIOR_PRECISION_BY", "LaplacePrior", "LaplaceSpec"]
+__all__ = ["CURVATURES", "PREDICTIVES", "PRIOR_PRECISION_BY", "LaplacePrior", "LaplaceSpec"]
 
+CURVATURES = ("diagonal", "kron")
 PREDICTIVES = ("linearized", "sampled")
 PRIOR_PRECISION_BY = ("evidence", "holdout")
 
@@ -40,9 +42,12 @@ class LaplaceSpec(PriorSpec):
         has the lowest NLL on the held-out training rows: a run needs ``holdout_fraction`` > 0).
     predictive: ``linearized`` (the network linear in the factors around the trained ones, through the
         probit approximation; Laplace-LoRA's) or ``sampled`` (the network under draws of the factors).
+    curvature: the GGN's approximation, ``diagonal`` or ``kron`` (K-FAC per factor, Laplace-LoRA's:
+        correlations within each factor's rows and columns; classification and regression heads).
     """
 
     prior_precision: float | None = None
+    curvature: str = "diagonal"
     prior_precision_by: str = "evidence"
     predictive: str = "linearized"
 
@@ -60,6 +65,8 @@ class LaplaceSpec(PriorSpec):
         if self.prior_precision is not None and not self.prior_precision > 0:
             self._fail(f"prior_precision = {self.prior_precision!r} must be > 0 (or omitted: the marginal "
                        "likelihood chooses it)")
+        if self.curvature not in CURVATURES:
+            self._fail(f"curvature = {self.curvature!r}; allowed: {', '.join(CURVATURES)}")
         if self.predictive not in PREDICTIVES:
             self._fail(f"predictive = {self.predictive!r}; allowed: {', '.join(PREDICTIVES)}")
 
@@ -88,16 +95,22 @@ class LaplacePrior(FactorPrior):
         if self.spec.needs_holdout and isinstance(likelihood, TokenLikelihood):
             raise ValueError("prior_precision_by = 'holdout' scores a head's linearized predictive; a causal LM's is "
                              "by finite differences (allowed for it: evidence)")
+        if self.spec.curvature == "kron" and isinstance(likelihood, TokenLikelihood):
+            raise ValueError("curvature = 'kron' averages a factor's inputs over one sequence per example; a causal "
+                             "LM scores answer options over a shared prefix (allowed for it: diagonal)")
 
     @property
     def linearized(self) -> bool:
         return self.spec.predictive == "linearized" and self.prior_precision > 0
 
     def fit_posterior(self, module, loader, device: torch.device, holdout=None) -> dict[str, Any]:
-        """The diagonal GGN over ``loader``'s rows, the prior precision (on ``holdout``'s rows where the
-        declaration says so), and the guides' posterior precision."""
+        """The GGN over ``loader``'s rows (its eigenvalues, and eigenbases where Kronecker-factored), the prior
+        precision (on ``holdout``'s rows where the declaration says so), and the guides' posterior precision."""
         start = time.perf_counter()
-        ggn = diagonal_ggn(module, loader, device)
+        if self.spec.curvature == "kron":
+            ggn, bases = kronecker_ggn(module, loader, device)
+        else:
+            ggn, bases = diagonal_ggn(module, loader, device), None
         h = torch.cat([ggn[g.key].flatten() for g in module.groups])
         theta = torch.cat([module.factor_means(g).detach().flatten() for g in module.groups])
         chosen: dict[str, Any] = {}
@@ -106,18 +119,24 @@ class LaplacePrior(FactorPrior):
         elif self.spec.needs_holdout:
             if holdout is None:
                 raise ValueError("prior_precision_by = 'holdout' needs held-out training rows (holdout_fraction > 0)")
-            delta, scores = holdout_prior_precision(module, holdout, device, ggn)
+            delta, scores = holdout_prior_precision(module, holdout, device, ggn, bases=bases)
             chosen = {"holdout_nll_by_prior_precision": scores}
         else:
             delta = optimal_prior_precision(h, theta)
         self.prior_precision.fill_(delta)
         for group in module.groups:
-            module.group_guides[group.key].precision.copy_(ggn[group.key] + delta)
+            guide = module.group_guides[group.key]
+            guide.precision.copy_(ggn[group.key] + delta)
+            if bases is not None:
+                guide.out_basis.copy_(bases[group.key][0])
+                guide.in_basis.copy_(bases[group.key][1])
         return {"prior_precision": delta, "ggn_mean": float(h.mean()),
                 "log_evidence": log_evidence(delta, h.double().cpu().numpy(), float(theta.double().square().sum())),
                 "laplace_fit_seconds": time.perf_counter() - start} | chosen
 
     def linearized_outputs(self, module, batch, num_samples: int) -> dict[str, torch.Tensor]:
-        variances = {g.key: module.group_guides[g.key].precision.reciprocal() for g in module.groups}
-        outputs, covariance = linear_output_covariance(module, batch, variances)
+        guides = {g.key: module.group_guides[g.key] for g in module.groups}
+        variances = {key: guide.precision.reciprocal() for key, guide in guides.items()}
+        bases = {key: guide.basis for key, guide in guides.items() if guide.basis is not None}
+        outputs, covariance = linear_output_covariance(module, batch, variances, bases)
         return module.likelihood.linearized_predictive(outputs, covariance, num_samples)
