@@ -58,7 +58,8 @@ def measure(args: argparse.Namespace) -> dict:
                                         "linearized_predictive": linearized}, args.warmup, args.repeats, device)
     seconds = {name: statistics.median(wall) for name, (wall, _) in times.items()}
     cpu = {name: statistics.median(cpu) for name, (_, cpu) in times.items()}
-    return {"backbone": args.backbone, "curvature": args.curvature, "batch_size": args.batch_size, "seq_len": args.seq_len,
+    return {"backbone": args.backbone, "curvature": args.curvature,
+            "batch_size": args.batch_size, "seq_len": args.seq_len,
             "device": step_time.device_name(device), "threads": torch.get_num_threads(),
             "repeats": args.repeats, "median_seconds": seconds, "median_cpu_seconds": cpu,
             "fit_epochs_per_training_epoch": seconds["laplace_fit"] / seconds["train_step"],
