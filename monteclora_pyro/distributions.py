@@ -306,10 +306,6 @@ class KroneckerRotation(Transform):
         super().__init__(cache_size=cache_size)
         self.out_basis, self.in_basis = out_basis, in_basis
 
-    def __eq__(self, other) -> bool:
-        return (isinstance(other, KroneckerRotation) and self.out_basis is other.out_basis
-                and self.in_basis is other.in_basis)
-
     def _call(self, x: torch.Tensor) -> torch.Tensor:
         return self.out_basis @ x @ self.in_basis.transpose(-1, -2)
 

@@ -88,10 +88,7 @@ class FactorGradients:
                                     inputs.reshape(n, -1, inputs.shape[-1]).float())
                 total = term if total is None else total + term
             per_site[parameter] = total
-        return self._stacked(per_site)
-
-    def _stacked(self, per_site: Mapping[str, torch.Tensor], dim: int = 1) -> dict[str, torch.Tensor]:
-        return {g.key: torch.stack([per_site[s.parameter] for s in g.sites], dim=dim) for g in self.module.groups}
+        return {g.key: torch.stack([per_site[s.parameter] for s in g.sites], dim=1) for g in self.module.groups}
 
     def mean_inputs(self, attention_mask: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """{PEFT parameter name: each example's factor input averaged over its tokens (examples x in)}, over
