@@ -21,10 +21,10 @@ import torch
 
 from ..artifacts import atomic_write_json
 from ..kinds import positive_int
-from ..laplace import diagonal_ggn, kronecker_ggn
+from ..priors.laplace import CURVATURES
 from . import step_time
 
-PRIORS = {"diagonal": "laplace", "kron": "laplace_kron"}  # the bundled declaration of each curvature
+PRIORS = dict(zip(CURVATURES, ("laplace", "laplace_kron"), strict=True))  # each curvature's bundled declaration
 
 
 def measure(args: argparse.Namespace) -> dict:
@@ -42,7 +42,7 @@ def measure(args: argparse.Namespace) -> dict:
     module.fit_posterior([batch], device)  # the linearized predictive needs a fitted posterior
 
     def fit():
-        (kronecker_ggn if args.curvature == "kron" else diagonal_ggn)(module, [batch], device)
+        module.prior.curvature(module, [batch], device)
 
     @torch.no_grad()
     def posterior_mean():
@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     step_time.add_arguments(p, skip=("rounds", "in_process", "num_components", "num_samples"))
     p.add_argument("--num-samples", type=positive_int, default=32, help="draws of the linearized outputs")
-    p.add_argument("--curvature", choices=sorted(PRIORS), default="diagonal", help="the GGN's approximation")
+    p.add_argument("--curvature", choices=CURVATURES, default=CURVATURES[0], help="the GGN's approximation")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)

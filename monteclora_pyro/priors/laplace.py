@@ -103,14 +103,18 @@ class LaplacePrior(FactorPrior):
     def linearized(self) -> bool:
         return self.spec.predictive == "linearized" and self.prior_precision > 0
 
+    def curvature(self, module, loader, device: torch.device) -> tuple[dict[str, torch.Tensor], dict | None]:
+        """The declared GGN approximation over ``loader``'s rows: its eigenvalues and, where Kronecker-factored,
+        its eigenbases (None: diagonal)."""
+        if self.spec.curvature == "kron":
+            return kronecker_ggn(module, loader, device)
+        return diagonal_ggn(module, loader, device), None
+
     def fit_posterior(self, module, loader, device: torch.device, holdout=None) -> dict[str, Any]:
         """The GGN over ``loader``'s rows (its eigenvalues, and eigenbases where Kronecker-factored), the prior
         precision (on ``holdout``'s rows where the declaration says so), and the guides' posterior precision."""
         start = time.perf_counter()
-        if self.spec.curvature == "kron":
-            ggn, bases = kronecker_ggn(module, loader, device)
-        else:
-            ggn, bases = diagonal_ggn(module, loader, device), None
+        ggn, bases = self.curvature(module, loader, device)
         h = torch.cat([ggn[g.key].flatten() for g in module.groups])
         theta = torch.cat([module.factor_means(g).detach().flatten() for g in module.groups])
         chosen: dict[str, Any] = {}
